@@ -1,0 +1,3 @@
+"""memlaw: exact parametric memory in LLMs."""
+
+__version__ = "0.1.0"

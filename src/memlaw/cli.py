@@ -1,0 +1,191 @@
+"""The `memlaw` command: a thin layer over the API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from .config import TrainConfig, build_config, parse_list
+from .errors import MemlawError, TrainingInterrupted
+
+SUMMARY_KEYS = (
+    "n_records",
+    "target_tokens",
+    "exact_match",
+    "token_accuracy",
+    "free_run_token_accuracy",
+    "initial_loss",
+    "final_loss",
+    "delta_loss",
+    "stubborn_tokens",
+    "certified_fraction",
+    "bits_stored",
+    "trainable_params",
+    "bits_per_param",
+    "steps",
+    "train_seconds",
+)
+
+
+# ---------------------------------------------------------------------- train flags from TrainConfig
+def _flag_type(tp: typing.Any):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if args else tp
+    return {int: int, float: float}.get(base, str)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (same name, dashes); defaults None so YAML/defaults apply."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata.get('help', '')} (default: {default if not isinstance(default, list) else ','.join(map(str, default))})"
+        if hints[f.name] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name in ("layer", "target_modules"):
+            parser.add_argument(flag, default=None, metavar="A,B,...", help=help_text)
+        else:
+            parser.add_argument(flag, type=_flag_type(hints[f.name]), default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    if overrides["layer"] is not None:
+        overrides["layer"] = parse_list(overrides["layer"], int, "layer")
+    if overrides["target_modules"] is not None:
+        overrides["target_modules"] = parse_list(overrides["target_modules"], str, "target_modules")
+    return build_config(args.config, overrides)
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.trainer import train
+
+    cfg = config_from_args(args)
+    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print_metrics(metrics, Path(args.out))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate.run import evaluate_run
+
+    out = Path(args.out) if args.out else None
+    metrics = evaluate_run(args.run, data=args.data, out=out)
+    where = out or (Path(args.run) if args.data is None else Path(args.run) / f"eval-{Path(args.data).stem}")
+    print_metrics(metrics, where)
+    return 0
+
+
+def print_metrics(metrics: dict, where: Path) -> None:
+    width = max(map(len, SUMMARY_KEYS))
+    for key in SUMMARY_KEYS:
+        value = metrics.get(key)
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    print(f"results: {where / 'metrics.json'}, {where / 'records.jsonl'}")
+
+
+def cmd_data_phonebook(args: argparse.Namespace) -> int:
+    from .data.phonebook import generate_phonebook
+    from .io import write_jsonl
+    from .model.loading import load_tokenizer
+
+    rows = generate_phonebook(load_tokenizer(args.model), seed=args.seed, length=args.length, records=args.records)
+    write_jsonl(args.out, rows)
+    print(f"wrote {len(rows)} records, {sum(r['target_len'] for r in rows)} answer tokens -> {args.out}")
+    return 0
+
+
+def cmd_data_long_context(args: argparse.Namespace) -> int:
+    from .data.long_context import generate_long_context
+    from .io import write_jsonl
+    from .model.loading import load_tokenizer
+
+    text = None
+    if args.text:
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise MemlawError(f"cannot read --text {args.text}: {e}")
+    row = generate_long_context(load_tokenizer(args.model), args.ratio, args.length, seed=args.seed, text=text)
+    write_jsonl(args.out, [row])
+    print(f"wrote a {args.ratio} sequence ({row['noise_count']} random tokens), target length {args.length} -> {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), ranks=parse_list(args.ranks, int, "ranks"), records=args.records, epochs=args.epochs)
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memlaw", description="Exact parametric memory in LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="memorize a records file into a low-rank memory unit, then evaluate")
+    p.add_argument("--out", required=True, help="run folder (config, adapter, logs, metrics)")
+    p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different finished run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run: greedy recall, teacher-forced stats, certificate")
+    p.add_argument("run", help="run folder written by `memlaw train`")
+    p.add_argument("--data", default=None, help="records to evaluate on (default: the run's training data)")
+    p.add_argument("--out", default=None, help="where to write metrics (default: RUN, or RUN/eval-<data> with --data)")
+    p.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="generate benchmark data").add_subparsers(dest="kind", required=True, metavar="KIND")
+    p = data.add_parser("phonebook", help='PhoneBook: "First Last:" -> 10 random digits')
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--length", type=int, help="total answer tokens (counted with --model's tokenizer)")
+    size.add_argument("--records", type=int, help="number of records")
+    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--model", default="default", help="model whose tokenizer counts tokens (default: default)")
+    p.add_argument("--seed", type=int, default=42, help="seed (default: 42)")
+    p.set_defaults(func=cmd_data_phonebook)
+
+    p = data.add_parser("long-context", help="Long-Context: natural text with a fraction of random tokens")
+    p.add_argument("--ratio", required=True, help="r0 | r20 | r40 | r60 | r80 | r100")
+    p.add_argument("--length", type=int, required=True, help="target length in tokens")
+    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--text", default=None, help="natural text file to use instead of the built-in source")
+    p.add_argument("--model", default="default", help="model whose tokenizer defines tokens (default: default)")
+    p.add_argument("--seed", type=int, default=42, help="seed (default: 42)")
+    p.set_defaults(func=cmd_data_long_context)
+
+    p = sub.add_parser("demo", help="memorize a small PhoneBook on the default model at two ranks; print a table")
+    p.add_argument("--out", default="runs/demo", help="folder for the demo's data and runs (default: runs/demo)")
+    p.add_argument("--ranks", default="1,8", help="ranks to compare (default: 1,8)")
+    p.add_argument("--records", type=int, default=32, help="PhoneBook records (default: 32)")
+    p.add_argument("--epochs", type=int, default=60, help="epochs per run (default: 60)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MemlawError as e:
+        print(f"memlaw: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as e:
+        print(f"memlaw: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("memlaw: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Typed run configuration: one dataclass, validated field by field.
+
+YAML keys are the flag names (``batch-size`` or ``batch_size``); command-line flags
+override YAML values, which override the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import MemlawError
+
+COMPONENTS = ("mlp", "lora")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (and so its results)."""
+
+    data: str = _help("Records JSONL (query/target, PhoneBook or Long-Context format).", default="")
+    model: str = _help("'default' (embedded SmolLM2-135M-Instruct), a local HF model dir or a hub id.", default="default")
+    device: str = _help("auto | cpu | cuda.", default="auto")
+    dtype: str = _help("auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16.", default="auto")
+    trust_remote_code: bool = _help("Allow custom model code from the model directory/hub.", default=False)
+    component: str = _help("mlp: the paper's parallel low-rank map on the MLP block; lora: PEFT LoRA on linear modules.", default="mlp")
+    layer: list[int] | None = _help("Decoder layer index(es) of the memory unit; default about 2/3 of the depth.", default=None)
+    rank: int = _help("Rank r of the low-rank memory.", default=8)
+    dropout: float = _help("Dropout on the memory unit's output (lora: lora_dropout).", default=0.1)
+    target_modules: list[str] = _help(
+        "lora only: linear modules to adapt in the chosen layers.", default_factory=lambda: list(LORA_MODULES)
+    )
+    lora_alpha: float | None = _help("lora only: scaling alpha (default: equal to rank, i.e. scale 1).", default=None)
+    method: str = _help("Training objective: sft.", default="sft")
+    lr: float = _help("Peak learning rate (AdamW, linear decay to 0, no warm-up).", default=1e-2)
+    epochs: int = _help("Number of passes over the records.", default=200)
+    batch_size: int = _help("Records per micro-batch.", default=16)
+    grad_accum: int = _help("Micro-batches per optimiser step.", default=1)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    max_grad_norm: float = _help("Gradient-norm clipping (0 disables).", default=1.0)
+    seed: int = _help("Seed for initialisation, shuffling and dropout.", default=42)
+    chat_template: bool = _help("Wrap the query in the tokenizer's chat template (if it has one).", default=True)
+    length: int | None = _help("Long-Context data: the target is the first LENGTH tokens of 'matching'.", default=None)
+    eval_batch_size: int = _help("Records per batch in evaluation.", default=32)
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> "TrainConfig":
+        """Check every field; raise MemlawError naming the first bad one."""
+        from .train.objectives import METHODS  # local: objectives imports torch
+
+        def bad(name: str, why: str) -> MemlawError:
+            return MemlawError(f"config field '{name.replace('_', '-')}': {why}")
+
+        hints = typing.get_type_hints(TrainConfig)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, hints[f.name]):
+                raise bad(f.name, f"expected {_type_name(hints[f.name])}, got {value!r}")
+        if not self.data:
+            raise bad("data", "required (path to a records JSONL file)")
+        if self.device not in DEVICES:
+            raise bad("device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise bad("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.component not in COMPONENTS:
+            raise bad("component", f"unknown component {self.component!r}; choose from {', '.join(COMPONENTS)}")
+        if self.method not in METHODS:
+            raise bad("method", f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        for name in ("rank", "epochs", "batch_size", "grad_accum", "eval_batch_size"):
+            value = getattr(self, name)
+            if value <= 0:
+                raise bad(name, f"must be a positive integer, got {value!r}")
+        if self.length is not None and self.length <= 0:
+            raise bad("length", f"must be a positive integer, got {self.length!r}")
+        if self.lr <= 0:
+            raise bad("lr", f"must be > 0, got {self.lr!r}")
+        if not (0.0 <= self.dropout < 1.0):
+            raise bad("dropout", f"must be in [0, 1), got {self.dropout!r}")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        if self.max_grad_norm < 0:
+            raise bad("max_grad_norm", f"must be >= 0, got {self.max_grad_norm!r}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise bad("lora_alpha", f"must be > 0, got {self.lora_alpha!r}")
+        if self.layer is not None:
+            if not self.layer:
+                raise bad("layer", "must name at least one layer index")
+            if len(set(self.layer)) != len(self.layer):
+                raise bad("layer", f"repeated layer index in {self.layer!r}")
+        if self.component == "lora":
+            unknown = [m for m in self.target_modules if m not in LORA_MODULES]
+            if not self.target_modules or unknown:
+                raise bad(
+                    "target_modules",
+                    f"unknown module name(s) {unknown or self.target_modules!r}; choose from {', '.join(LORA_MODULES)}",
+                )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    """isinstance for the annotations used in TrainConfig (bool is not an int here; int is a float)."""
+    if tp is type(None):
+        return value is None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+FIELD_NAMES = {f.name for f in fields(TrainConfig)}
+
+
+def normalise_key(key: str) -> str:
+    return str(key).replace("-", "_")
+
+
+def from_mapping(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Turn a mapping with flag-style keys into TrainConfig keyword arguments."""
+    out = {}
+    for key, value in values.items():
+        name = normalise_key(key)
+        if name not in FIELD_NAMES:
+            raise MemlawError(f"{where}: unknown key {key!r}")
+        if name in ("layer", "target_modules") and value is not None:
+            value = parse_list(value, int if name == "layer" else str, name)
+        out[name] = value
+    return out
+
+
+def parse_list(value: Any, kind: type, name: str) -> list:
+    """Accept `18`, `"18,20"`, `[18, 20]` for list fields."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        return [kind(str(v).strip()) if kind is not str else str(v).strip() for v in items if str(v).strip()]
+    except ValueError:
+        raise MemlawError(f"config field '{name.replace('_', '-')}': cannot read {value!r} as a list of {kind.__name__}")
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    return from_mapping(read_yaml_mapping(p), str(path))
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping; every problem becomes one MemlawError line naming the file (and line)."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise MemlawError(f"config file {path} does not exist")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MemlawError(f"cannot read config file {path}: {e}")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise MemlawError(f"{where}: invalid YAML ({problem})")
+    if not isinstance(values, dict):
+        raise MemlawError(f"{path}: a config file must be a mapping of flag names to values")
+    return values
+
+
+def build_config(yaml_path: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults < YAML < explicit overrides (None means 'not given')."""
+    values: dict[str, Any] = load_yaml(yaml_path) if yaml_path else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        cfg = TrainConfig(**values)
+    except TypeError as e:  # pragma: no cover - keys are checked above
+        raise MemlawError(str(e))
+    return cfg.validate()
+
+
+def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,92 @@
+"""Records: (query, target) pairs, read from JSONL in memlaw's or the reference formats.
+
+Accepted line formats
+* records / PhoneBook: ``{"query": str, "target": str, "id"?: any, "target_len"?: int}``
+* Long-Context:        ``{"question": str, "matching": str, ...}`` — the target is the first
+  ``length`` tokens of ``matching`` (needs a tokenizer and a length).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import MemlawError
+
+
+@dataclass(frozen=True)
+class Record:
+    query: str
+    target: str
+    id: Any = None
+    target_ids: tuple[int, ...] | None = None  # set when the target is defined in token space
+
+
+def _where(path: Path, line: int) -> str:
+    return f"{path}:{line}"
+
+
+def parse_line(obj: Any, where: str, tokenizer=None, length: int | None = None) -> Record:
+    if not isinstance(obj, dict):
+        raise MemlawError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if "query" in obj or "target" in obj:
+        for key in ("query", "target"):
+            if key not in obj:
+                raise MemlawError(f"{where}: missing field '{key}'")
+            if not isinstance(obj[key], str):
+                raise MemlawError(f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}")
+        if not obj["target"]:
+            raise MemlawError(f"{where}: empty target")
+        return Record(query=obj["query"], target=obj["target"], id=obj.get("id"))
+    if "question" in obj or "matching" in obj:
+        for key in ("question", "matching"):
+            if key not in obj:
+                raise MemlawError(f"{where}: missing field '{key}' (Long-Context format)")
+            if not isinstance(obj[key], str):
+                raise MemlawError(f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}")
+        length = length if length is not None else obj.get("length")
+        if length is None:
+            raise MemlawError(f"{where}: Long-Context data needs --length (the number of target tokens)")
+        if tokenizer is None:  # pragma: no cover - callers always pass one
+            raise MemlawError(f"{where}: Long-Context data needs the model's tokenizer")
+        ids = tokenizer(obj["matching"], add_special_tokens=False)["input_ids"][: int(length)]
+        if not ids:
+            raise MemlawError(f"{where}: empty target ('matching' has no tokens)")
+        if len(ids) < int(length):
+            raise MemlawError(f"{where}: 'matching' has only {len(ids)} tokens, fewer than --length {length}")
+        return Record(query=obj["question"], target=tokenizer.decode(ids), id=obj.get("id"), target_ids=tuple(ids))
+    raise MemlawError(f"{where}: missing fields 'query' and 'target' (or 'question' and 'matching')")
+
+
+def load_records(path: str | Path, tokenizer=None, length: int | None = None) -> list[Record]:
+    """Read and validate a records JSONL file; every error names the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MemlawError(f"data file {path} does not exist")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MemlawError(f"cannot read data file {path}: {e}")
+    records: list[Record] = []
+    seen: dict[str, tuple[str, int]] = {}
+    for n, line in enumerate(text.split("\n"), start=1):  # JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        where = _where(path, n)
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MemlawError(f"{where}: malformed JSON ({e.msg} at column {e.colno})")
+        record = parse_line(obj, where, tokenizer, length)
+        if record.query in seen:
+            target, first = seen[record.query]
+            if target != record.target:
+                raise MemlawError(f"{where}: duplicate query {record.query!r} with a different target (first at line {first})")
+            continue  # an exact repeat adds nothing
+        seen[record.query] = (record.target, n)
+        records.append(record)
+    if not records:
+        raise MemlawError(f"{path}: no records")
+    return records

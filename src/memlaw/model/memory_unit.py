@@ -1,0 +1,276 @@
+"""The memory unit: a low-rank adapter attached to a frozen causal LM.
+
+Two components share one handle (:class:`Memory`):
+
+* ``mlp``  — the paper's unit: ``mlp_out' = mlp(x) + dropout(x · A · B)`` in parallel with
+  the MLP block of the chosen layers (A Kaiming-uniform, B zeros, no α/r scaling).
+* ``lora`` — standard PEFT LoRA on named linear modules of the chosen layers.
+
+Saved as ``adapter.safetensors`` + ``adapter.json``; ``lora`` is also saved in PEFT's own
+format under ``peft/`` so that ``PeftModel.from_pretrained`` loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import MemlawError
+from ..io import save_tensors, write_json
+from .loading import decoder_layers
+
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_JSON = "adapter.json"
+PEFT_DIR = "peft"
+
+
+@dataclass
+class AdapterSpec:
+    """What the adapter is and where it sits; stored as adapter.json."""
+
+    component: str
+    layers: list[int]
+    rank: int
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)
+    lora_alpha: float | None = None
+    base_model: str = ""
+    model_type: str = ""
+    hidden_size: int = 0
+    num_layers: int = 0
+    trainable_params: int = 0
+
+
+class LowRankMemory(nn.Module):
+    """x (…, d) -> dropout(x · A · B) (…, d), with A: d×r (Kaiming-uniform), B: r×d (zeros)."""
+
+    def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(hidden_size, rank))
+        self.B = nn.Parameter(torch.zeros(rank, hidden_size))
+        # Same law as nn.Linear(d, r).weight (fan_in = d): U(-1/sqrt(d), 1/sqrt(d)).
+        nn.init.kaiming_uniform_(self.A.T, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(x @ self.A @ self.B)
+
+
+class MemoryMLP(nn.Module):
+    """A decoder layer's MLP with a :class:`LowRankMemory` in parallel on the same input."""
+
+    def __init__(self, mlp: nn.Module, memory: LowRankMemory):
+        super().__init__()
+        self.mlp = mlp
+        self.memory = memory
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.mlp(x)
+        if not self.enabled:
+            return out
+        # The memory is kept in float32 whatever the base dtype (as PEFT does for adapters).
+        return out + self.memory(x.to(self.memory.A.dtype)).to(out.dtype)
+
+
+class Memory:
+    """Handle on a model with an attached memory unit: parameters, state, enable/disable, save."""
+
+    def __init__(self, model: nn.Module, spec: AdapterSpec):
+        self.model = model  # what to call: the base model (mlp) or the PeftModel (lora)
+        self.spec = spec
+
+    # ------------------------------------------------------------------ state
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                yield name, p
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter tensors only, with stable names (layer index included)."""
+        if self.spec.component == "lora":
+            from peft import get_peft_model_state_dict
+
+            return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        return {name: p.detach().clone() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.spec.component == "lora":
+            from peft import set_peft_model_state_dict
+
+            own = get_lora_keys(self.model)
+            _check_keys(set(tensors), own)
+            set_peft_model_state_dict(self.model, tensors)
+            return
+        params = dict(self.named_parameters())
+        _check_keys(set(tensors), set(params))
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[name].to(p.dtype))
+
+    def set_training(self, on: bool) -> None:
+        """Train mode for the adapter only (its dropout); the frozen base model stays in eval mode."""
+        self.model.eval()
+        if on:
+            for name, module in self.model.named_modules():
+                if isinstance(module, LowRankMemory) or name.endswith("lora_dropout"):
+                    module.train()
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the base model alone (for the initial loss)."""
+        if self.spec.component == "lora":
+            with self.model.disable_adapter():
+                yield
+            return
+        units = [m for m in self.model.modules() if isinstance(m, MemoryMLP)]
+        for m in units:
+            m.enabled = False
+        try:
+            yield
+        finally:
+            for m in units:
+                m.enabled = True
+
+    # ------------------------------------------------------------------ files
+    def save(self, folder: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Write adapter.safetensors + adapter.json (+ peft/ for lora). `tensors` defaults to the live state."""
+        folder = Path(folder)
+        tensors = self.state_dict() if tensors is None else tensors
+        save_tensors(folder / ADAPTER_FILE, tensors, metadata={"format": "memlaw", "component": self.spec.component})
+        write_json(folder / ADAPTER_JSON, asdict(self.spec))
+        if self.spec.component == "lora":
+            save_peft_format(self.model, folder / PEFT_DIR, tensors)
+
+
+def get_lora_keys(model: nn.Module) -> set[str]:
+    from peft import get_peft_model_state_dict
+
+    return set(get_peft_model_state_dict(model))
+
+
+def _check_keys(given: set[str], expected: set[str]) -> None:
+    if given != expected:
+        missing, extra = sorted(expected - given), sorted(given - expected)
+        raise MemlawError(
+            f"adapter does not match this model/spec: missing {missing[:3]}{'…' if len(missing) > 3 else ''}, "
+            f"unexpected {extra[:3]}{'…' if len(extra) > 3 else ''}"
+        )
+
+
+def save_peft_format(model: nn.Module, folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """PEFT's own layout (adapter_config.json + adapter_model.safetensors), written atomically per file."""
+    from ..io import atomic_write_text
+
+    config = model.peft_config["default"]
+    atomic_write_text(folder / "adapter_config.json", json.dumps(config.to_dict(), indent=2, default=list) + "\n")
+    save_tensors(folder / "adapter_model.safetensors", tensors, metadata={"format": "pt"})
+
+
+# ---------------------------------------------------------------------- attach / load
+def validate_layers(layers: list[int], num_layers: int) -> None:
+    for k in layers:
+        if not 0 <= k < num_layers:
+            raise MemlawError(f"config field 'layer': layer {k} is out of range; this model has layers 0..{num_layers - 1}")
+
+
+def attach_memory(model: nn.Module, spec: AdapterSpec, seed: int | None = None) -> Memory:
+    """Attach a fresh memory unit to a frozen model (in place) and return its handle.
+
+    The unit is the identity at step 0 (B = 0 for mlp, lora_B = 0 for lora).
+    """
+    layers_list = decoder_layers(model)
+    num_layers = len(layers_list)
+    validate_layers(spec.layers, num_layers)
+    config = model.config
+    spec.hidden_size = int(config.hidden_size)
+    spec.num_layers = num_layers
+    spec.model_type = str(getattr(config, "model_type", ""))
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    model.requires_grad_(False)
+    if spec.component == "mlp":
+        for k in spec.layers:
+            layer = layers_list[k]
+            if isinstance(layer.mlp, MemoryMLP):
+                raise MemlawError(f"layer {k} already has a memory unit")
+            memory = LowRankMemory(spec.hidden_size, spec.rank, spec.dropout).to(device)
+            layer.mlp = MemoryMLP(layer.mlp, memory)
+        handle = Memory(model, spec)
+    elif spec.component == "lora":
+        handle = Memory(_attach_lora(model, spec, layers_list), spec)
+    else:
+        raise MemlawError(f"unknown component {spec.component!r}; choose from mlp, lora")
+    spec.trainable_params = handle.num_parameters()
+    return handle
+
+
+def _attach_lora(model: nn.Module, spec: AdapterSpec, layers_list: nn.ModuleList) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    from ..config import LORA_MODULES
+
+    spec.target_modules = list(spec.target_modules) or list(LORA_MODULES)
+    for k in spec.layers:
+        present = {name.rsplit(".", 1)[-1] for name, m in layers_list[k].named_modules() if isinstance(m, nn.Linear)}
+        missing = [m for m in spec.target_modules if m not in present]
+        if missing:
+            raise MemlawError(
+                f"config field 'target-modules': layer {k} has no module named {', '.join(missing)}; "
+                f"its linear modules are {', '.join(sorted(present))}"
+            )
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.lora_alpha if spec.lora_alpha is not None else spec.rank,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        layers_to_transform=list(spec.layers),
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=spec.base_model or None,
+    )
+    return get_peft_model(model, config)
+
+
+def read_spec(folder: str | Path) -> AdapterSpec:
+    path = Path(folder) / ADAPTER_JSON
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return AdapterSpec(**raw)
+    except FileNotFoundError:
+        raise MemlawError(f"{folder}: no {ADAPTER_JSON}; not a memlaw run or adapter folder")
+    except (json.JSONDecodeError, TypeError) as e:
+        raise MemlawError(f"{path}: unreadable adapter description ({e})")
+
+
+def load_memory(model: nn.Module, folder: str | Path) -> Memory:
+    """Attach the adapter saved in `folder` to a fresh base model and load its weights."""
+    from safetensors.torch import load_file
+
+    spec = read_spec(folder)
+    path = Path(folder) / ADAPTER_FILE
+    if not path.is_file():
+        raise MemlawError(f"{folder}: no {ADAPTER_FILE}; the run has no saved adapter")
+    if int(model.config.hidden_size) != spec.hidden_size:
+        raise MemlawError(
+            f"{folder}: adapter was trained for hidden size {spec.hidden_size}, this model has {model.config.hidden_size}"
+        )
+    handle = attach_memory(model, spec)
+    device = next(model.parameters()).device
+    tensors = {k: v.to(device) for k, v in load_file(str(path)).items()}
+    handle.load_state_dict(tensors)
+    return handle

@@ -1,0 +1,80 @@
+"""Setting up a run: resolve the config, load model + data, attach (or load) the memory unit."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import TrainConfig, replace
+from .data.encoding import Encoded, encode_records
+from .data.records import Record, load_records
+from .errors import MemlawError
+from .model.loading import LoadedModel, decoder_layers, default_layers, load_model
+from .model.memory_unit import AdapterSpec, Memory, attach_memory, load_memory, validate_layers
+
+RUN_FILES = ("config.yaml", "metrics.json")  # both present = a finished run
+
+
+@dataclass
+class Session:
+    cfg: TrainConfig  # resolved: concrete layers, device and dtype
+    loaded: LoadedModel
+    memory: Memory
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.loaded.tokenizer.pad_token_id)
+
+    def load_data(self, path: str | None = None) -> tuple[list[Record], list[Encoded]]:
+        records = load_records(path or self.cfg.data, self.loaded.tokenizer, self.cfg.length)
+        return records, encode_records(self.loaded.tokenizer, records, self.cfg.chat_template)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_data_readable(path: str) -> None:
+    if not Path(path).is_file():
+        raise MemlawError(f"data file {path} does not exist")
+
+
+def resolve(cfg: TrainConfig, loaded: LoadedModel) -> TrainConfig:
+    """Fill in what 'auto'/None stood for, so config.yaml says exactly what ran."""
+    num_layers = len(decoder_layers(loaded.model))
+    layers = cfg.layer if cfg.layer is not None else default_layers(num_layers)
+    validate_layers(layers, num_layers)
+    dtype = str(loaded.dtype).replace("torch.", "")
+    return replace(cfg, layer=list(layers), device=loaded.device.type, dtype=dtype, data=str(Path(cfg.data).resolve()))
+
+
+def new_session(cfg: TrainConfig) -> Session:
+    """Load the base model and attach a fresh, seeded memory unit (identity at step 0)."""
+    check_data_readable(cfg.data)
+    loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    cfg = resolve(cfg, loaded)
+    spec = AdapterSpec(
+        component=cfg.component,
+        layers=list(cfg.layer),
+        rank=cfg.rank,
+        dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules) if cfg.component == "lora" else [],
+        lora_alpha=cfg.lora_alpha,
+        base_model=cfg.model,
+    )
+    seed_everything(cfg.seed)
+    memory = attach_memory(loaded.model, spec, seed=cfg.seed)
+    return Session(cfg, loaded, memory)
+
+
+def saved_session(run_dir: Path, cfg: TrainConfig) -> Session:
+    """Load the base model named in a run's config and the adapter saved in the run."""
+    loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    memory = load_memory(loaded.model, run_dir)
+    return Session(cfg, loaded, memory)

@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny randomly initialised Llama/Qwen models with a byte-level tokenizer.
+
+They are saved as ordinary Hugging Face model folders, so the whole pipeline (loading by
+path, CLI, adapters) runs on them in seconds without the network.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+
+
+def make_tokenizer(chat_template: bool = True):
+    """A byte-level BPE tokenizer with no merges: one token per byte, plus chat special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + alphabet)}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    if chat_template:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def make_model(kind: str = "llama", vocab_size: int = 261, layers: int = 3, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    raise ValueError(kind)
+
+
+def save_tiny(folder: Path, kind: str = "llama", chat_template: bool = True) -> Path:
+    tok = make_tokenizer(chat_template)
+    model = make_model(kind, vocab_size=len(tok))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Llama-style model folder (3 layers, hidden 32) with a chat template."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny-qwen"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_raw_dir(tmp_path_factory) -> Path:
+    """A tiny Llama-style model whose tokenizer has no chat template."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-raw"), "llama", chat_template=False)
+
+
+def write_records(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small_records(tmp_path) -> Path:
+    rows = [
+        {"id": 1, "query": "Ann Lee:", "target": "4821"},
+        {"id": 2, "query": "Bob Ray:", "target": "90"},
+        {"id": 3, "query": "Cy Wu:", "target": "377"},
+        {"id": 4, "query": "Di Fox:", "target": "15"},
+    ]
+    return write_records(tmp_path / "records.jsonl", rows)
+
+
+REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference-data"
+
+
+@pytest.fixture(scope="session")
+def reference_data() -> Path:
+    if not REFERENCE_DATA.is_dir():
+        pytest.skip(f"reference data not found at {REFERENCE_DATA}")
+    return REFERENCE_DATA
