@@ -16,6 +16,7 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+HIDDEN = 64  # tiny, yet wide enough that the final norm + head can give a token p > 0.5
 SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -42,8 +43,8 @@ def make_model(kind: str = "llama", vocab_size: int = 261, layers: int = 3, seed
     torch.manual_seed(seed)
     common = dict(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -52,6 +53,7 @@ def make_model(kind: str = "llama", vocab_size: int = 261, layers: int = 3, seed
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
+        initializer_range=0.3,  # large enough that a confident (p > 0.5) prediction is reachable
     )
     if kind == "llama":
         return LlamaForCausalLM(LlamaConfig(**common)).eval()
@@ -70,7 +72,7 @@ def save_tiny(folder: Path, kind: str = "llama", chat_template: bool = True) -> 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny Llama-style model folder (3 layers, hidden 32) with a chat template."""
+    """A tiny Llama-style model folder (3 layers, hidden 64) with a chat template."""
     return save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
 
 

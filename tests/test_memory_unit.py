@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import make_model
+from conftest import HIDDEN, make_model
 from memlaw.errors import MemlawError
 from memlaw.model.memory_unit import AdapterSpec, LowRankMemory, attach_memory, load_memory
 
@@ -88,7 +88,7 @@ def test_save_load_round_trip_identical_logits(tmp_path, component, ids):
     trained.save(tmp_path)
     desc = json.loads((tmp_path / "adapter.json").read_text())
     assert desc["component"] == component and desc["layers"] == [0, 1] and desc["rank"] == 3
-    assert desc["hidden_size"] == 32 and desc["num_layers"] == 3
+    assert desc["hidden_size"] == HIDDEN and desc["num_layers"] == 3
     reloaded = load_memory(make_model("llama"), tmp_path)  # a fresh base model
     assert torch.equal(logits(reloaded.model, ids), logits(trained.model, ids))
 
