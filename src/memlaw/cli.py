@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="memorize a small PhoneBook on the default model at two ranks; print a table")
     p.add_argument("--out", default="runs/demo", help="folder for the demo's data and runs (default: runs/demo)")
     p.add_argument("--ranks", default="1,8", help="ranks to compare (default: 1,8)")
-    p.add_argument("--records", type=int, default=32, help="PhoneBook records (default: 32)")
+    p.add_argument("--records", type=int, default=16, help="PhoneBook records (default: 16)")
     p.add_argument("--epochs", type=int, default=60, help="epochs per run (default: 60)")
     p.set_defaults(func=cmd_demo)
     return parser
