@@ -141,3 +141,14 @@ def test_without_chat_template(tiny_model_dir, small_records, tmp_path):
     assert main(train_args(tiny_model_dir, small_records, out, "--epochs", "2", "--no-chat-template")) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["chat-template"] is False
     assert read_metrics(out)["certificate_violations"] == 0
+
+
+def test_grad_accum_counts_optimiser_steps(tiny_model_dir, small_records, tmp_path):
+    out = tmp_path / "accum"
+    # 4 records, batch 1 -> 4 micro-batches per epoch; accumulate 3 -> 2 optimiser steps per epoch
+    args = train_args(tiny_model_dir, small_records, out, "--epochs", "3", "--grad-accum", "3")
+    args[args.index("--batch-size") + 1] = "1"
+    assert main(args) == 0
+    assert read_metrics(out)["steps"] == 6
+    with open(out / "train_log.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 0, 1, 1, 2, 2]
