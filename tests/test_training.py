@@ -77,7 +77,13 @@ def test_train_log_has_one_row_per_optimiser_step(memorized):
     run, _ = memorized
     with open(run / "train_log.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["epoch", "step", "loss", "lr", "mean_target_prob", "stubborn_tokens"]
+    assert list(rows[0]) == ["epoch", "step", "loss", "lr", "mean_target_prob", "stubborn_tokens",
+                             "active_tokens", "masked_tokens", "updated", "anchor", "window"]
+    per_epoch = {}
+    for r in rows:
+        per_epoch[r["epoch"]] = per_epoch.get(r["epoch"], 0) + int(r["active_tokens"])
+    assert set(per_epoch.values()) == {9}  # sft: every target token of the 3 records is active each epoch
+    assert all(r["updated"] == "1" and int(r["masked_tokens"]) == 0 for r in rows)
     steps = read_metrics(run)["steps"]
     assert steps == 100 * 2 == len(rows)  # 3 records, batch 2 -> 2 steps per epoch
     assert [int(r["step"]) for r in rows] == list(range(1, steps + 1))

@@ -8,7 +8,7 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import TrainConfig, build_config, parse_list
+from .config import LIST_ITEM_TYPES, TrainConfig, build_config, parse_list
 from .errors import MemlawError, TrainingInterrupted
 
 SUMMARY_KEYS = (
@@ -46,19 +46,22 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f"{f.metadata.get('help', '')} (default: {default if not isinstance(default, list) else ','.join(map(str, default))})"
         if hints[f.name] is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif f.name in ("layer", "target_modules"):
+        elif f.name in LIST_ITEM_TYPES:
             parser.add_argument(flag, default=None, metavar="A,B,...", help=help_text)
         else:
             parser.add_argument(flag, type=_flag_type(hints[f.name]), default=None, help=help_text)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+# `memlaw memorize`: MemFT-OT until every record is certified, within a step budget.
+MEMORIZE_DEFAULTS = {"method": "memft_ot", "stop_when": "certified", "max_steps": 2000, "epochs": 10000}
+
+
+def config_from_args(args: argparse.Namespace, defaults: dict | None = None) -> TrainConfig:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    if overrides["layer"] is not None:
-        overrides["layer"] = parse_list(overrides["layer"], int, "layer")
-    if overrides["target_modules"] is not None:
-        overrides["target_modules"] = parse_list(overrides["target_modules"], str, "target_modules")
-    return build_config(args.config, overrides)
+    for name, item in LIST_ITEM_TYPES.items():
+        if overrides[name] is not None:
+            overrides[name] = parse_list(overrides[name], item, name)
+    return build_config(args.config, overrides, defaults)
 
 
 # ---------------------------------------------------------------------- commands
@@ -71,6 +74,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memorize(args: argparse.Namespace) -> int:
+    from .train.trainer import train
+
+    cfg = config_from_args(args, MEMORIZE_DEFAULTS)
+
+    def live(check) -> None:
+        print(
+            f"epoch {check.epoch:>5}  step {check.steps:>6}  certified {check.certified}/{check.total}  "
+            f"stubborn tokens {check.stubborn_tokens:>5}  loss {check.loss:.4f}",
+            flush=True,
+        )
+
+    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=False, on_check=live)
+    print_record_table(Path(args.out) / "records.jsonl")
+    print_metrics(metrics, Path(args.out))
+    if metrics["certified_fraction"] == 1.0:
+        print(f"all {metrics['n_records']} records certified after {metrics['steps_to_certified']} steps")
+        return 0
+    print(f"step budget ran out: {metrics['certified_fraction']:.1%} of records certified; adapter saved in {args.out}")
+    return 1
+
+
+def print_record_table(path: Path, limit: int = 50) -> None:
+    import json
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    print(f"{'query':<32} {'target':<24} {'generated':<24} exact certified  min p")
+    for r in rows[:limit]:
+        min_p = min(r["target_probs"]) if r["target_probs"] else float("nan")
+        cells = [_clip(r["query"], 32), _clip(r["target"], 24), _clip(r["generated"], 24)]
+        print(f"{cells[0]:<32} {cells[1]:<24} {cells[2]:<24} {'yes' if r['exact'] else 'no':<5} "
+              f"{'yes' if r['certified'] else 'no':<9} {min_p:.3f}")
+    if len(rows) > limit:
+        print(f"… {len(rows) - limit} more in {path}")
+
+
+def _clip(text: str, width: int) -> str:
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate.run import evaluate_run
 
@@ -78,6 +122,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_run(args.run, data=args.data, out=out)
     where = out or (Path(args.run) if args.data is None else Path(args.run) / f"eval-{Path(args.data).stem}")
     print_metrics(metrics, where)
+    if metrics.get("train_exact_match") is not None:
+        print(f"memory EM (training data)  {metrics['train_exact_match']:.4f}")
+        print(f"EM on {Path(args.data).name:<19} {metrics['exact_match']:.4f}  (generalisation, if these records were not trained)")
     return 0
 
 
@@ -118,6 +165,17 @@ def cmd_data_long_context(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_linear_rule(args: argparse.Namespace) -> int:
+    from .data.linear_rule import generate_linear_rule
+    from .io import write_jsonl
+
+    train_rows, heldout_rows = generate_linear_rule(args.train, args.heldout, seed=args.seed, max_value=args.max_value)
+    write_jsonl(args.out_train, train_rows)
+    write_jsonl(args.out_heldout, heldout_rows)
+    print(f"wrote {len(train_rows)} training pairs -> {args.out_train}, {len(heldout_rows)} held-out pairs -> {args.out_heldout}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -137,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "memorize",
+        help="memorize records until every one is certified (MemFT-OT, step budget); exit 1 if the budget runs out",
+        description="Defaults: --method memft_ot --stop-when certified --max-steps 2000 (flags and --config override).",
+    )
+    p.add_argument("--out", required=True, help="run folder (config, adapter, logs, metrics)")
+    p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different finished run in --out")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_memorize)
 
     p = sub.add_parser("eval", help="evaluate a run: greedy recall, teacher-forced stats, certificate")
     p.add_argument("run", help="run folder written by `memlaw train`")
@@ -162,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="model whose tokenizer defines tokens (default: default)")
     p.add_argument("--seed", type=int, default=42, help="seed (default: 42)")
     p.set_defaults(func=cmd_data_long_context)
+
+    p = data.add_parser("linear-rule", help="f(x, y) = 3x + 5y + 7: disjoint training and held-out pairs")
+    p.add_argument("--train", type=int, default=100, help="training pairs (default: 100)")
+    p.add_argument("--heldout", type=int, default=100, help="held-out pairs (default: 100)")
+    p.add_argument("--max-value", type=int, default=99, help="x and y range over 0..MAX (default: 99)")
+    p.add_argument("--out-train", required=True, help="output JSONL of training pairs")
+    p.add_argument("--out-heldout", required=True, help="output JSONL of held-out pairs")
+    p.add_argument("--seed", type=int, default=42, help="seed (default: 42)")
+    p.set_defaults(func=cmd_data_linear_rule)
 
     p = sub.add_parser("demo", help="memorize a small PhoneBook on the default model at two ranks; print a table")
     p.add_argument("--out", default="runs/demo", help="folder for the demo's data and runs (default: runs/demo)")

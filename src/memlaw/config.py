@@ -18,6 +18,9 @@ import yaml
 from .errors import MemlawError
 
 COMPONENTS = ("mlp", "lora")
+METHODS = ("sft", "memft_ot", "memft_sw")
+SW_MODES = ("auto", "curriculum", "sliding")
+STOP_WHEN = ("never", "certified")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -44,7 +47,31 @@ class TrainConfig:
         "lora only: linear modules to adapt in the chosen layers.", default_factory=lambda: list(LORA_MODULES)
     )
     lora_alpha: float | None = _help("lora only: scaling alpha (default: equal to rank, i.e. scale 1).", default=None)
-    method: str = _help("Training objective: sft.", default="sft")
+    method: str = _help("Training objective: sft | memft_ot | memft_sw.", default="sft")
+    threshold_p: float = _help("MemFT: target probability threshold (L_crit = -ln p).", default=0.5)
+    position_weighting: bool = _help("memft_ot: weight a record's hard tokens by exp(-λ·i/(n-1)).", default=False)
+    position_lambda: float = _help("memft_ot: λ of the position weighting.", default=2.0)
+    zero_bp: bool = _help("MemFT: skip backward and update when no token is above the threshold.", default=True)
+    sw_mode: str = _help(
+        "memft_sw: auto (curriculum for many records, sliding for one long record) | curriculum | sliding.", default="auto"
+    )
+    curriculum_ratios: list[float] = _help(
+        "memft_sw curriculum: fraction of the (once-shuffled) records trained per stage.",
+        default_factory=lambda: [0.2, 0.4, 0.6, 0.8, 1.0],
+    )
+    curriculum_boundaries: list[int] | None = _help(
+        "memft_sw curriculum: epoch at which each stage ends (default 20,40,60,80,EPOCHS).", default=None
+    )
+    sw_scale: float = _help("memft_sw sliding: s in sigmoid(s·(L_t − L_crit)).", default=10.0)
+    sw_window: int = _help("memft_sw sliding: base window W (tokens) after the anchor, times the expansion.", default=50)
+    sw_tau: float = _help("memft_sw sliding: decay length τ inside the window.", default=20.0)
+    sw_floor: float = _help("memft_sw sliding: weight multiplier beyond the window.", default=0.01)
+    sw_patience: int = _help("memft_sw sliding: steps the anchor must stay put before the window expands.", default=3)
+    sw_expand_step: float = _help("memft_sw sliding: expansion increment.", default=0.5)
+    sw_expand_max: float = _help("memft_sw sliding: maximum expansion.", default=4.0)
+    stop_when: str = _help("never | certified: stop once every record has p_t > 0.5 at every target token.", default="never")
+    check_every: int = _help("certified stopping: check every N optimiser steps (0: after every epoch).", default=0)
+    max_steps: int | None = _help("Step budget: stop after this many optimiser steps (default: epochs decide).", default=None)
     lr: float = _help("Peak learning rate (AdamW, linear decay to 0, no warm-up).", default=1e-2)
     epochs: int = _help("Number of passes over the records.", default=200)
     batch_size: int = _help("Records per micro-batch.", default=16)
@@ -59,8 +86,6 @@ class TrainConfig:
     # ---------------------------------------------------------------- validation
     def validate(self) -> "TrainConfig":
         """Check every field; raise MemlawError naming the first bad one."""
-        from .train.objectives import METHODS  # local: objectives imports torch
-
         def bad(name: str, why: str) -> MemlawError:
             return MemlawError(f"config field '{name.replace('_', '-')}': {why}")
 
@@ -77,6 +102,29 @@ class TrainConfig:
             raise bad("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.component not in COMPONENTS:
             raise bad("component", f"unknown component {self.component!r}; choose from {', '.join(COMPONENTS)}")
+        if self.sw_mode not in SW_MODES:
+            raise bad("sw_mode", f"must be one of {', '.join(SW_MODES)}, got {self.sw_mode!r}")
+        if self.stop_when not in STOP_WHEN:
+            raise bad("stop_when", f"must be one of {', '.join(STOP_WHEN)}, got {self.stop_when!r}")
+        if not 0.0 < self.threshold_p < 1.0:
+            raise bad("threshold_p", f"must be in (0, 1), got {self.threshold_p!r}")
+        for name in ("check_every",):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)!r}")
+        for name in ("sw_window", "sw_patience", "sw_tau", "sw_scale", "sw_expand_max"):
+            if getattr(self, name) <= 0:
+                raise bad(name, f"must be > 0, got {getattr(self, name)!r}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise bad("max_steps", f"must be a positive integer, got {self.max_steps!r}")
+        if not self.curriculum_ratios or any(not 0 < r <= 1 for r in self.curriculum_ratios):
+            raise bad("curriculum_ratios", f"must be fractions in (0, 1], got {self.curriculum_ratios!r}")
+        if self.curriculum_boundaries is not None:
+            b = self.curriculum_boundaries
+            if len(b) != len(self.curriculum_ratios) or any(x >= y for x, y in zip(b, b[1:])) or b[0] <= 0:
+                raise bad(
+                    "curriculum_boundaries",
+                    f"must be {len(self.curriculum_ratios)} increasing positive epochs (one per ratio), got {b!r}",
+                )
         if self.method not in METHODS:
             raise bad("method", f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         for name in ("rank", "epochs", "batch_size", "grad_accum", "eval_batch_size"):
@@ -137,6 +185,18 @@ def _type_name(tp: Any) -> str:
 FIELD_NAMES = {f.name for f in fields(TrainConfig)}
 
 
+def _list_item_type(tp: Any) -> type | None:
+    for arg in (tp, *typing.get_args(tp)):
+        if typing.get_origin(arg) is list:
+            return typing.get_args(arg)[0]
+    return None
+
+
+LIST_ITEM_TYPES: dict[str, type] = {
+    name: item for name, tp in typing.get_type_hints(TrainConfig).items() if (item := _list_item_type(tp))
+}
+
+
 def normalise_key(key: str) -> str:
     return str(key).replace("-", "_")
 
@@ -148,8 +208,8 @@ def from_mapping(values: dict[str, Any], where: str) -> dict[str, Any]:
         name = normalise_key(key)
         if name not in FIELD_NAMES:
             raise MemlawError(f"{where}: unknown key {key!r}")
-        if name in ("layer", "target_modules") and value is not None:
-            value = parse_list(value, int if name == "layer" else str, name)
+        if name in LIST_ITEM_TYPES and value is not None:
+            value = parse_list(value, LIST_ITEM_TYPES[name], name)
         out[name] = value
     return out
 
@@ -158,7 +218,7 @@ def parse_list(value: Any, kind: type, name: str) -> list:
     """Accept `18`, `"18,20"`, `[18, 20]` for list fields."""
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
     try:
-        return [kind(str(v).strip()) if kind is not str else str(v).strip() for v in items if str(v).strip()]
+        return [kind(str(v).strip()) for v in items if str(v).strip()]
     except ValueError:
         raise MemlawError(f"config field '{name.replace('_', '-')}': cannot read {value!r} as a list of {kind.__name__}")
 
@@ -186,9 +246,12 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     return values
 
 
-def build_config(yaml_path: str | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults < YAML < explicit overrides (None means 'not given')."""
-    values: dict[str, Any] = load_yaml(yaml_path) if yaml_path else {}
+def build_config(
+    yaml_path: str | None, overrides: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Field defaults < command defaults < YAML < explicit overrides (None means 'not given')."""
+    values: dict[str, Any] = dict(defaults or {})
+    values.update(load_yaml(yaml_path) if yaml_path else {})
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         cfg = TrainConfig(**values)

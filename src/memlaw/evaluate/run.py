@@ -27,6 +27,7 @@ def evaluate_session(
     out: Path,
     train_summary: dict,
     initial: list[TokenStats] | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Evaluate the attached memory on `records`; write metrics.json and records.jsonl into `out`."""
     device, bs = s.loaded.device, s.cfg.eval_batch_size
@@ -40,7 +41,11 @@ def evaluate_session(
         bits_per_param=metrics["bits_stored"] / params,
         steps=train_summary.get("steps"),
         train_seconds=train_summary.get("train_seconds"),
+        stopped=train_summary.get("stopped"),
         interrupted=train_summary.get("interrupted", False),
+        steps_to_certified=train_summary.get("steps_to_certified"),
+        seconds_to_certified=train_summary.get("seconds_to_certified"),
+        **(extra or {}),
     )
     tok = s.loaded.tokenizer
     full_rows = [
@@ -69,4 +74,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path |
     records, encoded = session.load_data(data)
     if out is None:
         out = run_dir if data is None else run_dir / f"eval-{Path(data).stem}"
-    return evaluate_session(session, records, encoded, Path(out), summary)
+    extra = {}
+    if data is not None and (run_dir / "metrics.json").is_file():  # memory EM beside EM on the other data
+        extra["train_exact_match"] = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["exact_match"]
+    return evaluate_session(session, records, encoded, Path(out), summary, extra=extra)

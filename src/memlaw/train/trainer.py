@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -14,13 +15,26 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..data.encoding import Encoded, collate
 from ..errors import MemlawError, TrainingInterrupted
-from ..evaluate.recall import P_THRESHOLD
+from ..evaluate.recall import P_THRESHOLD, teacher_forced
 from ..io import write_csv, write_json, write_yaml
 from ..model.forward import answer_logits, token_losses
 from ..session import RUN_FILES, Session, new_session
-from .objectives import METHODS, weighted_loss
+from .objectives import (
+    WindowState,
+    curriculum_indices,
+    first_errors,
+    ot_weights,
+    sft_weights,
+    sliding_window_weights,
+    update_window,
+    weighted_loss,
+    with_fallback,
+)
 
-LOG_FIELDS = ["epoch", "step", "loss", "lr", "mean_target_prob", "stubborn_tokens"]
+LOG_FIELDS = [
+    "epoch", "step", "loss", "lr", "mean_target_prob", "stubborn_tokens",
+    "active_tokens", "masked_tokens", "updated", "anchor", "window",
+]
 
 
 @dataclass
@@ -28,18 +42,89 @@ class TrainState:
     steps: int = 0
     epochs_completed: int = 0
     train_seconds: float = 0.0
-    interrupted: bool = False
+    stopped: str = "epochs"  # epochs | budget | certified | interrupted
+    steps_to_certified: int | None = None
+    seconds_to_certified: float | None = None
     log: list[dict] = field(default_factory=list)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped == "interrupted"
 
     def summary(self) -> dict:
         return {
             "steps": self.steps,
             "epochs_completed": self.epochs_completed,
             "train_seconds": round(self.train_seconds, 3),
+            "stopped": self.stopped,
             "interrupted": self.interrupted,
+            "steps_to_certified": self.steps_to_certified,
+            "seconds_to_certified": None if self.seconds_to_certified is None else round(self.seconds_to_certified, 3),
         }
 
 
+@dataclass
+class Check:
+    """Result of a certificate check over all records (teacher forcing, eval mode)."""
+
+    epoch: int
+    steps: int
+    certified: int
+    total: int
+    stubborn_tokens: int
+    loss: float
+
+    @property
+    def done(self) -> bool:
+        return self.certified == self.total
+
+
+# ---------------------------------------------------------------------- method plumbing
+def uses_sliding_window(cfg: TrainConfig, n_records: int) -> bool:
+    """memft_sw: the sliding window for one long record, the curriculum for many (unless forced)."""
+    if cfg.method != "memft_sw":
+        return False
+    return cfg.sw_mode == "sliding" or (cfg.sw_mode == "auto" and n_records == 1)
+
+
+def curriculum_boundaries(cfg: TrainConfig) -> list[int]:
+    """DESIGN default [20, 40, 60, 80, E]; runs of at most 80 epochs spread the stages evenly."""
+    if cfg.curriculum_boundaries is not None:
+        return list(cfg.curriculum_boundaries)
+    k = len(cfg.curriculum_ratios)
+    if k == 5 and cfg.epochs > 80:
+        return [20, 40, 60, 80, cfg.epochs]
+    return [max(1, round(cfg.epochs * (i + 1) / k)) for i in range(k)]
+
+
+class TokenWeighter:
+    """Per-token weights for cfg.method; holds the sliding window's per-record state."""
+
+    def __init__(self, cfg: TrainConfig, sliding: bool):
+        self.cfg = cfg
+        self.sliding = sliding
+        self.windows: dict[int, WindowState] = {}
+
+    def __call__(self, losses, mask, correct, record_ids: list[int]) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        if cfg.method == "sft":
+            return sft_weights(losses, mask), {}
+        if not self.sliding:  # memft_ot, and memft_sw inside curriculum batches
+            return ot_weights(losses, mask, cfg.threshold_p, cfg.position_weighting, cfg.position_lambda), {}
+        anchors = first_errors(correct, mask)
+        states = [
+            update_window(self.windows.get(i, WindowState()), a, cfg.sw_patience, cfg.sw_expand_step, cfg.sw_expand_max)
+            for i, a in zip(record_ids, anchors)
+        ]
+        self.windows.update(zip(record_ids, states))
+        windows = [cfg.sw_window * s.expansion for s in states]
+        weights = sliding_window_weights(
+            losses, mask, anchors, windows, cfg.sw_scale, cfg.sw_tau, cfg.sw_floor, cfg.threshold_p
+        )
+        return with_fallback(weights, mask), {"anchor": anchors[0], "window": windows[0]}
+
+
+# ---------------------------------------------------------------------- run folder
 def prepare_out_dir(out: Path, config: dict, overwrite: bool) -> None:
     """Refuse to clobber a different finished run unless overwrite is set."""
     if out.exists() and not out.is_dir():
@@ -60,70 +145,95 @@ def prepare_out_dir(out: Path, config: dict, overwrite: bool) -> None:
         (out / name).unlink(missing_ok=True)  # results of an older run must not look like this run's
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
-    order = torch.randperm(n, generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+def batches(indices: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def train_loop(s: Session, encoded: list[Encoded], out: Path, progress: bool = True) -> TrainState:
-    cfg, memory = s.cfg, s.memory
-    weight_fn = METHODS[cfg.method]
-    device = s.loaded.device
+def check_certified(s: Session, encoded: list[Encoded], epoch: int, steps: int) -> Check:
+    stats = teacher_forced(s.memory.model, encoded, s.pad_id, s.cfg.eval_batch_size, s.loaded.device)
+    tokens = sum(len(x.losses) for x in stats)
+    return Check(
+        epoch=epoch,
+        steps=steps,
+        certified=sum(x.certified for x in stats),
+        total=len(stats),
+        stubborn_tokens=sum(len(x.stubborn) for x in stats),
+        loss=sum(float(x.losses.sum()) for x in stats) / tokens,
+    )
+
+
+# ---------------------------------------------------------------------- the loop
+def train_loop(
+    s: Session,
+    encoded: list[Encoded],
+    out: Path,
+    progress: bool = True,
+    on_check: Callable[[Check], None] | None = None,
+) -> TrainState:
+    cfg, memory, device = s.cfg, s.memory, s.loaded.device
+    n = len(encoded)
+    sliding = uses_sliding_window(cfg, n)
+    curriculum = cfg.method == "memft_sw" and not sliding
+    bounds = curriculum_boundaries(cfg)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()  # shuffled once
+
+    def active(epoch: int) -> list[int]:
+        if curriculum:
+            return curriculum_indices(order, epoch, cfg.batch_size, cfg.curriculum_ratios, bounds)
+        return list(range(n))
+
+    planned = sum(math.ceil(math.ceil(len(active(e)) / cfg.batch_size) / cfg.grad_accum) for e in range(cfg.epochs))
+    total_steps = min(planned, cfg.max_steps or planned)
+    weighter = TokenWeighter(cfg, sliding)
     params = memory.parameters()
-    n_batches = math.ceil(len(encoded) / cfg.batch_size)
-    steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
-    total_steps = cfg.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
     generator = torch.Generator().manual_seed(cfg.seed)
     state = TrainState()
     last_epoch_tensors = memory.state_dict()
     bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     epoch = 0
+
+    def certify(epoch: int) -> bool:
+        check = check_certified(s, encoded, epoch, state.steps)
+        memory.set_training(True)
+        if on_check is not None:
+            on_check(check)
+        if check.done:
+            state.stopped = "certified"
+            state.steps_to_certified = state.steps
+            state.seconds_to_certified = time.perf_counter() - start
+        return check.done
+
     try:
         memory.set_training(True)
         for epoch in range(cfg.epochs):
-            micro = batches(len(encoded), cfg.batch_size, generator)
+            micro = batches(active(epoch), cfg.batch_size, generator)
             for first in range(0, len(micro), cfg.grad_accum):
-                group = micro[first : first + cfg.grad_accum]
-                loss_sum, prob_sum, n_tok, stubborn = 0.0, 0.0, 0, 0
-                for idx in group:
-                    batch = collate([encoded[i] for i in idx], s.pad_id).to(device)
-                    losses = token_losses(answer_logits(memory.model, batch), batch.labels)  # (B, L)
-                    mask = batch.target_mask
-                    loss = weighted_loss(losses, weight_fn(losses, mask))
-                    (loss / len(group)).backward()
-                    with torch.no_grad():
-                        probs = torch.exp(-losses[mask])
-                    loss_sum += loss.item() / len(group)
-                    prob_sum += float(probs.sum())
-                    n_tok += int(mask.sum())
-                    stubborn += int((probs <= P_THRESHOLD).sum())
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                lr = cfg.lr * max(0.0, 1.0 - state.steps / total_steps)  # linear decay to 0, no warm-up
+                row = optimiser_step(s, encoded, micro[first : first + cfg.grad_accum], weighter, optimizer, lr)
                 state.steps += 1
-                state.log.append(
-                    {
-                        "epoch": epoch,
-                        "step": state.steps,
-                        "loss": round(loss_sum, 6),
-                        "lr": lr,
-                        "mean_target_prob": round(prob_sum / max(n_tok, 1), 6),
-                        "stubborn_tokens": stubborn,
-                    }
-                )
+                state.log.append({"epoch": epoch, "step": state.steps, **row})
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss_sum:.4f}", stubborn=stubborn, refresh=False)
+                bar.set_postfix(epoch=epoch, loss=f"{row['loss']:.4f}", stubborn=row["stubborn_tokens"], refresh=False)
+                if cfg.stop_when == "certified" and cfg.check_every and state.steps % cfg.check_every == 0:
+                    if certify(epoch):
+                        break
+                if state.steps >= total_steps:
+                    break
             state.epochs_completed = epoch + 1
             last_epoch_tensors = memory.state_dict()
             write_csv(out / "train_log.csv", state.log, LOG_FIELDS)
+            if state.stopped == "certified":
+                break
+            if cfg.stop_when == "certified" and not cfg.check_every and certify(epoch):
+                break
+            if state.steps >= total_steps:
+                state.stopped = "budget" if cfg.max_steps and total_steps < planned else "epochs"
+                break
     except KeyboardInterrupt:
-        state.interrupted = True
+        state.stopped = "interrupted"
         state.train_seconds = time.perf_counter() - start
         state.log = [r for r in state.log if r["epoch"] < state.epochs_completed]
         state.steps = len(state.log)  # the steps that the kept adapter has seen
@@ -141,7 +251,62 @@ def train_loop(s: Session, encoded: list[Encoded], out: Path, progress: bool = T
     return state
 
 
-def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
+def optimiser_step(s: Session, encoded, group: list[list[int]], weighter, optimizer, lr: float) -> dict:
+    """Forward, weights, backward over the micro-batches of one optimiser step; then clip and step.
+
+    A step whose micro-batches all have zero total weight (zero-bp) does no backward and no update.
+    """
+    cfg, device = s.cfg, s.loaded.device
+    params = [p for group_ in optimizer.param_groups for p in group_["params"]]
+    loss_sum, prob_sum, n_tok, stubborn, active, masked, backwards = 0.0, 0.0, 0, 0, 0, 0, 0
+    info: dict = {}
+    for idx in group:
+        batch = collate([encoded[i] for i in idx], s.pad_id).to(device)
+        logits = answer_logits(s.memory.model, batch)  # (B, L, V)
+        losses = token_losses(logits, batch.labels)  # (B, L)
+        mask = batch.target_mask
+        with torch.no_grad():
+            correct = logits.argmax(-1) == batch.labels
+            probs = torch.exp(-losses[mask])
+        weights, info = weighter(losses, mask, correct, idx)
+        n_active = int((weights > 0).sum())
+        active += n_active
+        masked += int(mask.sum()) - n_active
+        loss = weighted_loss(losses, weights)
+        if n_active or not cfg.zero_bp:
+            (loss / len(group)).backward()
+            backwards += 1
+        loss_sum += loss.item() / len(group)
+        prob_sum += float(probs.sum())
+        n_tok += int(mask.sum())
+        stubborn += int((probs <= P_THRESHOLD).sum())
+    if backwards:
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = lr
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "loss": round(loss_sum, 6),
+        "lr": lr,
+        "mean_target_prob": round(prob_sum / max(n_tok, 1), 6),
+        "stubborn_tokens": stubborn,
+        "active_tokens": active,
+        "masked_tokens": masked,
+        "updated": int(backwards > 0),
+        "anchor": info.get("anchor", ""),
+        "window": info.get("window", ""),
+    }
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_check: Callable[[Check], None] | None = None,
+) -> dict:
     """Memorize cfg.data into a fresh memory unit, save it in `out`, evaluate, and return the metrics."""
     from ..evaluate.run import evaluate_session, initial_stats
 
@@ -152,7 +317,7 @@ def train(cfg: TrainConfig, out: str | Path, overwrite: bool = False, progress: 
     records, encoded = session.load_data()
     initial = initial_stats(session, encoded)  # measured once, before training
     write_yaml(out / "config.yaml", config)
-    state = train_loop(session, encoded, out, progress)
+    state = train_loop(session, encoded, out, progress, on_check)
     session.memory.save(out)
     write_json(out / "train_state.json", state.summary())
     return evaluate_session(session, records, encoded, out, state.summary(), initial=initial)

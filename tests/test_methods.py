@@ -1,0 +1,117 @@
+"""MemFT methods and certified early stopping on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from conftest import write_records
+from memlaw.cli import main
+from memlaw.data.encoding import Encoded
+from memlaw.evaluate.recall import TokenStats, summarise
+
+RECORDS = [
+    {"id": 1, "query": "Ann Lee:", "target": "4821"},
+    {"id": 2, "query": "Bob Ray:", "target": "90"},
+    {"id": 3, "query": "Cy Wu:", "target": "377"},
+    {"id": 4, "query": "Di Fox:", "target": "15"},
+]
+
+
+def args(model_dir, data, out, *extra):
+    return ["train", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--quiet",
+            "--layer", "1", "--rank", "4", "--lr", "0.1", "--dropout", "0", "--batch-size", "2", *extra]
+
+
+def log_rows(run):
+    with open(run / "train_log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def metrics(run):
+    return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_records(tmp_path / "records.jsonl", RECORDS)
+
+
+def test_certified_stopping_halts_and_greedy_reproduces(tiny_model_dir, data, tmp_path):
+    run = tmp_path / "run"
+    assert main(args(tiny_model_dir, data, run, "--epochs", "400", "--stop-when", "certified")) == 0
+    m = metrics(run)
+    assert m["stopped"] == "certified"
+    assert m["steps_to_certified"] == m["steps"] < 400 * 2  # halted long before the epoch budget
+    assert m["seconds_to_certified"] is not None and m["seconds_to_certified"] <= m["train_seconds"]
+    assert m["certified_fraction"] == 1.0 and m["exact_match"] == 1.0 and m["certificate_violations"] == 0
+    rows = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    assert all(r["certified"] and r["generated"] == r["target"] for r in rows)
+    # the previous epoch was not yet certified: stopping happened at the first certified check
+    assert len({r["epoch"] for r in log_rows(run)}) == m["steps"] // 2
+
+
+def test_check_every_n_steps(tiny_model_dir, data, tmp_path):
+    run = tmp_path / "run"
+    assert main(args(tiny_model_dir, data, run, "--epochs", "400", "--stop-when", "certified", "--check-every", "3")) == 0
+    m = metrics(run)
+    assert m["stopped"] == "certified" and m["steps"] % 3 == 0 and m["certified_fraction"] == 1.0
+
+
+def test_certificate_violation_is_counted():
+    """A certified record that greedy decoding does not reproduce must show up as a violation."""
+    enc = [Encoded([1, 2], [5, 6]), Encoded([1, 3], [7])]
+    confident = TokenStats(losses=np.array([0.1, 0.2]), correct=np.array([True, True]))
+    other = TokenStats(losses=np.array([0.1]), correct=np.array([True]))
+    m, rows = summarise(enc, [confident, other], [confident, other], generated=[[5, 9], [7]])
+    assert rows[0]["certified"] and not rows[0]["exact"] and rows[0]["first_failure"] == 1
+    assert m["certificate_violations"] == 1
+
+
+def test_memft_ot_masks_recalled_tokens(tiny_model_dir, data, tmp_path):
+    run = tmp_path / "ot"
+    assert main(args(tiny_model_dir, data, run, "--epochs", "80", "--method", "memft_ot")) == 0
+    rows = log_rows(run)
+    assert int(rows[0]["masked_tokens"]) == 0  # at step 0 every token is below p = 0.5
+    assert any(int(r["masked_tokens"]) > 0 for r in rows)  # later, recalled tokens stop receiving gradient
+    assert metrics(run)["exact_match"] == 1.0
+
+
+def test_zero_bp_skips_update(tiny_model_dir, data, tmp_path):
+    """With a threshold no token exceeds, every step has zero weight: no backward, adapter unchanged."""
+    run = tmp_path / "zero"
+    assert main(args(tiny_model_dir, data, run, "--epochs", "3", "--method", "memft_ot", "--threshold-p", "1e-12")) == 0
+    rows = log_rows(run)
+    assert rows and all(r["updated"] == "0" and r["active_tokens"] == "0" for r in rows)
+    adapter = load_file(str(run / "adapter.safetensors"))
+    assert all(float(t.abs().sum()) == 0 for k, t in adapter.items() if k.endswith(".B"))  # B still zero
+    assert metrics(run)["final_loss"] == pytest.approx(metrics(run)["initial_loss"])
+
+
+def test_memft_sw_curriculum_on_many_records(tiny_model_dir, data, tmp_path):
+    run = tmp_path / "sw"
+    rc = main(args(tiny_model_dir, data, run, "--epochs", "10", "--method", "memft_sw", "--batch-size", "1",
+                   "--curriculum-ratios", "0.5,1.0", "--curriculum-boundaries", "4,10"))
+    assert rc == 0
+    per_epoch = {}
+    for r in log_rows(run):
+        per_epoch[int(r["epoch"])] = per_epoch.get(int(r["epoch"]), 0) + 1
+    assert [per_epoch[e] for e in range(10)] == [2] * 4 + [4] * 6  # half the records first, then all
+    assert all(r["anchor"] == "" for r in log_rows(run))
+
+
+def test_memft_sw_sliding_window_on_one_long_record(tiny_model_dir, tmp_path):
+    data = write_records(tmp_path / "long.jsonl", [{"query": "Recite:", "target": "the quick brown fox jumps"}])
+    run = tmp_path / "slide"
+    rc = main(args(tiny_model_dir, data, run, "--epochs", "30", "--method", "memft_sw", "--sw-window", "4"))
+    assert rc == 0
+    rows = log_rows(run)
+    anchors = [r["anchor"] for r in rows]
+    assert anchors[0] != "" and int(anchors[0]) >= 0
+    assert {float(r["window"]) for r in rows if r["window"] != ""} <= {4.0 * (1 + 0.5 * k) for k in range(7)}
+    m = metrics(run)
+    assert m["final_loss"] < m["initial_loss"]
