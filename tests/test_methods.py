@@ -115,3 +115,30 @@ def test_memft_sw_sliding_window_on_one_long_record(tiny_model_dir, tmp_path):
     assert {float(r["window"]) for r in rows if r["window"] != ""} <= {4.0 * (1 + 0.5 * k) for k in range(7)}
     m = metrics(run)
     assert m["final_loss"] < m["initial_loss"]
+
+
+def memorize_args(model_dir, data, out, *extra):
+    return ["memorize", "--model", str(model_dir), "--data", str(data), "--out", str(out),
+            "--layer", "1", "--rank", "4", "--lr", "0.1", "--dropout", "0", "--batch-size", "2", *extra]
+
+
+def test_memorize_exits_0_when_every_record_is_certified(tiny_model_dir, data, tmp_path, capsys):
+    run = tmp_path / "mem"
+    assert main(memorize_args(tiny_model_dir, data, run)) == 0
+    out = capsys.readouterr().out
+    assert "certified 4/4" in out and "all 4 records certified" in out
+    assert out.count("epoch ") >= 2  # a live line per epoch
+    assert "Ann Lee:" in out and "4821" in out  # the per-record table
+    m = metrics(run)
+    assert m["stopped"] == "certified" and m["exact_match"] == 1.0
+    cfg = (run / "config.yaml").read_text()
+    assert "method: memft_ot" in cfg and "stop-when: certified" in cfg and "max-steps: 2000" in cfg
+
+
+def test_memorize_exits_1_when_the_budget_runs_out(tiny_model_dir, data, tmp_path, capsys):
+    run = tmp_path / "short"
+    assert main(memorize_args(tiny_model_dir, data, run, "--max-steps", "2")) == 1
+    assert "step budget ran out" in capsys.readouterr().out
+    m = metrics(run)
+    assert m["steps"] == 2 and m["stopped"] == "budget" and m["certified_fraction"] < 1.0
+    assert (run / "adapter.safetensors").is_file()
