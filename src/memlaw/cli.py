@@ -115,6 +115,32 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+# `memlaw capacity`: probes use MemFT-OT with certified stopping within a step budget.
+CAPACITY_DEFAULTS = {"method": "memft_ot", "max_steps": 300, "epochs": 10000, "data": "(generated per probe)"}
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from .capacity import capacity_search
+
+    cfg = config_from_args(args, CAPACITY_DEFAULTS)
+    out = Path(args.out or f"runs/capacity-r{cfg.rank}")
+
+    def show(p) -> None:
+        verdict = "stored" if p.success else "FAILED"
+        print(
+            f"probe {p.records:>6} records ({p.answer_tokens:>6} answer tokens): {verdict:<6}  "
+            f"certified {p.certified_fraction:.1%}  steps {p.steps:>5}  bits {p.bits_stored:9.1f}  {p.seconds:7.1f}s",
+            flush=True,
+        )
+
+    s = capacity_search(cfg, out, benchmark=args.benchmark, start=args.start, limit=args.limit, on_probe=show)
+    print(f"rank {s['rank']} ({s['method']}, budget {s['max_steps']} steps): capacity {s['records']} records, "
+          f"{s['answer_tokens']} answer tokens, {s['bits_stored']:.1f} bits stored, "
+          f"{s['trainable_params']} trainable params, {s['bits_per_param']:.4f} bits/param")
+    print(f"results: {out / 'capacity.json'}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate.run import evaluate_run
 
@@ -206,6 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different finished run in --out")
     add_config_flags(p)
     p.set_defaults(func=cmd_memorize)
+
+    p = sub.add_parser(
+        "capacity",
+        help="largest number of PhoneBook records a rank stores, every one certified within a step budget",
+        description="Doubling then bisection over nested record sets. Defaults: --method memft_ot --max-steps 300.",
+    )
+    p.add_argument("--benchmark", default="phonebook", help="benchmark to probe (default: phonebook)")
+    p.add_argument("--out", default=None, help="folder for the probes and capacity.json (default: runs/capacity-r<RANK>)")
+    p.add_argument("--start", type=int, default=1, help="first probe size in records (default: 1)")
+    p.add_argument("--limit", type=int, default=100_000, help="largest size to probe (default: 100000)")
+    p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_capacity)
 
     p = sub.add_parser("eval", help="evaluate a run: greedy recall, teacher-forced stats, certificate")
     p.add_argument("run", help="run folder written by `memlaw train`")
