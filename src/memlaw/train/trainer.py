@@ -124,6 +124,21 @@ class TokenWeighter:
         return with_fallback(weights, mask), {"anchor": anchors[0], "window": windows[0]}
 
 
+def active_records(cfg: TrainConfig, n: int, epoch: int) -> list[int]:
+    """Record indices trained at `epoch`: all, or the curriculum's prefix of the once-shuffled order."""
+    if cfg.method != "memft_sw" or uses_sliding_window(cfg, n):
+        return list(range(n))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    return curriculum_indices(order, epoch, cfg.batch_size, cfg.curriculum_ratios, curriculum_boundaries(cfg))
+
+
+def planned_steps(cfg: TrainConfig, n: int) -> int:
+    """Optimiser steps the run takes if nothing stops it early (the LR schedule's length)."""
+    per_epoch = (math.ceil(math.ceil(len(active_records(cfg, n, e)) / cfg.batch_size) / cfg.grad_accum) for e in range(cfg.epochs))
+    planned = sum(per_epoch)
+    return min(planned, cfg.max_steps or planned)
+
+
 # ---------------------------------------------------------------------- run folder
 def prepare_out_dir(out: Path, config: dict, overwrite: bool) -> None:
     """Refuse to clobber a different finished run unless overwrite is set."""
@@ -173,19 +188,8 @@ def train_loop(
 ) -> TrainState:
     cfg, memory, device = s.cfg, s.memory, s.loaded.device
     n = len(encoded)
-    sliding = uses_sliding_window(cfg, n)
-    curriculum = cfg.method == "memft_sw" and not sliding
-    bounds = curriculum_boundaries(cfg)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()  # shuffled once
-
-    def active(epoch: int) -> list[int]:
-        if curriculum:
-            return curriculum_indices(order, epoch, cfg.batch_size, cfg.curriculum_ratios, bounds)
-        return list(range(n))
-
-    planned = sum(math.ceil(math.ceil(len(active(e)) / cfg.batch_size) / cfg.grad_accum) for e in range(cfg.epochs))
-    total_steps = min(planned, cfg.max_steps or planned)
-    weighter = TokenWeighter(cfg, sliding)
+    total_steps = planned_steps(cfg, n)
+    weighter = TokenWeighter(cfg, uses_sliding_window(cfg, n))
     params = memory.parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -209,7 +213,7 @@ def train_loop(
     try:
         memory.set_training(True)
         for epoch in range(cfg.epochs):
-            micro = batches(active(epoch), cfg.batch_size, generator)
+            micro = batches(active_records(cfg, n, epoch), cfg.batch_size, generator)
             for first in range(0, len(micro), cfg.grad_accum):
                 lr = cfg.lr * max(0.0, 1.0 - state.steps / total_steps)  # linear decay to 0, no warm-up
                 row = optimiser_step(s, encoded, micro[first : first + cfg.grad_accum], weighter, optimizer, lr)
@@ -230,7 +234,7 @@ def train_loop(
             if cfg.stop_when == "certified" and not cfg.check_every and certify(epoch):
                 break
             if state.steps >= total_steps:
-                state.stopped = "budget" if cfg.max_steps and total_steps < planned else "epochs"
+                state.stopped = "budget" if cfg.max_steps == total_steps else "epochs"
                 break
     except KeyboardInterrupt:
         state.stopped = "interrupted"
