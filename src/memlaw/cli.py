@@ -214,24 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memlaw", description="Exact parametric memory in LLMs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="memorize a records file into a low-rank memory unit, then evaluate")
-    p.add_argument("--out", required=True, help="run folder (config, adapter, logs, metrics)")
-    p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
-    p.add_argument("--overwrite", action="store_true", help="replace a different finished run in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_flags(p)
-    p.set_defaults(func=cmd_train)
+    def run_parser(name: str, func, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        """A command that trains into a run folder: --out, --config, --overwrite and every config flag."""
+        p = sub.add_parser(name, help=help_text, description=description)
+        p.add_argument("--out", required=True, help="run folder (config, adapter, logs, metrics)")
+        p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
+        p.add_argument("--overwrite", action="store_true", help="replace a different finished run in --out")
+        add_config_flags(p)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser(
-        "memorize",
-        help="memorize records until every one is certified (MemFT-OT, step budget); exit 1 if the budget runs out",
-        description="Defaults: --method memft_ot --stop-when certified --max-steps 2000 (flags and --config override).",
+    run_parser("train", cmd_train, "memorize a records file into a low-rank memory unit, then evaluate").add_argument(
+        "--quiet", action="store_true", help="no progress bar"
     )
-    p.add_argument("--out", required=True, help="run folder (config, adapter, logs, metrics)")
-    p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
-    p.add_argument("--overwrite", action="store_true", help="replace a different finished run in --out")
-    add_config_flags(p)
-    p.set_defaults(func=cmd_memorize)
+    run_parser(
+        "memorize",
+        cmd_memorize,
+        "memorize records until every one is certified (MemFT-OT, step budget); exit 1 if the budget runs out",
+        "Defaults: --method memft_ot --stop-when certified --max-steps 2000 (flags and --config override).",
+    )
 
     p = sub.add_parser(
         "capacity",

@@ -28,24 +28,24 @@ def _where(path: Path, line: int) -> str:
     return f"{path}:{line}"
 
 
+def _require_strings(obj: dict, keys: tuple[str, ...], where: str, note: str = "") -> None:
+    for key in keys:
+        if key not in obj:
+            raise MemlawError(f"{where}: missing field '{key}'{note}")
+        if not isinstance(obj[key], str):
+            raise MemlawError(f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}")
+
+
 def parse_line(obj: Any, where: str, tokenizer=None, length: int | None = None) -> Record:
     if not isinstance(obj, dict):
         raise MemlawError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if "query" in obj or "target" in obj:
-        for key in ("query", "target"):
-            if key not in obj:
-                raise MemlawError(f"{where}: missing field '{key}'")
-            if not isinstance(obj[key], str):
-                raise MemlawError(f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}")
+        _require_strings(obj, ("query", "target"), where)
         if not obj["target"]:
             raise MemlawError(f"{where}: empty target")
         return Record(query=obj["query"], target=obj["target"], id=obj.get("id"))
     if "question" in obj or "matching" in obj:
-        for key in ("question", "matching"):
-            if key not in obj:
-                raise MemlawError(f"{where}: missing field '{key}' (Long-Context format)")
-            if not isinstance(obj[key], str):
-                raise MemlawError(f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}")
+        _require_strings(obj, ("question", "matching"), where, " (Long-Context format)")
         length = length if length is not None else obj.get("length")
         if length is None:
             raise MemlawError(f"{where}: Long-Context data needs --length (the number of target tokens)")
