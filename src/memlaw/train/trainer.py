@@ -186,7 +186,7 @@ def train_loop(
     progress: bool = True,
     on_check: Callable[[Check], None] | None = None,
 ) -> TrainState:
-    cfg, memory, device = s.cfg, s.memory, s.loaded.device
+    cfg, memory = s.cfg, s.memory
     n = len(encoded)
     total_steps = planned_steps(cfg, n)
     weighter = TokenWeighter(cfg, uses_sliding_window(cfg, n))
