@@ -108,9 +108,8 @@ class TrainConfig:
             raise bad("stop_when", f"must be one of {', '.join(STOP_WHEN)}, got {self.stop_when!r}")
         if not 0.0 < self.threshold_p < 1.0:
             raise bad("threshold_p", f"must be in (0, 1), got {self.threshold_p!r}")
-        for name in ("check_every",):
-            if getattr(self, name) < 0:
-                raise bad(name, f"must be >= 0, got {getattr(self, name)!r}")
+        if self.check_every < 0:
+            raise bad("check_every", f"must be >= 0, got {self.check_every!r}")
         for name in ("sw_window", "sw_patience", "sw_tau", "sw_scale", "sw_expand_max"):
             if getattr(self, name) <= 0:
                 raise bad(name, f"must be > 0, got {getattr(self, name)!r}")

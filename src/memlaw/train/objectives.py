@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-L_CRIT = math.log(2.0)  # greedy-recall threshold: p_t > 0.5  <=>  L_t < ln 2
 EPS = 1e-8
 
 
 def loss_threshold(p: float) -> float:
-    """The per-token loss at which the target probability equals p."""
+    """The per-token loss at which the target probability equals p (p = 0.5: L_crit = ln 2)."""
     return -math.log(p)
 
 

@@ -21,6 +21,7 @@ from ..model.forward import answer_logits, token_losses
 from ..session import RUN_FILES, Session, new_session
 from .objectives import (
     WindowState,
+    curriculum_count,
     curriculum_indices,
     first_errors,
     ot_weights,
@@ -124,18 +125,22 @@ class TokenWeighter:
         return with_fallback(weights, mask), {"anchor": anchors[0], "window": windows[0]}
 
 
-def active_records(cfg: TrainConfig, n: int, epoch: int) -> list[int]:
-    """Record indices trained at `epoch`: all, or the curriculum's prefix of the once-shuffled order."""
-    if cfg.method != "memft_sw" or uses_sliding_window(cfg, n):
-        return list(range(n))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    return curriculum_indices(order, epoch, cfg.batch_size, cfg.curriculum_ratios, curriculum_boundaries(cfg))
+def uses_curriculum(cfg: TrainConfig, n_records: int) -> bool:
+    return cfg.method == "memft_sw" and not uses_sliding_window(cfg, n_records)
+
+
+def active_count(cfg: TrainConfig, n: int, epoch: int) -> int:
+    """How many records are trained at `epoch`: all, or the curriculum's share."""
+    if not uses_curriculum(cfg, n):
+        return n
+    return curriculum_count(n, epoch, cfg.batch_size, cfg.curriculum_ratios, curriculum_boundaries(cfg))
 
 
 def planned_steps(cfg: TrainConfig, n: int) -> int:
     """Optimiser steps the run takes if nothing stops it early (the LR schedule's length)."""
-    per_epoch = (math.ceil(math.ceil(len(active_records(cfg, n, e)) / cfg.batch_size) / cfg.grad_accum) for e in range(cfg.epochs))
-    planned = sum(per_epoch)
+    planned = sum(
+        math.ceil(math.ceil(active_count(cfg, n, e) / cfg.batch_size) / cfg.grad_accum) for e in range(cfg.epochs)
+    )
     return min(planned, cfg.max_steps or planned)
 
 
@@ -189,6 +194,12 @@ def train_loop(
     cfg, memory = s.cfg, s.memory
     n = len(encoded)
     total_steps = planned_steps(cfg, n)
+    if uses_curriculum(cfg, n):  # shuffled once; epoch e trains a prefix of it
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        bounds = curriculum_boundaries(cfg)
+        active = lambda epoch: curriculum_indices(order, epoch, cfg.batch_size, cfg.curriculum_ratios, bounds)  # noqa: E731
+    else:
+        active = lambda epoch: list(range(n))  # noqa: E731
     weighter = TokenWeighter(cfg, uses_sliding_window(cfg, n))
     params = memory.parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -213,7 +224,7 @@ def train_loop(
     try:
         memory.set_training(True)
         for epoch in range(cfg.epochs):
-            micro = batches(active_records(cfg, n, epoch), cfg.batch_size, generator)
+            micro = batches(active(epoch), cfg.batch_size, generator)
             for first in range(0, len(micro), cfg.grad_accum):
                 lr = cfg.lr * max(0.0, 1.0 - state.steps / total_steps)  # linear decay to 0, no warm-up
                 row = optimiser_step(s, encoded, micro[first : first + cfg.grad_accum], weighter, optimizer, lr)
