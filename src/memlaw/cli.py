@@ -210,6 +210,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+# Packages that register further subcommands: each module has `register(subparsers)`.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memlaw", description="Exact parametric memory in LLMs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -287,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", type=int, default=16, help="PhoneBook records (default: 16)")
     p.add_argument("--epochs", type=int, default=60, help="epochs per run (default: 60)")
     p.set_defaults(func=cmd_demo)
+
+    import importlib
+
+    for module in COMMAND_MODULES:  # each adds its own subcommands; heavy imports stay inside its commands
+        importlib.import_module(module).register(sub)
     return parser
 
 
