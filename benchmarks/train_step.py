@@ -55,12 +55,13 @@ def main() -> None:
                           epochs=args.epochs, device=args.device, dtype=args.dtype).validate()
         session = new_session(cfg)
         _, encoded = session.load_data()
+        fwd = session.answer_forward(encoded)
         cuda = session.loaded.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        initial_stats(session, encoded)  # as `memlaw train` does; also pages the weights in
+        initial_stats(session, fwd)  # as `memlaw train` does; also pages the weights in
         rss_loaded = rss_peak_mib()
-        state = train_loop(session, encoded, Path(tmp), progress=False)
+        state = train_loop(session, fwd, Path(tmp), progress=False)
         result = {
             "model": args.model,
             "device": session.loaded.device.type,

@@ -38,7 +38,8 @@ def make_tokenizer(chat_template: bool = True):
 
 
 def make_model(kind: str = "llama", vocab_size: int = 261, layers: int = 3, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    """kind: llama | qwen2 | qwen2-sliding | qwen3 | mistral (sliding window 6) | gemma (no prefix-cache support)."""
+    import transformers as tf
 
     torch.manual_seed(seed)
     common = dict(
@@ -56,13 +57,23 @@ def make_model(kind: str = "llama", vocab_size: int = 261, layers: int = 3, seed
         initializer_range=0.3,  # large enough that a confident (p > 0.5) prediction is reachable
     )
     if kind == "llama":
-        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+        return tf.LlamaForCausalLM(tf.LlamaConfig(**common)).eval()
     if kind == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+        return tf.Qwen2ForCausalLM(tf.Qwen2Config(**common)).eval()
+    if kind == "qwen2-sliding":  # layers >= 1 use a 6-token sliding window
+        config = tf.Qwen2Config(**common, use_sliding_window=True, sliding_window=6, max_window_layers=1)
+        return tf.Qwen2ForCausalLM(config).eval()
+    if kind == "qwen3":
+        return tf.Qwen3ForCausalLM(tf.Qwen3Config(**common, head_dim=HIDDEN // 4)).eval()
+    if kind == "mistral":
+        return tf.MistralForCausalLM(tf.MistralConfig(**common, sliding_window=6)).eval()
+    if kind == "gemma":
+        return tf.GemmaForCausalLM(tf.GemmaConfig(**common, head_dim=HIDDEN // 4)).eval()
     raise ValueError(kind)
 
 
 def save_tiny(folder: Path, kind: str = "llama", chat_template: bool = True) -> Path:
+    """A tiny model folder usable as `model=<path>`."""
     tok = make_tokenizer(chat_template)
     model = make_model(kind, vocab_size=len(tok))
     model.save_pretrained(folder)

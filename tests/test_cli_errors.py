@@ -379,13 +379,13 @@ def test_ctrl_c_keeps_last_completed_epoch(
     from memlaw.model.memory_unit import Memory
 
     calls = {"n": 0}
-    real_collate = trainer.collate
+    real_step = trainer.optimiser_step
 
-    def interrupting_collate(items, pad_id):
+    def interrupting_step(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == interrupt_on_call:
             raise KeyboardInterrupt
-        return real_collate(items, pad_id)
+        return real_step(*args, **kwargs)
 
     snapshots: list[dict[str, torch.Tensor]] = []  # train_loop takes one at the start and one per finished epoch
     real_state_dict = Memory.state_dict
@@ -402,7 +402,7 @@ def test_ctrl_c_keeps_last_completed_epoch(
         live_at_save.append(real_state_dict(self))
         return real_save(self, folder, tensors)
 
-    monkeypatch.setattr(trainer, "collate", interrupting_collate)
+    monkeypatch.setattr(trainer, "optimiser_step", interrupting_step)
     monkeypatch.setattr(Memory, "state_dict", spying_state_dict)
     monkeypatch.setattr(Memory, "save", spying_save)
 
@@ -452,15 +452,15 @@ def test_ctrl_c_train_state_counts_the_kept_steps(tiny_model_dir, small_records,
     import memlaw.train.trainer as trainer
 
     calls = {"n": 0}
-    real_collate = trainer.collate
+    real_step = trainer.optimiser_step
 
-    def interrupting_collate(items, pad_id):
+    def interrupting_step(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 6:  # 2 batches per epoch: second batch of epoch 3
             raise KeyboardInterrupt
-        return real_collate(items, pad_id)
+        return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "collate", interrupting_collate)
+    monkeypatch.setattr(trainer, "optimiser_step", interrupting_step)
     out = tmp_path / "run"
     argv = train_argv(tiny_model_dir, small_records, out, "--batch-size", "2")
     argv[argv.index("--epochs") + 1] = "5"

@@ -56,7 +56,7 @@ def test_greedy_output_is_teacher_forced_argmax(chat, kind):
     generated = greedy_decode(model, prompts, tok.pad_token_id, batch_size=4, device="cpu")
     assert [len(g) for g in generated] == [3, 7, 1, 5]
     items = [Encoded(p.prompt_ids, g) for p, g in zip(prompts, generated)]
-    stats = teacher_forced(model, items, tok.pad_token_id, batch_size=4, device="cpu")
+    stats = teacher_forced(forward.AnswerForward(model, items, tok.pad_token_id, "cpu"), batch_size=4)
     for s in stats:
         assert s.correct.all()
 
@@ -65,8 +65,8 @@ def test_padding_does_not_change_token_losses():
     tok = make_tokenizer()
     model = make_model("llama", vocab_size=len(tok), seed=5)
     items = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, ["12", "345678", "9", "0000"])]
-    together = teacher_forced(model, items, tok.pad_token_id, batch_size=4, device="cpu")
-    alone = [teacher_forced(model, [e], tok.pad_token_id, batch_size=1, device="cpu")[0] for e in items]
+    together = teacher_forced(forward.AnswerForward(model, items, tok.pad_token_id, "cpu"), batch_size=4)
+    alone = [teacher_forced(forward.AnswerForward(model, [e], tok.pad_token_id, "cpu"), batch_size=1)[0] for e in items]
     for a, b in zip(together, alone):
         assert a.losses.shape == b.losses.shape
         assert abs(a.losses - b.losses).max() < 1e-5

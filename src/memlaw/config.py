@@ -23,6 +23,7 @@ SW_MODES = ("auto", "curriculum", "sliding")
 STOP_WHEN = ("never", "certified")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+CACHE_DEVICES = ("model", "cpu")
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -82,6 +83,13 @@ class TrainConfig:
     chat_template: bool = _help("Wrap the query in the tokenizer's chat template (if it has one).", default=True)
     length: int | None = _help("Long-Context data: the target is the first LENGTH tokens of 'matching'.", default=None)
     eval_batch_size: int = _help("Records per batch in evaluation.", default=32)
+    prefix_cache: bool = _help(
+        "Compute the hidden states entering the lowest adapted layer once and run only the layers above it "
+        "(Llama/Qwen2/Qwen3/Mistral); --no-prefix-cache runs the full forward every step.",
+        default=True,
+    )
+    prefix_cache_max_mb: float = _help("Memory bound of the prefix cache in MiB; a larger cache falls back to the full forward.", default=4096.0)
+    prefix_cache_device: str = _help("Where the prefix cache lives: model (the model's device) | cpu (copied per batch).", default="model")
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> "TrainConfig":
@@ -104,6 +112,10 @@ class TrainConfig:
             raise bad("component", f"unknown component {self.component!r}; choose from {', '.join(COMPONENTS)}")
         if self.sw_mode not in SW_MODES:
             raise bad("sw_mode", f"must be one of {', '.join(SW_MODES)}, got {self.sw_mode!r}")
+        if self.prefix_cache_device not in CACHE_DEVICES:
+            raise bad("prefix_cache_device", f"must be one of {', '.join(CACHE_DEVICES)}, got {self.prefix_cache_device!r}")
+        if self.prefix_cache_max_mb <= 0:
+            raise bad("prefix_cache_max_mb", f"must be > 0, got {self.prefix_cache_max_mb!r}")
         if self.stop_when not in STOP_WHEN:
             raise bad("stop_when", f"must be one of {', '.join(STOP_WHEN)}, got {self.stop_when!r}")
         if not 0.0 < self.threshold_p < 1.0:

@@ -13,8 +13,10 @@ from .config import TrainConfig, replace
 from .data.encoding import Encoded, encode_records
 from .data.records import Record, load_records
 from .errors import MemlawError
+from .model.forward import AnswerForward
 from .model.loading import LoadedModel, decoder_layers, default_layers, load_model
 from .model.memory_unit import AdapterSpec, Memory, attach_memory, load_memory, validate_layers
+from .model.prefix_cache import PrefixCache, notice, unsupported_reason
 
 RUN_FILES = ("config.yaml", "metrics.json")  # both present = a finished run
 
@@ -32,6 +34,23 @@ class Session:
     def load_data(self, path: str | None = None) -> tuple[list[Record], list[Encoded]]:
         records = load_records(path or self.cfg.data, self.loaded.tokenizer, self.cfg.length)
         return records, encode_records(self.loaded.tokenizer, records, self.cfg.chat_template)
+
+    def answer_forward(self, encoded: list[Encoded]) -> AnswerForward:
+        """The forward for these records: through a frozen-prefix cache when enabled, supported and within bound."""
+        cfg, model, device = self.cfg, self.memory.model, self.loaded.device
+        forward = AnswerForward(model, encoded, self.pad_id, device)
+        if not cfg.prefix_cache:
+            return forward
+        reason = unsupported_reason(model)
+        size_mb = PrefixCache.size_bytes(model, encoded) / 2**20
+        if reason is None and size_mb > cfg.prefix_cache_max_mb:
+            reason = f"it would take {size_mb:.0f} MiB, over --prefix-cache-max-mb {cfg.prefix_cache_max_mb:g}"
+        if reason is not None:
+            notice(f"prefix cache off ({reason}); running the full forward")
+            return forward
+        store = device if cfg.prefix_cache_device == "model" else torch.device("cpu")
+        forward.cache = PrefixCache.build(model, min(cfg.layer), encoded, self.pad_id, device, cfg.eval_batch_size, store)
+        return forward
 
 
 def seed_everything(seed: int) -> None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.encoding import Encoded, collate, left_pad
-from ..model.forward import answer_logits, token_losses
+from ..data.encoding import Encoded, left_pad
+from ..model.forward import AnswerForward, token_losses
 
 P_THRESHOLD = 0.5
 
@@ -44,13 +44,12 @@ def _chunks(n: int, size: int):
 
 
 @torch.no_grad()
-def teacher_forced(model, encoded: list[Encoded], pad_id: int, batch_size: int, device) -> list[TokenStats]:
+def teacher_forced(forward: AnswerForward, batch_size: int) -> list[TokenStats]:
     """Per-record target-token losses and argmax correctness under teacher forcing (no dropout)."""
-    model.eval()
+    forward.model.eval()
     out: list[TokenStats] = []
-    for idx in _chunks(len(encoded), batch_size):
-        batch = collate([encoded[i] for i in idx], pad_id).to(device)
-        logits = answer_logits(model, batch)  # (B, L, V)
+    for idx in _chunks(len(forward), batch_size):
+        logits, batch = forward(list(idx))  # (B, L, V)
         losses = token_losses(logits, batch.labels).double().cpu().numpy()
         correct = (logits.argmax(-1) == batch.labels).cpu().numpy()
         L = batch.labels.shape[1]

@@ -6,33 +6,33 @@ import json
 from pathlib import Path
 
 from ..config import TrainConfig, from_mapping, read_yaml_mapping
-from ..data.encoding import Encoded
 from ..data.records import Record
 from ..errors import MemlawError
 from ..io import write_json, write_jsonl
+from ..model.forward import AnswerForward
 from ..session import Session, saved_session
 from .recall import TokenStats, greedy_decode, summarise, teacher_forced
 
 
-def initial_stats(s: Session, encoded: list[Encoded]) -> list[TokenStats]:
+def initial_stats(s: Session, forward: AnswerForward) -> list[TokenStats]:
     """Teacher-forced statistics of the base model alone (the 'initial loss')."""
     with s.memory.disabled():
-        return teacher_forced(s.memory.model, encoded, s.pad_id, s.cfg.eval_batch_size, s.loaded.device)
+        return teacher_forced(forward, s.cfg.eval_batch_size)
 
 
 def evaluate_session(
     s: Session,
     records: list[Record],
-    encoded: list[Encoded],
+    forward: AnswerForward,
     out: Path,
     train_summary: dict,
     initial: list[TokenStats] | None = None,
     extra: dict | None = None,
 ) -> dict:
     """Evaluate the attached memory on `records`; write metrics.json and records.jsonl into `out`."""
-    device, bs = s.loaded.device, s.cfg.eval_batch_size
-    initial = initial if initial is not None else initial_stats(s, encoded)
-    final = teacher_forced(s.memory.model, encoded, s.pad_id, bs, device)
+    device, bs, encoded = s.loaded.device, s.cfg.eval_batch_size, forward.encoded
+    initial = initial if initial is not None else initial_stats(s, forward)
+    final = teacher_forced(forward, bs)
     generated = greedy_decode(s.memory.model, encoded, s.pad_id, bs, device)
     metrics, rows = summarise(encoded, final, initial, generated)
     params = s.memory.num_parameters()
@@ -72,9 +72,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path |
     summary = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
     session = saved_session(run_dir, cfg)
     records, encoded = session.load_data(data)
+    forward = session.answer_forward(encoded)
     if out is None:
         out = run_dir if data is None else run_dir / f"eval-{Path(data).stem}"
     extra = {}
     if data is not None and (run_dir / "metrics.json").is_file():  # memory EM beside EM on the other data
         extra["train_exact_match"] = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["exact_match"]
-    return evaluate_session(session, records, encoded, Path(out), summary, extra=extra)
+    return evaluate_session(session, records, forward, Path(out), summary, extra=extra)

@@ -13,11 +13,10 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..data.encoding import Encoded, collate
 from ..errors import MemlawError, TrainingInterrupted
 from ..evaluate.recall import P_THRESHOLD, teacher_forced
 from ..io import write_csv, write_json, write_yaml
-from ..model.forward import answer_logits, token_losses
+from ..model.forward import AnswerForward, token_losses
 from ..session import RUN_FILES, Session, new_session
 from .objectives import (
     WindowState,
@@ -170,8 +169,8 @@ def batches(indices: list[int], batch_size: int, generator: torch.Generator) -> 
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def check_certified(s: Session, encoded: list[Encoded], epoch: int, steps: int) -> Check:
-    stats = teacher_forced(s.memory.model, encoded, s.pad_id, s.cfg.eval_batch_size, s.loaded.device)
+def check_certified(s: Session, forward: AnswerForward, epoch: int, steps: int) -> Check:
+    stats = teacher_forced(forward, s.cfg.eval_batch_size)
     tokens = sum(len(x.losses) for x in stats)
     return Check(
         epoch=epoch,
@@ -186,13 +185,13 @@ def check_certified(s: Session, encoded: list[Encoded], epoch: int, steps: int) 
 # ---------------------------------------------------------------------- the loop
 def train_loop(
     s: Session,
-    encoded: list[Encoded],
+    forward: AnswerForward,
     out: Path,
     progress: bool = True,
     on_check: Callable[[Check], None] | None = None,
 ) -> TrainState:
     cfg, memory = s.cfg, s.memory
-    n = len(encoded)
+    n = len(forward)
     total_steps = planned_steps(cfg, n)
     if uses_curriculum(cfg, n):  # shuffled once; epoch e trains a prefix of it
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
@@ -211,7 +210,7 @@ def train_loop(
     epoch = 0
 
     def certify(epoch: int) -> bool:
-        check = check_certified(s, encoded, epoch, state.steps)
+        check = check_certified(s, forward, epoch, state.steps)
         memory.set_training(True)
         if on_check is not None:
             on_check(check)
@@ -227,7 +226,7 @@ def train_loop(
             micro = batches(active(epoch), cfg.batch_size, generator)
             for first in range(0, len(micro), cfg.grad_accum):
                 lr = cfg.lr * max(0.0, 1.0 - state.steps / total_steps)  # linear decay to 0, no warm-up
-                row = optimiser_step(s, encoded, micro[first : first + cfg.grad_accum], weighter, optimizer, lr)
+                row = optimiser_step(s, forward, micro[first : first + cfg.grad_accum], weighter, optimizer, lr)
                 state.steps += 1
                 state.log.append({"epoch": epoch, "step": state.steps, **row})
                 bar.update(1)
@@ -266,18 +265,17 @@ def train_loop(
     return state
 
 
-def optimiser_step(s: Session, encoded, group: list[list[int]], weighter, optimizer, lr: float) -> dict:
+def optimiser_step(s: Session, forward: AnswerForward, group: list[list[int]], weighter, optimizer, lr: float) -> dict:
     """Forward, weights, backward over the micro-batches of one optimiser step; then clip and step.
 
     A step whose micro-batches all have zero total weight (zero-bp) does no backward and no update.
     """
-    cfg, device = s.cfg, s.loaded.device
+    cfg = s.cfg
     params = [p for group_ in optimizer.param_groups for p in group_["params"]]
     loss_sum, prob_sum, n_tok, stubborn, active, masked, backwards = 0.0, 0.0, 0, 0, 0, 0, 0
     info: dict = {}
     for idx in group:
-        batch = collate([encoded[i] for i in idx], s.pad_id).to(device)
-        logits = answer_logits(s.memory.model, batch)  # (B, L, V)
+        logits, batch = forward(idx)  # (B, L, V)
         losses = token_losses(logits, batch.labels)  # (B, L)
         mask = batch.target_mask
         with torch.no_grad():
@@ -330,9 +328,10 @@ def train(
     config = session.cfg.to_dict()
     prepare_out_dir(out, config, overwrite)
     records, encoded = session.load_data()
-    initial = initial_stats(session, encoded)  # measured once, before training
+    forward = session.answer_forward(encoded)
+    initial = initial_stats(session, forward)  # measured once, before training
     write_yaml(out / "config.yaml", config)
-    state = train_loop(session, encoded, out, progress, on_check)
+    state = train_loop(session, forward, out, progress, on_check)
     session.memory.save(out)
     write_json(out / "train_state.json", state.summary())
-    return evaluate_session(session, records, encoded, out, state.summary(), initial=initial)
+    return evaluate_session(session, records, forward, out, state.summary(), initial=initial)

@@ -1,0 +1,144 @@
+"""The frozen-prefix cache computes what the full forward computes: losses, gradients, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_model, make_tokenizer, save_tiny, write_records
+from memlaw.cli import main
+from memlaw.data.encoding import encode_record
+from memlaw.data.records import Record
+from memlaw.model.forward import AnswerForward, token_losses
+from memlaw.model.memory_unit import AdapterSpec, attach_memory
+from memlaw.model.prefix_cache import PrefixCache, unsupported_reason
+
+QUERIES = ["Ann Lee:", "Bob Ray the Second:", "Cy:", "Di Fox:"]
+MIXED = ["4821", "90", "3771234", "15"]  # different prompt and target lengths -> left padding
+EQUAL_Q = ["Ann Lee:", "Bob Ray:", "Cyd Wux:", "Di Foxy:"]  # equal prompt and target lengths: no padding
+
+
+def adapted(kind: str, component: str, layers: list[int], seed: int = 0):
+    """A tiny model with a memory unit whose output is non-zero (B / lora_B randomised)."""
+    tok = make_tokenizer()
+    model = make_model(kind, vocab_size=len(tok), layers=4, seed=seed)
+    spec = AdapterSpec(component=component, layers=layers, rank=4, target_modules=["q_proj", "v_proj", "down_proj"])
+    memory = attach_memory(model, spec, seed=seed)
+    torch.manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in memory.named_parameters():
+            if name.endswith(".B") or "lora_B" in name:
+                p.normal_(0, 0.2)
+    return tok, memory
+
+
+def losses_and_grads(forward: AnswerForward, memory) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    memory.model.zero_grad(set_to_none=True)
+    logits, batch = forward(list(range(len(forward))))
+    losses = token_losses(logits, batch.labels)  # (B, L)
+    losses[batch.target_mask].sum().backward()
+    grads = {name: p.grad.clone() for name, p in memory.named_parameters()}
+    return losses.detach(), batch.target_mask, grads
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen2-sliding", "qwen3", "mistral"])
+@pytest.mark.parametrize("component,layers", [("mlp", [2]), ("lora", [1, 3])])
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+def test_cache_equals_full_forward(kind, component, layers, padded):
+    tok, memory = adapted(kind, component, layers)
+    queries, targets = (QUERIES, MIXED) if padded else (EQUAL_Q, ["12345678"] * 4)
+    encoded = [encode_record(tok, Record(q, t)) for q, t in zip(queries, targets)]
+    total = {len(e.prompt_ids) + len(e.target_ids) for e in encoded}
+    assert (len(total) > 1) == padded
+    assert unsupported_reason(memory.model) is None
+
+    full = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu")
+    cache = PrefixCache.build(memory.model, min(layers), encoded, tok.pad_token_id, torch.device("cpu"), 3, torch.device("cpu"))
+    cached = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu", cache)
+    assert len(cache.hidden) == len(encoded) and cache.hidden[0].shape[-1] == 64
+
+    loss_full, mask, grads_full = losses_and_grads(full, memory)
+    loss_cached, mask_cached, grads_cached = losses_and_grads(cached, memory)
+    assert torch.equal(mask, mask_cached)
+    assert torch.allclose(loss_full[mask], loss_cached[mask], atol=1e-5, rtol=1e-5)
+    assert grads_full.keys() == grads_cached.keys() and grads_full
+    for name, g in grads_full.items():
+        assert g.abs().max() > 0, name  # the adapter does get a gradient
+        assert torch.allclose(g, grads_cached[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_subset_batches_read_the_right_records():
+    """A batch of some records (in any order) gets their cached states, not its neighbours'."""
+    tok, memory = adapted("llama", "mlp", [1])
+    encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
+    cache = PrefixCache.build(memory.model, 1, encoded, tok.pad_token_id, torch.device("cpu"), 4, torch.device("cpu"))
+    full = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu")
+    cached = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu", cache)
+    with torch.no_grad():
+        for idx in ([2, 0], [3], [1, 3, 0]):
+            (a, batch), (b, _) = full(idx), cached(idx)
+            assert torch.allclose(a[batch.target_mask], b[batch.target_mask], atol=1e-5)
+
+
+def test_unsupported_architecture_is_named():
+    tok = make_tokenizer()
+    model = make_model("gemma", vocab_size=len(tok))
+    memory = attach_memory(model, AdapterSpec(component="mlp", layers=[1], rank=2))
+    assert "gemma" in unsupported_reason(memory.model)
+
+
+def pb_rows(n: int = 6) -> list[dict]:
+    return [{"id": i, "query": f"Person {i}:", "target": f"{(i * 7919) % 100000:05d}"} for i in range(n)]
+
+
+def run_train(model_dir, data, out, *flags) -> dict:
+    argv = ["train", "--data", str(data), "--model", str(model_dir), "--out", str(out), "--rank", "4",
+            "--epochs", "6", "--batch-size", "3", "--lr", "0.05", "--dropout", "0.1", "--quiet", *flags]
+    assert main(argv) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+METRIC_KEYS = ["exact_match", "token_accuracy", "certified_fraction", "stubborn_tokens", "steps",
+               "initial_loss", "final_loss", "delta_loss", "bits_stored"]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_run_metrics_same_with_and_without_cache(kind, tmp_path, capsys):
+    """Same config and seed (dropout on): the cache changes speed, not results."""
+    model_dir = save_tiny(tmp_path / kind, kind)
+    data = write_records(tmp_path / "pb.jsonl", pb_rows())
+    on = run_train(model_dir, data, tmp_path / "on")
+    off = run_train(model_dir, data, tmp_path / "off", "--no-prefix-cache")
+    assert "prefix cache off" not in capsys.readouterr().err
+    for key in METRIC_KEYS:
+        assert on[key] == pytest.approx(off[key], rel=1e-4, abs=1e-5), key
+    assert on["delta_loss"] > 0
+
+
+def test_fallbacks_print_one_notice_and_still_train(tmp_path, capsys):
+    data = write_records(tmp_path / "pb.jsonl", pb_rows(3))
+    gemma = tmp_path / "gemma"
+    tok = make_tokenizer()
+    make_model("gemma", vocab_size=len(tok)).save_pretrained(gemma)
+    tok.save_pretrained(gemma)
+    run_train(gemma, data, tmp_path / "g")
+    notices = [line for line in capsys.readouterr().err.splitlines() if "prefix cache off" in line]
+    assert len(notices) == 1 and "gemma" in notices[0]
+
+    llama = save_tiny(tmp_path / "llama", "llama")
+    bounded = run_train(llama, data, tmp_path / "b", "--prefix-cache-max-mb", "0.001")
+    notices = [line for line in capsys.readouterr().err.splitlines() if "prefix cache off" in line]
+    assert len(notices) == 1 and "prefix-cache-max-mb" in notices[0]
+    on_cpu = run_train(llama, data, tmp_path / "c", "--prefix-cache-device", "cpu")
+    assert "prefix cache off" not in capsys.readouterr().err
+    assert bounded["final_loss"] == pytest.approx(on_cpu["final_loss"], rel=1e-4)
+
+
+def test_cache_size_is_what_the_bound_checks():
+    tok, memory = adapted("llama", "mlp", [1])
+    encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
+    cache = PrefixCache.build(memory.model, 1, encoded, tok.pad_token_id, torch.device("cpu"), 2, torch.device("cpu"))
+    held = sum(h.numel() * h.element_size() for h in cache.hidden)
+    assert PrefixCache.size_bytes(memory.model, encoded) == held
