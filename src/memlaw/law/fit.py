@@ -1,0 +1,431 @@
+"""Robust fit of the Parametric Memory Law ΔL(r, ℓ) = C · r^α · ℓ^(−β) + b, with bootstrap CIs.
+
+Method. C and b enter linearly once the exponents (α, β) are fixed, so:
+
+1. grid search over (α, β); at each grid point (C, b) come from iteratively reweighted
+   least squares (IRLS) on the robust loss, all grid points at once;
+2. the grid's best local minima start a joint refinement of all four parameters with
+   ``scipy.optimize.least_squares`` (same robust loss and scale);
+3. the objective is the *summed* robust loss ½·Σ f²·ρ((res/f)²) in scipy's convention, not
+   the mean: same minimiser, but no stopping tolerance is met early on an n-times smaller loss;
+4. confidence intervals: resample rows (runs) with replacement, refit with the same
+   procedure and scale, take percentile intervals.
+
+Rank and length are divided by their geometric means inside the fit for conditioning; the
+reported C is in the original units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..errors import MemlawError
+
+PARAMS = ("C", "alpha", "beta", "b")
+LOSSES = ("soft_l1", "huber", "cauchy", "linear")
+GROUP_COLS = ("model", "benchmark", "ratio", "method")
+FORMULA = "delta_loss = C * rank**alpha * length**(-beta) + b"
+DEFAULT_EXPONENT_GRID = tuple(float(v) for v in np.linspace(-1.0, 3.0, 21))
+RELATIVE_F_SCALE = 0.05  # default robust scale: 5% of the median |ΔL| of the data
+IRLS_STEPS = 10  # enough to rank grid points; the refinement does the exact solve
+MAX_STARTS = 3  # grid local minima refined per fit, at most ...
+START_TOLERANCE = 0.1  # ... and only those within 10% of the best grid cost (a worse one sits in a worse basin)
+MAX_DRAWS_PER_SAMPLE = 100  # bootstrap redraws a degenerate resample at most this often on average
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """The smallest rank the law predicts reaches ΔL ≥ ``delta_loss`` at ``length``."""
+
+    length: float
+    delta_loss: float
+    rank: float  # real-valued rank at which the law's prediction equals the target
+    power_of_two: int  # the smallest power of two ≥ rank (at least 1): the rank to train
+    interval: tuple[float, float] | None  # bootstrap percentile interval of rank; inf: some fits never reach it
+    confidence: float
+
+
+def next_power_of_two(rank: float) -> int:
+    """The smallest power of two ≥ rank, at least 1."""
+    return 1 if rank <= 1 else 2 ** math.ceil(math.log2(rank))
+
+
+class ParametricMemoryLaw:
+    """Estimator of ΔL(r, ℓ) = C · r^α · ℓ^(−β) + b (scikit-learn style).
+
+    Parameters (stored unchanged):
+        loss: robust loss, one of "soft_l1" (default), "huber", "cauchy", "linear" (plain least squares).
+        f_scale: residual scale where the robust loss turns from quadratic to robust, in nats.
+            None (default): 5% of the median |ΔL| of the fitted data, so the fit does not depend
+            on the units and a point off by much more than the typical seed-to-seed spread
+            stops pulling quadratically. The bootstrap reuses the full data's scale.
+        alpha_grid, beta_grid: exponent values searched before refinement
+            (None: -1 … 3 in steps of 0.2; the refinement may leave the grid).
+        n_bootstrap: bootstrap refits for the confidence intervals (0: none).
+        confidence: level of the percentile intervals.
+        random_state: seed of the bootstrap resampling.
+
+    Fitted attributes: C_, alpha_, beta_, b_, r2_, mape_ (percent, over points with ΔL ≠ 0),
+    n_, f_scale_, ci_ ({param: (lo, hi)}), bootstrap_params_ (n_bootstrap × 4: C, α, β, b),
+    residuals_ (ΔL − prediction on the fitted data; not restored by from_dict).
+    """
+
+    def __init__(
+        self,
+        *,
+        loss: str = "soft_l1",
+        f_scale: float | None = None,
+        alpha_grid: Sequence[float] | None = None,
+        beta_grid: Sequence[float] | None = None,
+        n_bootstrap: int = 200,
+        confidence: float = 0.95,
+        random_state: int | None = 0,
+    ) -> None:
+        self.loss = loss
+        self.f_scale = f_scale
+        self.alpha_grid = alpha_grid
+        self.beta_grid = beta_grid
+        self.n_bootstrap = n_bootstrap
+        self.confidence = confidence
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, rank: ArrayLike, length: ArrayLike, delta_loss: ArrayLike) -> ParametricMemoryLaw:
+        """Fit C, α, β, b to runs (one point each: rank, answer-token length, ΔL), then bootstrap."""
+        self._check_params()
+        r, ell, y = _check_points(rank, length, delta_loss)
+        problem = _data_problem(r, ell, y)
+        if problem:
+            raise MemlawError(f"cannot fit the memory law: {problem}")
+        abs_y = np.abs(y)
+        f = float(self.f_scale) if self.f_scale is not None else RELATIVE_F_SCALE * float(np.median(abs_y) or abs_y.max())
+        grids = (
+            np.asarray(DEFAULT_EXPONENT_GRID if self.alpha_grid is None else self.alpha_grid, dtype=float),
+            np.asarray(DEFAULT_EXPONENT_GRID if self.beta_grid is None else self.beta_grid, dtype=float),
+        )
+        self.C_, self.alpha_, self.beta_, self.b_ = (float(v) for v in _fit_points(r, ell, y, self.loss, f, *grids))
+        self.n_ = int(len(y))
+        self.f_scale_ = f
+        self.residuals_ = y - self.predict(r, ell)
+        self.r2_ = r2_score(y, y - self.residuals_)
+        self.mape_ = mape(y, y - self.residuals_)
+        self.bootstrap_params_ = self._bootstrap(r, ell, y, f, grids)
+        self.ci_ = self._intervals()
+        return self
+
+    def _bootstrap(self, r: np.ndarray, ell: np.ndarray, y: np.ndarray, f: float, grids: tuple) -> np.ndarray:
+        """Refits on n_bootstrap row resamples (a resample that cannot identify the law is redrawn)."""
+        rng = np.random.default_rng(self.random_state)
+        samples: list[np.ndarray] = []
+        for _ in range(MAX_DRAWS_PER_SAMPLE * self.n_bootstrap):
+            if len(samples) == self.n_bootstrap:
+                break
+            idx = rng.integers(0, len(y), len(y))
+            if _data_problem(r[idx], ell[idx], y[idx]) is None:
+                samples.append(_fit_points(r[idx], ell[idx], y[idx], self.loss, f, *grids))
+        if len(samples) < self.n_bootstrap:
+            raise MemlawError(f"bootstrap: too few resamples of the {len(y)} points can identify the law; use more points")
+        return np.array(samples, dtype=float).reshape(-1, 4)
+
+    def _check_params(self) -> None:
+        if self.loss not in LOSSES:
+            raise MemlawError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.f_scale is not None and not (np.isfinite(self.f_scale) and self.f_scale > 0):
+            raise MemlawError(f"f_scale must be a positive number or None, got {self.f_scale!r}")
+        if not 0 < self.confidence < 1:
+            raise MemlawError(f"confidence must lie in (0, 1), got {self.confidence!r}")
+        if int(self.n_bootstrap) != self.n_bootstrap or self.n_bootstrap < 0:
+            raise MemlawError(f"n_bootstrap must be a non-negative integer, got {self.n_bootstrap!r}")
+
+    def _intervals(self) -> dict[str, tuple[float, float]]:
+        if len(self.bootstrap_params_) == 0:
+            return {}
+        lo, hi = _percentiles(self.bootstrap_params_, self.confidence)
+        return {p: (float(lo[i]), float(hi[i])) for i, p in enumerate(PARAMS)}
+
+    # ------------------------------------------------------------------ using a fitted law
+    @property
+    def params_(self) -> np.ndarray:
+        """(C, α, β, b) as an array."""
+        self._check_fitted()
+        return np.array([self.C_, self.alpha_, self.beta_, self.b_])
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "C_"):
+            raise MemlawError("the memory law is not fitted: call fit() or from_dict() first")
+
+    def predict(self, rank: ArrayLike, length: ArrayLike) -> np.ndarray:
+        """Predicted ΔL (nats per answer token); rank and length broadcast."""
+        self._check_fitted()
+        r, ell = np.asarray(rank, dtype=float), np.asarray(length, dtype=float)
+        if np.any(r <= 0) or np.any(ell <= 0):
+            raise MemlawError("rank and length must be positive")
+        return self.C_ * r**self.alpha_ * ell ** (-self.beta_) + self.b_
+
+    def score(self, rank: ArrayLike, length: ArrayLike, delta_loss: ArrayLike) -> float:
+        """R² of the law's predictions on these points."""
+        r, ell, y = _check_points(rank, length, delta_loss)
+        return r2_score(y, self.predict(r, ell))
+
+    def rank_for(self, length: float, delta_loss: float) -> RankPlan:
+        """The smallest rank the law predicts reaches ΔL ≥ delta_loss at this length, with its bootstrap interval."""
+        self._check_fitted()
+        if not (np.isfinite(length) and length > 0 and np.isfinite(delta_loss)):
+            raise MemlawError(f"length must be positive and delta_loss finite, got length={length}, delta_loss={delta_loss}")
+        if self.C_ <= 0 or self.alpha_ <= 0:
+            raise MemlawError(
+                f"the fitted law does not grow with rank (C={self.C_:.4g}, alpha={self.alpha_:.4g}): no rank reaches a target"
+            )
+        if delta_loss <= self.b_:
+            raise MemlawError(
+                f"target ΔL {delta_loss:g} is at or below the law's floor b={self.b_:.4g}: "
+                "the law predicts every rank reaches it, so it sets no minimum rank"
+            )
+        rank = float(_required_rank(self.params_[None], length, delta_loss)[0])
+        interval = None
+        if len(self.bootstrap_params_):
+            lo, hi = _percentiles(_required_rank(self.bootstrap_params_, length, delta_loss), self.confidence)
+            interval = (float(lo), float(hi))
+        return RankPlan(float(length), float(delta_loss), rank, next_power_of_two(rank), interval, self.confidence)
+
+    # ------------------------------------------------------------------ law.json
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready entry: parameters, CIs, fit quality, settings and the bootstrap parameter sets."""
+        self._check_fitted()
+        return {
+            "n": self.n_,
+            **{p: float(v) for p, v in zip(PARAMS, self.params_)},
+            "ci": {p: list(v) for p, v in self.ci_.items()},
+            "r2": self.r2_,
+            "mape": self.mape_,
+            "loss": self.loss,
+            "f_scale": self.f_scale_,
+            "confidence": self.confidence,
+            "bootstrap": self.bootstrap_params_.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> ParametricMemoryLaw:
+        """Rebuild a fitted law from a to_dict() entry (e.g. one group of law.json)."""
+        missing = [p for p in PARAMS if p not in entry]
+        if missing:
+            raise MemlawError(f"law entry lacks {', '.join(missing)}")
+        try:
+            boot = np.array(entry.get("bootstrap", []), dtype=float).reshape(-1, 4)
+            law = cls(
+                loss=entry.get("loss", "soft_l1"),
+                f_scale=entry.get("f_scale"),
+                n_bootstrap=len(boot),
+                confidence=float(entry.get("confidence", 0.95)),
+            )
+            law.C_, law.alpha_, law.beta_, law.b_ = (float(entry[p]) for p in PARAMS)
+            law.n_ = int(entry.get("n", 0))
+            law.f_scale_ = entry.get("f_scale")
+            law.r2_ = float(entry.get("r2", math.nan))
+            law.mape_ = float(entry.get("mape", math.nan))
+            law.bootstrap_params_ = boot
+            law.ci_ = {p: tuple(map(float, entry["ci"][p])) for p in PARAMS} if entry.get("ci") else law._intervals()
+        except (TypeError, ValueError, KeyError) as e:
+            raise MemlawError(f"malformed law entry: {e!r}") from None
+        return law
+
+
+# ---------------------------------------------------------------------- fit quality
+def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
+    """Coefficient of determination; nan when y is constant."""
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - pred) ** 2)) / ss_tot if ss_tot > 0 else math.nan
+
+
+def mape(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean absolute percentage error over the points with y ≠ 0."""
+    nz = y != 0
+    return float(100.0 * np.mean(np.abs(y[nz] - pred[nz]) / np.abs(y[nz]))) if nz.any() else math.nan
+
+
+# ---------------------------------------------------------------------- input checks
+def _check_points(rank: ArrayLike, length: ArrayLike, delta_loss: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    arrays = {}
+    for name, values in (("rank", rank), ("length", length), ("delta_loss", delta_loss)):
+        try:
+            a = np.asarray(values, dtype=float)
+        except (TypeError, ValueError) as e:
+            raise MemlawError(f"{name} must be numbers: {e}") from None
+        if a.ndim != 1:
+            raise MemlawError(f"{name} must be one-dimensional, got shape {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise MemlawError(f"{name} has {int(np.sum(~np.isfinite(a)))} non-finite value(s)")
+        arrays[name] = a
+    sizes = {name: len(a) for name, a in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise MemlawError(f"rank, length and delta_loss differ in length: {sizes}")
+    if sizes["rank"] < 4:
+        raise MemlawError(f"need at least 4 points to fit 4 parameters, got {sizes['rank']}")
+    for name in ("rank", "length"):
+        if np.any(arrays[name] <= 0):
+            raise MemlawError(f"{name} must be positive, got min {arrays[name].min():g}")
+    return arrays["rank"], arrays["length"], arrays["delta_loss"]
+
+
+def _data_problem(rank: np.ndarray, length: np.ndarray, delta_loss: np.ndarray) -> str | None:
+    """Why these points cannot identify (C, α, β, b), or None when they can."""
+    distinct = len(set(zip(rank.tolist(), length.tolist())))
+    if distinct < 4:
+        return f"need at least 4 distinct (rank, length) points, got {distinct}"
+    if len(np.unique(rank)) < 2:
+        return "all points share one rank, so alpha is not identifiable"
+    if len(np.unique(length)) < 2:
+        return "all points share one length, so beta is not identifiable"
+    if np.ptp(delta_loss) == 0:
+        return f"delta_loss is constant ({delta_loss[0]:g}), so the exponents are not identifiable"
+    return None
+
+
+# ---------------------------------------------------------------------- the estimator's core
+def _rho_and_weight(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's robust loss ρ(z) of z = (res/f)², and ρ'(z), the IRLS weight."""
+    if loss == "soft_l1":
+        s = np.sqrt(1.0 + z)
+        return 2.0 * (s - 1.0), 1.0 / s
+    if loss == "huber":
+        s = np.sqrt(z)
+        return np.where(z <= 1.0, z, 2.0 * s - 1.0), 1.0 / np.maximum(s, 1.0)
+    if loss == "cauchy":
+        return np.log1p(z), 1.0 / (1.0 + z)
+    return z, np.ones_like(z)
+
+
+def _robust_linear(x: np.ndarray, y: np.ndarray, loss: str, f: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row of x (G × n): robust fit y ≈ c·x + b by IRLS; returns c, b and the summed robust cost."""
+    w = np.ones_like(x)
+    for _ in range(1 if loss == "linear" else IRLS_STEPS):
+        s1, sx, sy = w.sum(1), (w * x).sum(1), w @ y
+        sxx, sxy = (w * x * x).sum(1), (w * x) @ y
+        det = sxx * s1 - sx**2
+        ok = det > 1e-12 * sxx * s1  # x not constant under these weights
+        safe = np.where(ok, det, 1.0)
+        c = np.where(ok, (s1 * sxy - sx * sy) / safe, 0.0)
+        b = np.where(ok, (sxx * sy - sx * sxy) / safe, sy / s1)
+        rho, w = _rho_and_weight(((y - c[:, None] * x - b[:, None]) / f) ** 2, loss)
+    cost = 0.5 * f * f * rho.sum(1)
+    return c, b, np.where(np.isfinite(cost), cost, np.inf)
+
+
+def _grid_starts(cost: np.ndarray, k: int) -> np.ndarray:
+    """Flat indices of the k lowest local minima (8-neighbourhood) of a 2-D cost grid within START_TOLERANCE of the best."""
+    padded = np.pad(cost, 1, constant_values=np.inf)
+    rows, cols = cost.shape
+    is_min = np.isfinite(cost)
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if di or dj:
+                is_min &= cost <= padded[1 + di : 1 + di + rows, 1 + dj : 1 + dj + cols]
+    is_min &= cost <= (1.0 + START_TOLERANCE) * cost.min()
+    idx = np.flatnonzero(is_min)
+    return idx[np.argsort(cost.ravel()[idx], kind="stable")][:k]
+
+
+def _fit_points(
+    rank: np.ndarray, length: np.ndarray, y: np.ndarray, loss: str, f: float, alpha_grid: np.ndarray, beta_grid: np.ndarray
+) -> np.ndarray:
+    """(C, α, β, b) minimising the summed robust loss: grid + linear solve, then joint refinement."""
+    from scipy.optimize import least_squares
+
+    r0, l0 = np.exp(np.log(rank).mean()), np.exp(np.log(length).mean())
+    lr, ll = np.log(rank / r0), np.log(length / l0)
+    a, be = (g.ravel() for g in np.meshgrid(alpha_grid, beta_grid, indexing="ij"))
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.exp(a[:, None] * lr - be[:, None] * ll)
+        top = x.max(axis=1)
+        c, b, cost = _robust_linear(x / top[:, None], y, loss, f)
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        return p[0] * np.exp(p[1] * lr - p[2] * ll) + p[3] - y
+
+    def jacobian(p: np.ndarray) -> np.ndarray:
+        e = np.exp(p[1] * lr - p[2] * ll)
+        return np.column_stack([e, p[0] * e * lr, -p[0] * e * ll, np.ones_like(e)])
+
+    best = None
+    for i in _grid_starts(cost.reshape(len(alpha_grid), len(beta_grid)), MAX_STARTS):
+        start = np.array([c[i] / top[i], a[i], be[i], b[i]])
+        res = least_squares(residuals, start, jac=jacobian, loss=loss, f_scale=f, method="trf", x_scale="jac")
+        if best is None or res.cost < best.cost:
+            best = res
+    if best is None:
+        raise MemlawError("the exponent grid gave no finite fit; widen or change alpha_grid/beta_grid")
+    c_norm, alpha, beta, b0 = best.x
+    return np.array([c_norm * r0 ** (-alpha) * l0**beta, alpha, beta, b0])
+
+
+def _percentiles(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval along axis 0 (nearest order statistic, so infinite samples stay well defined)."""
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(samples, [tail, 1.0 - tail], axis=0, method="nearest")
+    return lo, hi
+
+
+def _required_rank(params: np.ndarray, length: float, target: float) -> np.ndarray:
+    """Per parameter set (k × 4): the rank where the law reaches target; 0 if every rank does, inf if none does."""
+    C, alpha, beta, b = params.T
+    grows = (C > 0) & (alpha > 0)
+    gap = target - b
+    with np.errstate(all="ignore"):
+        rank = (gap * length**beta / C) ** (1.0 / alpha)
+    return np.where(grows & (gap > 0), rank, np.where(grows, 0.0, np.inf))
+
+
+# ---------------------------------------------------------------------- one law per group
+def fit_groups(df: Any, group_cols: Sequence[str] = GROUP_COLS, **params: Any) -> dict[str, Any]:
+    """Fit one law per group of a results table and one over all its rows; a dict ready for law.json.
+
+    Uses rows with status "ok" (every row if there is no status column) and finite rank,
+    length, delta_loss. Group columns absent from the table are left out of the keys; missing
+    values (e.g. ratio on PhoneBook) form one group value, None. ``params`` go to
+    ParametricMemoryLaw. Groups whose points cannot identify the law are listed under "skipped".
+    """
+    import pandas as pd
+
+    needed = ("rank", "length", "delta_loss")
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise MemlawError(f"missing column(s) {', '.join(missing)} (have: {', '.join(map(str, df.columns))})")
+    rows = df[df["status"].isin(["ok"]).to_numpy(dtype=bool)] if "status" in df.columns else df
+    values = rows[list(needed)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    keep = np.isfinite(values).all(axis=1)
+    rows, values = rows[keep], values[keep]
+    if len(rows) == 0:
+        raise MemlawError("no rows with status 'ok' and finite rank, length and delta_loss")
+    combined_problem = _data_problem(values[:, 0], values[:, 1], values[:, 2])
+    if combined_problem:
+        raise MemlawError(f"cannot fit the memory law: {combined_problem}")
+
+    cols = [c for c in group_cols if c in rows.columns]
+    members: dict[tuple, list[int]] = {}
+    for pos, key in enumerate(rows[cols].itertuples(index=False, name=None)):
+        members.setdefault(tuple(_plain(v) for v in key), []).append(pos)
+    groups, skipped = [], []
+    for key in sorted(members, key=lambda k: tuple(str(v) for v in k)):
+        named = dict(zip(cols, key))
+        r, ell, y = values[members[key]].T
+        problem = _data_problem(r, ell, y)
+        if problem:
+            skipped.append({"key": named, "reason": problem})
+        else:
+            groups.append({"key": named, **ParametricMemoryLaw(**params).fit(r, ell, y).to_dict()})
+    combined = ParametricMemoryLaw(**params).fit(*values.T).to_dict()
+    return {"formula": FORMULA, "group_cols": cols, "groups": groups, "combined": combined, "skipped": skipped}
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready group value: missing -> None, numpy scalars -> Python."""
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
