@@ -1,0 +1,351 @@
+"""Sweep grids: a typed YAML description of many training runs, expanded into named cells.
+
+A grid is the product ``ratios × methods × ranks × lengths × seeds`` (ratios: Long-Context
+only). Every cell's TrainConfig is built from, in increasing priority:
+
+    TrainConfig defaults < train < by_method[method] < by_length[length]
+                         < by_method_length[method][length] < the cell's own axes
+
+The axes (model, method, rank, seed, layer, and length for Long-Context) cannot be set in
+the override sections. Data depends only on (benchmark, ratio, length, data seed), so the
+ranks and methods of a grid share their data files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import typing
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import FIELD_NAMES, METHODS, TrainConfig, from_mapping, read_yaml_mapping
+from ..data.long_context import RATIOS
+from ..errors import MemlawError
+from ..io import write_jsonl
+
+BENCHMARKS = ("phonebook", "long-context", "linear-rule")
+AXIS_KEYS = {
+    "data": "the sweep", "model": "model", "method": "methods", "rank": "ranks", "seed": "seeds", "layer": "layer",
+    "length": "lengths",
+}
+DATA_PLACEHOLDER = "(generated per cell)"
+DEFAULT_HELDOUT = 100
+FLOAT_FIELDS = {  # YAML reads 1e-2 as a string; these fields accept it as a number
+    name for name, tp in typing.get_type_hints(TrainConfig).items()
+    if tp is float or (typing.get_origin(tp) is not list and float in typing.get_args(tp))
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a sweep: its axes and its fully resolved TrainConfig overrides."""
+
+    name: str
+    benchmark: str
+    ratio: str | None
+    method: str
+    rank: int
+    length: int
+    seed: int
+    data_seed: int
+    overrides: dict[str, Any]  # TrainConfig field -> value (everything but `data`)
+
+    @property
+    def data_name(self) -> str:
+        """Stem of the cell's data file; shared by every cell with the same data."""
+        ratio = f"-{self.ratio}" if self.ratio else ""
+        return f"{self.benchmark}{ratio}-L{self.length}-d{self.data_seed}"
+
+    def train_config(self, data: str | Path) -> TrainConfig:
+        return TrainConfig(data=str(data), **self.overrides).validate()
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A sweep: benchmark, axes, and training settings (see the module docstring for precedence)."""
+
+    name: str
+    model: str
+    benchmark: str
+    methods: list[str]
+    ranks: list[int]
+    lengths: list[int]
+    seeds: list[int] = field(default_factory=lambda: [42])
+    ratios: list[str] | None = None
+    layer: list[int] | None = None
+    data_seed: int | None = None
+    heldout: int | None = None  # linear-rule: held-out pairs for generalisation EM
+    description: str = ""
+    train: dict[str, Any] = field(default_factory=dict)
+    by_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_length: dict[int, dict[str, Any]] = field(default_factory=dict)
+    by_method_length: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return self.train.get("device", "auto")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def cells(self) -> list[Cell]:
+        """Every cell, in grid order (ratio, method, rank, length, seed)."""
+        out = []
+        for ratio, method, rank, length, seed in itertools.product(
+            self.ratios or [None], self.methods, self.ranks, self.lengths, self.seeds
+        ):
+            overrides = {
+                **self.train,
+                **self.by_method.get(method, {}),
+                **self.by_length.get(length, {}),
+                **self.by_method_length.get(method, {}).get(length, {}),
+                "model": self.model, "method": method, "rank": rank, "seed": seed, "layer": self.layer,
+            }
+            if self.benchmark == "long-context":
+                overrides["length"] = length
+            prefix = self.benchmark + (f"-{ratio}" if ratio else "")
+            out.append(Cell(
+                name=f"{prefix}-{method}-r{rank}-L{length}-s{seed}",
+                benchmark=self.benchmark, ratio=ratio, method=method, rank=rank, length=length, seed=seed,
+                data_seed=seed if self.data_seed is None else self.data_seed, overrides=overrides,
+            ))
+        return out
+
+
+# ---------------------------------------------------------------------- loading and validation
+def load_grid(path: str | Path, model: str | None = None) -> Grid:
+    """Read and validate a grid YAML file; `model` (``--model``) replaces the file's model."""
+    if not Path(path).is_file():
+        raise MemlawError(f"grid file {path} does not exist")
+    values = read_yaml_mapping(Path(path))
+    return parse_grid(values, Path(path).name, model)
+
+
+def parse_grid(values: dict[str, Any], where: str, model: str | None = None) -> Grid:
+    """Validate a grid mapping; every problem is one MemlawError naming `where` and the field."""
+
+    def bad(name: str, why: str) -> MemlawError:
+        return MemlawError(f"{where}: field '{name}': {why}")
+
+    known = {f.name for f in dataclasses.fields(Grid)}
+    unknown = sorted(set(values) - known, key=str)
+    if unknown:
+        raise MemlawError(f"{where}: unknown field {unknown[0]!r}; fields are {', '.join(sorted(known))}")
+    v = dict(values)
+    if model is not None:
+        v["model"] = model
+    for name in ("name", "model", "benchmark", "methods", "ranks", "lengths"):
+        if v.get(name) is None:
+            raise bad(name, "required")
+
+    name = v["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise bad("name", "must be a non-empty string")
+    if not isinstance(v["model"], str) or not v["model"].strip():
+        raise bad("model", "must be a model path, a hub id or 'default'")
+    benchmark = v["benchmark"]
+    if benchmark not in BENCHMARKS:
+        raise bad("benchmark", f"must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
+    methods = _unique_list(v["methods"], lambda x: x in METHODS, f"a non-empty list of methods from {', '.join(METHODS)}", bad, "methods")
+    ranks = _int_list(v, "ranks", 1, bad)
+    lengths = _int_list(v, "lengths", 1, bad)
+    seeds = _int_list(v, "seeds", 0, bad) if "seeds" in v else [42]
+
+    ratios = v.get("ratios")
+    if benchmark == "long-context":
+        if ratios is None:
+            raise bad("ratios", f"required for benchmark long-context (a list from {', '.join(RATIOS)})")
+        ratios = _unique_list(ratios, lambda x: x in RATIOS, f"a non-empty list of ratios from {', '.join(RATIOS)}", bad, "ratios")
+    elif ratios is not None:
+        raise bad("ratios", "only for benchmark long-context")
+
+    heldout = v.get("heldout")
+    if benchmark == "linear-rule":
+        heldout = DEFAULT_HELDOUT if heldout is None else heldout
+        if not _is_int(heldout) or heldout <= 0:
+            raise bad("heldout", f"must be a positive integer, got {heldout!r}")
+    elif heldout is not None:
+        raise bad("heldout", "only for benchmark linear-rule")
+
+    layer = _layers(v.get("layer"), bad)
+
+    data_seed = v.get("data_seed")
+    if data_seed is not None and (not _is_int(data_seed) or data_seed < 0):
+        raise bad("data_seed", f"must be null (each cell's seed) or a non-negative integer, got {data_seed!r}")
+    description = v.get("description") or ""
+    if not isinstance(description, str):
+        raise bad("description", "must be a string")
+
+    train = _overrides(v.get("train"), "train", bad)
+    by_method = _keyed(v.get("by_method"), "by_method", methods, "method", bad)
+    by_length = _keyed(v.get("by_length"), "by_length", lengths, "length", bad)
+    by_method_length: dict[str, dict[int, dict[str, Any]]] = {}
+    for method, per_length in _mapping(v.get("by_method_length"), "by_method_length", bad).items():
+        if method not in methods:
+            raise bad("by_method_length", f"method {method!r} is not in methods")
+        by_method_length[method] = _keyed(per_length, f"by_method_length.{method}", lengths, "length", bad)
+
+    grid = Grid(
+        name=name.strip(), model=_normalise_model(v["model"].strip()), benchmark=benchmark, methods=methods,
+        ranks=ranks, lengths=lengths, seeds=seeds, ratios=ratios, layer=layer, data_seed=data_seed,
+        heldout=heldout, description=description, train=train, by_method=by_method, by_length=by_length,
+        by_method_length=by_method_length,
+    )
+    for cell in grid.cells():  # the merged settings must make a valid TrainConfig too
+        try:
+            cell.train_config(DATA_PLACEHOLDER)
+        except MemlawError as e:
+            raise MemlawError(f"{where}: cell {cell.name}: {e}")
+    return grid
+
+
+def _layers(value: Any, bad) -> list[int] | None:
+    """null (the model's default), 18, "18,20" or [18, 20]."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+    try:
+        layers = [int(str(x).strip()) for x in items]
+    except ValueError:
+        layers = []
+    if not layers or min(layers) < 0 or len(set(layers)) != len(layers):
+        raise bad("layer", f"must be null, a layer index or a list of distinct indices, got {value!r}")
+    return layers
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _unique_list(value: Any, ok, what: str, bad, name: str) -> list:
+    if not isinstance(value, list) or not value or not all(ok(x) for x in value):
+        raise bad(name, f"must be {what}")
+    if len(set(value)) != len(value):
+        raise bad(name, f"repeats a value: {value!r}")
+    return list(value)
+
+
+def _int_list(v: dict, name: str, minimum: int, bad) -> list[int]:
+    kind = "positive" if minimum == 1 else "non-negative"
+    return _unique_list(v[name], lambda x: _is_int(x) and x >= minimum, f"a non-empty list of {kind} integers", bad, name)
+
+
+def _mapping(value: Any, name: str, bad) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad(name, "must be a mapping")
+    return value
+
+
+def _overrides(value: Any, name: str, bad) -> dict[str, Any]:
+    """TrainConfig overrides: known field names, no grid axes, values valid on their own."""
+    values = {str(k).replace("-", "_"): x for k, x in _mapping(value, name, bad).items()}
+    for key in values:
+        if key in AXIS_KEYS:
+            raise bad(name, f"'{key}' is set by the grid ({AXIS_KEYS[key]}), not by overrides")
+        if key not in FIELD_NAMES:
+            raise bad(name, f"unknown TrainConfig field {key!r}")
+    values = {k: float(x) if k in FLOAT_FIELDS and isinstance(x, str) and _is_float(x) else x for k, x in values.items()}
+    try:
+        values = from_mapping(values, f"{name}")
+        TrainConfig(data=DATA_PLACEHOLDER, **values).validate()
+    except MemlawError as e:
+        raise bad(name, str(e))
+    return values
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _keyed(value: Any, name: str, allowed: list, what: str, bad) -> dict:
+    out = {}
+    for key, overrides in _mapping(value, name, bad).items():
+        if key not in allowed:
+            raise bad(name, f"{what} {key!r} is not in the grid's {what}s")
+        out[key] = _overrides(overrides, f"{name}.{key}", bad)
+    return out
+
+
+def _normalise_model(model: str) -> str:
+    """Local model folders become absolute paths, so every worker finds them from any directory."""
+    path = Path(os.path.expanduser(model))
+    return str(path.resolve()) if model != "default" and path.exists() else model
+
+
+# ---------------------------------------------------------------------- presets
+def preset_dir():
+    return resources.files("memlaw") / "sweep" / "presets"
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description."""
+    out = {}
+    for entry in sorted(preset_dir().iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            values = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
+            out[entry.name[: -len(".yaml")]] = str(values.get("description", "")).strip()
+    return out
+
+
+def load_preset(name: str, model: str | None = None) -> Grid:
+    """A shipped grid; the 8B presets name no model and need `model`."""
+    entry = preset_dir() / f"{name}.yaml"
+    if not entry.is_file():
+        raise MemlawError(f"unknown preset {name!r}; choose from {', '.join(list_presets())}")
+    values = yaml.safe_load(entry.read_text(encoding="utf-8"))
+    if values.get("model") is None and model is None:
+        raise MemlawError(f"preset {name} needs --model PATH (the model is not shipped)")
+    return parse_grid(values, f"preset {name}", model)
+
+
+# ---------------------------------------------------------------------- data
+@lru_cache(maxsize=4)
+def _tokenizer(model: str, trust_remote_code: bool):
+    from ..model.loading import load_tokenizer
+
+    return load_tokenizer(model, trust_remote_code)
+
+
+def data_paths(cell: Cell, data_dir: Path) -> tuple[Path, Path | None]:
+    """The cell's training data file and (linear-rule) its held-out file."""
+    train = data_dir / f"{cell.data_name}.jsonl"
+    heldout = data_dir / f"{cell.data_name}-heldout.jsonl" if cell.benchmark == "linear-rule" else None
+    return train, heldout
+
+
+def ensure_data(grid: Grid, cell: Cell, data_dir: Path) -> tuple[Path, Path | None]:
+    """Generate the cell's data once (deterministic, atomic); return its paths."""
+    train, heldout = data_paths(cell, data_dir)
+    if train.is_file() and (heldout is None or heldout.is_file()):
+        return train, heldout
+    if cell.benchmark == "linear-rule":
+        from ..data.linear_rule import generate_linear_rule
+
+        train_rows, heldout_rows = generate_linear_rule(cell.length, grid.heldout, seed=cell.data_seed)
+        write_jsonl(heldout, heldout_rows)
+        write_jsonl(train, train_rows)
+        return train, heldout
+    tokenizer = _tokenizer(grid.model, bool(grid.train.get("trust_remote_code", False)))
+    if cell.benchmark == "phonebook":
+        from ..data.phonebook import generate_phonebook
+
+        rows = generate_phonebook(tokenizer, seed=cell.data_seed, length=cell.length)
+    else:
+        from ..data.long_context import generate_long_context
+
+        rows = [generate_long_context(tokenizer, cell.ratio, cell.length, seed=cell.data_seed)]
+    write_jsonl(train, rows)
+    return train, None

@@ -1,0 +1,249 @@
+"""Sweeps on the tiny model: grid validation, presets, local and Ray runners, resume, kill -9, failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from memlaw.cli import main
+from memlaw.errors import MemlawError
+from memlaw.sweep import COLUMNS, TIMING_COLUMNS, list_presets, load_grid, load_preset, parse_grid, run_sweep
+from memlaw.sweep.grid import ensure_data
+
+SCHEMA = [
+    "cell", "status", "error", "model", "benchmark", "ratio", "method", "rank", "length", "seed", "data_seed",
+    "layer", "component", "lr", "epochs", "batch_size", "n_records", "target_tokens", "exact_match",
+    "token_accuracy", "free_run_token_accuracy", "initial_loss", "final_loss", "delta_loss", "stubborn_tokens",
+    "certified_fraction", "certificate_violations", "bits_stored", "trainable_params", "bits_per_param", "steps",
+    "train_seconds", "stopped", "steps_to_certified", "seconds_to_certified", "heldout_exact_match", "run_dir",
+]
+PRESETS = ["llama3.1-8b-long-context", "llama3.1-8b-phonebook", "qwen3-8b-long-context", "qwen3-8b-phonebook", "smollm2-demo"]
+
+
+def tiny_grid(model_dir, **changes) -> dict:
+    grid = {
+        "name": "tiny", "model": str(model_dir), "benchmark": "phonebook", "methods": ["memft_ot"],
+        "ranks": [1, 4], "lengths": [20, 40], "seeds": [42], "layer": 1,
+        "train": {"lr": 0.1, "epochs": 2, "batch_size": 4, "dropout": 0.0, "device": "cpu"},
+    }
+    grid.update(changes)
+    return grid
+
+
+def write_grid(path, values: dict):
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+def without_timing(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=list(TIMING_COLUMNS))
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tiny_model_dir, tmp_path_factory):
+    """The tiny grid run once with the local engine: (grid, out dir, returned frame)."""
+    out = tmp_path_factory.mktemp("sweep") / "local"
+    grid = parse_grid(tiny_grid(tiny_model_dir), "grid.yaml")
+    return grid, out, run_sweep(grid, out, progress=False)
+
+
+# ---------------------------------------------------------------------- grids
+@pytest.mark.parametrize("change, field", [
+    ({"ranks": []}, "ranks"),
+    ({"ranks": [0, 2]}, "ranks"),
+    ({"lengths": [20, 20]}, "lengths"),
+    ({"seeds": "42"}, "seeds"),
+    ({"benchmark": "quiz"}, "benchmark"),
+    ({"methods": ["sft", "magic"]}, "methods"),
+    ({"model": None}, "model"),
+    ({"ratios": ["r20"]}, "ratios"),
+    ({"benchmark": "long-context"}, "ratios"),
+    ({"benchmark": "long-context", "ratios": ["r33"]}, "ratios"),
+    ({"heldout": 10}, "heldout"),
+    ({"layer": "a,b"}, "layer"),
+    ({"data_seed": -1}, "data_seed"),
+    ({"train": {"lr": -1}}, "train"),
+    ({"train": {"rank": 4}}, "train"),
+    ({"train": {"learning_rate": 0.1}}, "train"),
+    ({"by_method": {"sft": {"lr": 0.1}}}, "by_method"),
+    ({"by_length": {999: {"epochs": 3}}}, "by_length"),
+    ({"by_length": {20: {"epochs": 0}}}, "by_length.20"),
+    ({"by_method_length": {"memft_ot": {40: {"batch_size": -2}}}}, "by_method_length.memft_ot.40"),
+])
+def test_grid_errors_name_the_field(tmp_path, change, field):
+    path = write_grid(tmp_path / "grid.yaml", tiny_grid("/m", **change))
+    with pytest.raises(MemlawError, match=rf"^grid\.yaml: field '{field}': "):
+        load_grid(path)
+
+
+def test_grid_error_unknown_field_and_merged_cell_config(tmp_path):
+    with pytest.raises(MemlawError, match="unknown field 'rank'"):
+        parse_grid(tiny_grid("/m", rank=[1]), "grid.yaml")
+    bad = tiny_grid("/m", methods=["memft_sw"], by_method={"memft_sw": {"curriculum_boundaries": [1, 2, 3, 4, 5]}},
+                    by_length={40: {"curriculum_ratios": [0.5, 1.0]}})
+    with pytest.raises(MemlawError, match=r"cell phonebook-memft_sw-r1-L40-s42: .*curriculum-boundaries"):
+        parse_grid(bad, "grid.yaml")
+
+
+def test_cells_names_and_override_precedence(tmp_path):
+    values = tiny_grid(
+        "/m", benchmark="long-context", ratios=["r0", "r20"], methods=["sft", "memft_sw"], seeds=[1, 2], layer="1,2",
+        train={"lr": "1e-2", "epochs": 5},
+        by_method={"memft_sw": {"epochs": 6, "batch_size": 2}},
+        by_length={40: {"epochs": 7, "grad_accum": 2}},
+        by_method_length={"memft_sw": {40: {"epochs": 8}}},
+    )
+    grid = load_grid(write_grid(tmp_path / "grid.yaml", values))
+    cells = grid.cells()
+    assert [c.name for c in cells] == [c.name for c in load_grid(tmp_path / "grid.yaml").cells()]
+    assert len({c.name for c in cells}) == len(cells) == 2 * 2 * 2 * 2 * 2
+    assert cells[0].name == "long-context-r0-sft-r1-L20-s1"
+    by_name = {c.name: c for c in cells}
+    sw40 = by_name["long-context-r20-memft_sw-r4-L40-s2"]
+    assert (sw40.ratio, sw40.method, sw40.rank, sw40.length, sw40.seed, sw40.data_seed) == ("r20", "memft_sw", 4, 40, 2, 2)
+    cfg = sw40.train_config("data.jsonl")
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum, cfg.layer, cfg.length) == (0.01, 8, 2, 2, [1, 2], 40)
+    assert by_name["long-context-r0-sft-r1-L40-s1"].train_config("d").epochs == 7
+    assert by_name["long-context-r0-memft_sw-r1-L20-s1"].train_config("d").epochs == 6
+    assert by_name["long-context-r0-sft-r1-L20-s1"].train_config("d").epochs == 5
+    assert sw40.data_name == by_name["long-context-r20-sft-r1-L40-s2"].data_name == "long-context-r20-L40-d2"
+    assert parse_grid({**values, "data_seed": 7}, "g").cells()[-1].data_seed == 7
+
+
+def test_data_is_deterministic_and_shared(local_sweep, tmp_path):
+    grid, out, _ = local_sweep
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["phonebook-L20-d42.jsonl", "phonebook-L40-d42.jsonl"]
+    cell = grid.cells()[-1]
+    again, _ = ensure_data(grid, cell, tmp_path)
+    assert again.read_bytes() == (out / "data" / again.name).read_bytes()
+
+
+# ---------------------------------------------------------------------- presets
+def test_presets_load_and_list(capsys, tmp_path):
+    assert list(list_presets()) == PRESETS
+    assert main(["sweep", "--list-presets"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in PRESETS)
+    demo = load_preset("smollm2-demo")
+    assert demo.model == "default" and len(demo.cells()) == 12
+    for name in PRESETS[:-1]:
+        with pytest.raises(MemlawError, match=rf"preset {name} needs --model PATH \(the model is not shipped\)"):
+            load_preset(name)
+        grid = load_preset(name, model="/models/x")
+        assert grid.model == "/models/x" and grid.train["device"] == "cuda" and grid.train["dtype"] == "bfloat16"
+    assert main(["sweep", "--preset", "qwen3-8b-phonebook", "--out", str(tmp_path / "o")]) == 2
+    assert "preset qwen3-8b-phonebook needs --model PATH" in capsys.readouterr().err
+    qwen = {c.name: c for c in load_preset("qwen3-8b-phonebook", model="/m").cells()}
+    sw = qwen["phonebook-memft_sw-r8-L32000-s42"].train_config("d")
+    assert (sw.lr, sw.epochs, sw.batch_size, sw.grad_accum, sw.curriculum_boundaries) == (5e-3, 700, 40, 2, [100, 200, 300, 400, 700])
+    assert qwen["phonebook-sft-r8-L32000-s42"].train_config("d").batch_size == 16
+    assert len(load_preset("llama3.1-8b-long-context", model="/m").cells()) == 6 * 3 * 10 * 8
+
+
+# ---------------------------------------------------------------------- local engine
+def test_local_sweep_results_and_resume(local_sweep):
+    grid, out, frame = local_sweep
+    assert list(frame.columns) == SCHEMA == list(COLUMNS)
+    names = [c.name for c in grid.cells()]
+    assert frame["cell"].tolist() == names and frame["status"].eq("ok").all()
+    assert frame["error"].isna().all() and frame["heldout_exact_match"].isna().all() and frame["ratio"].isna().all()
+    assert frame["layer"].eq("1").all() and frame["run_dir"].tolist() == [f"cells/{n}" for n in names]
+    assert frame["n_records"].tolist() == [2, 4, 2, 4] and frame["trainable_params"].tolist() == [128, 128, 512, 512]
+    parquet, csv = pd.read_parquet(out / "results.parquet"), pd.read_csv(out / "results.csv")
+    assert parquet["cell"].tolist() == csv["cell"].tolist() == names
+    pd.testing.assert_frame_equal(parquet, frame)
+    assert yaml.safe_load((out / "grid.yaml").read_text())["ranks"] == [1, 4]
+
+    mtimes = {n: (out / "cells" / n / "metrics.json").stat().st_mtime_ns for n in names}
+    again = run_sweep(grid, out, progress=False)
+    assert again.attrs["skipped"] == 4
+    assert {n: (out / "cells" / n / "metrics.json").stat().st_mtime_ns for n in names} == mtimes
+    pd.testing.assert_frame_equal(again, frame)
+
+
+def test_different_grid_is_refused_unless_overwrite(local_sweep, tiny_model_dir, tmp_path):
+    _, out, _ = local_sweep
+    other = parse_grid(tiny_grid(tiny_model_dir, ranks=[2]), "g")
+    with pytest.raises(MemlawError, match="holds a different sweep"):
+        run_sweep(other, out, progress=False)
+    copy = tmp_path / "copy"
+    first = parse_grid(tiny_grid(tiny_model_dir, lengths=[20], ranks=[1]), "g")
+    run_sweep(first, copy, progress=False)
+    frame = run_sweep(other, copy, overwrite=True, progress=False)
+    assert frame["cell"].tolist() == ["phonebook-memft_ot-r2-L20-s42", "phonebook-memft_ot-r2-L40-s42"]
+    assert sorted(p.name for p in (copy / "cells").iterdir()) == frame["cell"].tolist()
+
+
+def test_failed_cell_is_recorded_and_others_finish(tiny_model_dir, tmp_path, capsys):
+    """Linear-rule: 10001 training pairs cannot be drawn from 100x100, so that cell fails."""
+    values = tiny_grid(tiny_model_dir, benchmark="linear-rule", methods=["sft"], ranks=[2], lengths=[6, 10001], heldout=5)
+    grid_path = write_grid(tmp_path / "lin.yaml", values)
+    out = tmp_path / "lin"
+    assert main(["sweep", str(grid_path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "failed cells" in err and "linear-rule-sft-r2-L10001-s42" in err
+    frame = pd.read_parquet(out / "results.parquet")
+    ok, failed = frame.iloc[0], frame.iloc[1]
+    assert ok["status"] == "ok" and 0.0 <= ok["heldout_exact_match"] <= 1.0 and pd.isna(ok["error"])
+    assert failed["status"] == "failed" and "MemlawError: linear-rule: only 10000 distinct" in failed["error"]
+    assert pd.isna(failed["exact_match"])
+    error_file = out / "cells" / failed["cell"] / "error.json"
+    assert {"type", "message", "traceback"} <= set(yaml.safe_load(error_file.read_text()))
+
+    stamp = error_file.stat().st_mtime_ns
+    assert main(["sweep", str(grid_path), "--out", str(out)]) == 1  # kept as failed, not re-run
+    assert error_file.stat().st_mtime_ns == stamp
+    assert main(["sweep", str(grid_path), "--out", str(out), "--retry-failed"]) == 1
+    assert error_file.stat().st_mtime_ns != stamp
+
+
+def test_kill_9_then_resume(tiny_model_dir, tmp_path):
+    grid_path = write_grid(tmp_path / "grid.yaml", tiny_grid(
+        tiny_model_dir, ranks=[1, 2], lengths=[20, 30, 40], train={"lr": 0.1, "epochs": 20, "batch_size": 2, "dropout": 0.0}
+    ))
+    out = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "memlaw.cli", "sweep", str(grid_path), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    done = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = len(list(out.glob("cells/*/metrics.json")))
+            if done >= 1:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        assert 1 <= done < 6
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert main(["sweep", str(grid_path), "--out", str(out)]) == 0
+    frame = pd.read_parquet(out / "results.parquet")
+    assert len(frame) == 6 and frame["cell"].is_unique and frame["status"].eq("ok").all()
+    assert frame["cell"].tolist() == [c.name for c in load_grid(grid_path).cells()]
+
+
+# ---------------------------------------------------------------------- ray engine
+def test_ray_engine_matches_local(local_sweep, tmp_path):
+    grid, _, local = local_sweep
+    frame = run_sweep(grid, tmp_path / "ray", engine="ray", workers=2, progress=False)
+    pd.testing.assert_frame_equal(without_timing(frame), without_timing(local), check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ray" / "results.parquet"), frame)
+
+
+def test_ray_missing_and_engine_flags(local_sweep, tmp_path, monkeypatch):
+    grid, _, _ = local_sweep
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(MemlawError, match=r"the ray engine needs Ray: pip install 'memlaw\[ray\]'"):
+        run_sweep(grid, tmp_path / "noray", engine="ray", progress=False)
+    with pytest.raises(MemlawError, match="--address and --workers apply to --engine ray"):
+        run_sweep(grid, tmp_path / "x", workers=2, progress=False)
