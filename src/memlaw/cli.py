@@ -211,7 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- parser
 # Packages that register further subcommands: each module has `register(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ("memlaw.sweep.cli", "memlaw.law.cli")
+COMMAND_MODULES: tuple[str, ...] = ("memlaw.sweep.cli", "memlaw.analysis.cli", "memlaw.report.cli", "memlaw.law.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

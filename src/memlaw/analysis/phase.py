@@ -1,0 +1,396 @@
+"""Phase-transition analysis (DESIGN §6): where free-run recall first fails, and whether the
+earliest stubborn token (teacher-forced p_t <= 0.5) predicts it.
+
+By the certificate (DESIGN §4), greedy decoding reproduces every token before a record's
+earliest stubborn position, so its first free-run failure can only be at or after that
+position. A failure before it, or a failure in a record with no stubborn token, is a
+violation and points to a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..errors import MemlawError
+from ..io import write_csv, write_json
+
+GROUP_KEYS = ("model", "benchmark", "ratio", "method")  # one fitted law per group, as in law.json
+CELL_KEYS = (*GROUP_KEYS, "length", "rank")
+RECORD_COLUMNS = (
+    "cell", *GROUP_KEYS, "rank", "length", "seed", "id",
+    "target_len", "earliest_stubborn", "first_failure", "exact", "certified",
+)
+GRID_COLUMNS = (*CELL_KEYS, "bin", "rel_start", "rel_end", "mean_p", "stubborn_fraction", "records")
+DEFAULT_BINS = 20
+MAX_LISTED_VIOLATIONS = 20
+
+
+@dataclass
+class PhaseAnalysis:
+    """The analysis of one sweep: the phase.json summary, one row per record, the probability grid."""
+
+    summary: dict
+    records: pd.DataFrame  # RECORD_COLUMNS
+    grid: pd.DataFrame  # GRID_COLUMNS
+
+
+# ---------------------------------------------------------------------- loading
+def load_results(sweep_dir: str | Path) -> pd.DataFrame:
+    """The sweep's results table (one row per cell); MemlawError if missing or malformed."""
+    path = Path(sweep_dir) / "results.parquet"
+    if not path.is_file():
+        raise MemlawError(f"no results.parquet in {sweep_dir} (not a sweep folder, or the sweep has not run)")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a corrupt file
+        raise MemlawError(f"cannot read {path}: {e}")
+    missing = sorted({"cell", "status", "run_dir", "seed", *CELL_KEYS} - set(df.columns))
+    if missing:
+        raise MemlawError(f"{path} lacks the columns {', '.join(missing)}")
+    return plain_dtypes(df)
+
+
+def plain_dtypes(df: pd.DataFrame) -> pd.DataFrame:
+    """Nullable extension columns as plain ones: strings as objects with None, integers as int64 (float64 with NA)."""
+    out = df.copy()
+    for col in out.columns:
+        dtype = out[col].dtype
+        if isinstance(dtype, pd.StringDtype) or dtype == object:
+            out[col] = _none_for_missing(out[col])
+        elif pd.api.types.is_extension_array_dtype(dtype) and pd.api.types.is_numeric_dtype(dtype):
+            out[col] = out[col].astype("float64" if out[col].isna().any() else dtype.numpy_dtype)
+    return out
+
+
+def ok_cells(results: pd.DataFrame, sweep_dir: str | Path) -> pd.DataFrame:
+    """The cells with status "ok"; MemlawError if there are none."""
+    ok = results[results["status"] == "ok"]
+    if ok.empty:
+        raise MemlawError(f"no ok cells in {Path(sweep_dir) / 'results.parquet'} ({len(results)} cells, none finished)")
+    return ok
+
+
+def earliest_stubborn(stubborn_positions: Iterable[int] | None) -> int | None:
+    """The first target position with p_t <= 0.5, or None for a certified record."""
+    positions = list(stubborn_positions or [])
+    return int(min(positions)) if positions else None
+
+
+def record_row(cell: Mapping[str, Any], record: Mapping[str, Any]) -> dict:
+    """One row of records.csv from a results row and one records.jsonl object."""
+    row = {k: _py(cell[k]) for k in ("cell", *GROUP_KEYS, "seed")}
+    fail = record.get("first_failure")
+    row.update(
+        rank=int(cell["rank"]),
+        length=int(cell["length"]),
+        id=record.get("id"),
+        target_len=len(record["target_probs"]),
+        earliest_stubborn=earliest_stubborn(record.get("stubborn_positions")),
+        first_failure=None if fail is None else int(fail),
+        exact=bool(record["exact"]),
+        certified=bool(record["certified"]),
+    )
+    return {k: row[k] for k in RECORD_COLUMNS}
+
+
+def read_cell_records(path: Path) -> list[dict]:
+    """The objects of one records.jsonl; MemlawError on a malformed line."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise MemlawError(f"{path}:{n}: not JSON ({e.msg})")
+    return rows
+
+
+def analyze(sweep_dir: str | Path, bins: int = DEFAULT_BINS) -> PhaseAnalysis:
+    """Read every ok cell's records.jsonl and compute the phase-transition analysis."""
+    if bins < 1:
+        raise MemlawError(f"--bins must be at least 1, got {bins}")
+    sweep_dir = Path(sweep_dir)
+    cells = ok_cells(load_results(sweep_dir), sweep_dir)
+    rows: list[dict] = []
+    profiles: list[tuple[np.ndarray, np.ndarray]] = []  # per record: p_t, stubborn mask
+    skipped: list[str] = []
+    for cell in cells.to_dict("records"):
+        path = sweep_dir / str(cell["run_dir"]) / "records.jsonl"
+        if not path.is_file():
+            skipped.append(f"cell {cell['cell']}: no records.jsonl at {path}")
+            continue
+        for rec in read_cell_records(path):
+            try:
+                rows.append(record_row(cell, rec))
+            except KeyError as e:
+                raise MemlawError(f"{path}: a record lacks the field {e}")
+            probs = np.asarray(rec["target_probs"], dtype=float)
+            mask = np.zeros(len(probs), dtype=bool)
+            mask[[int(i) for i in rec.get("stubborn_positions") or []]] = True
+            profiles.append((probs, mask))
+    if not rows:
+        raise MemlawError(f"no records in {sweep_dir}: {len(cells)} ok cells, none with a non-empty records.jsonl")
+    records = records_frame(rows)
+    summary = summarize(records, bins)
+    summary.update(sweep=str(sweep_dir), cells=len(cells) - len(skipped), skipped_cells=skipped)
+    return PhaseAnalysis(summary=summary, records=records, grid=probability_grid(records, profiles, bins))
+
+
+def records_frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+    for col in ("earliest_stubborn", "first_failure"):
+        df[col] = df[col].astype("Int64")
+    df["ratio"] = _none_for_missing(df["ratio"])
+    return df
+
+
+# ---------------------------------------------------------------------- statistics
+def spearman(x: Iterable[float], y: Iterable[float]) -> dict:
+    """Spearman's ρ with its p-value and n; ρ and p are None when undefined (n < 2 or a constant side)."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
+    n = len(x)
+    if n < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"rho": None, "p": None, "n": n}
+    res = spearmanr(x, y)
+    return {"rho": _finite(res.statistic), "p": _finite(res.pvalue), "n": n}
+
+
+def failure_pairs(records: pd.DataFrame) -> pd.DataFrame:
+    """The records that have both an earliest stubborn position and a first free-run failure."""
+    return records[records["earliest_stubborn"].notna() & records["first_failure"].notna()]
+
+
+def certificate_check(records: pd.DataFrame) -> dict:
+    """How often the first failure is at or after the earliest stubborn token, and the violations."""
+    failed = records[records["first_failure"].notna()]
+    pairs = failure_pairs(records)
+    at_or_after = int((pairs["first_failure"] >= pairs["earliest_stubborn"]).sum())
+    bad = failed[failed["earliest_stubborn"].isna() | (failed["first_failure"] < failed["earliest_stubborn"])]
+    return {
+        "failures": len(failed),
+        "pairs": len(pairs),
+        "at_or_after": at_or_after,
+        "at_or_after_fraction": at_or_after / len(pairs) if len(pairs) else None,
+        "violations": len(bad),
+        "violating_records": [
+            {k: _py(r[k]) for k in ("cell", "id", "earliest_stubborn", "first_failure")}
+            for r in bad.head(MAX_LISTED_VIOLATIONS).to_dict("records")
+        ],
+    }
+
+
+def position_edges(max_position: int, bins: int) -> np.ndarray:
+    """Histogram edges for token positions 0..max_position: one bin per position when they fit in `bins`."""
+    if max_position + 1 <= bins:
+        return np.arange(max_position + 2, dtype=float)
+    return np.linspace(0.0, max_position + 1.0, bins + 1)
+
+
+def failure_histograms(records: pd.DataFrame, bins: int = DEFAULT_BINS) -> dict:
+    """Counts and quartiles of first-failure positions, absolute (tokens) and relative (/ target length)."""
+    failed = records[records["first_failure"].notna()]
+    pos = failed["first_failure"].to_numpy(dtype=float)
+    rel = pos / failed["target_len"].to_numpy(dtype=float)
+    out = {}
+    for name, values, edges in (
+        ("absolute", pos, position_edges(int(pos.max()) if len(pos) else 0, bins)),
+        ("relative", rel, np.linspace(0.0, 1.0, bins + 1)),
+    ):
+        counts, _ = np.histogram(values, edges)
+        quartiles = np.percentile(values, [25, 50, 75]).tolist() if len(values) else None
+        out[name] = {"edges": edges.tolist(), "counts": counts.tolist(), "quartiles": quartiles}
+    return out
+
+
+def bin_profile(values: np.ndarray, bins: int) -> np.ndarray:
+    """Mean of a per-token series over `bins` equal slices of relative position [0, 1].
+
+    Token i covers [i/T, (i+1)/T); a token that straddles a slice boundary counts in both slices
+    in proportion to its overlap, so every slice is defined even when T < bins.
+    """
+    values = np.asarray(values, dtype=float)
+    total = len(values)
+    integral = np.concatenate([[0.0], np.cumsum(values)])
+    at_edges = np.interp(np.linspace(0.0, total, bins + 1), np.arange(total + 1), integral)
+    return np.diff(at_edges) * bins / total
+
+
+def probability_grid(records: pd.DataFrame, profiles: list[tuple[np.ndarray, np.ndarray]], bins: int) -> pd.DataFrame:
+    """Per (group, length, rank) and relative-position bin: token-weighted mean p_t and stubborn fraction.
+
+    `profiles` is aligned with `records`: each record's p_t array and stubborn mask.
+    """
+    sums: dict[tuple, list] = {}  # key -> [weighted p sum, weighted stubborn sum, tokens, records]
+    for key, (probs, mask) in zip(_keys(records, CELL_KEYS), profiles):
+        if not len(probs):
+            continue
+        acc = sums.setdefault(key, [np.zeros(bins), np.zeros(bins), 0, 0])
+        acc[0] += len(probs) * bin_profile(probs, bins)
+        acc[1] += len(probs) * bin_profile(mask, bins)
+        acc[2] += len(probs)
+        acc[3] += 1
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    rows = [
+        {**dict(zip(CELL_KEYS, key)), "bin": b, "rel_start": float(edges[b]), "rel_end": float(edges[b + 1]),
+         "mean_p": float(p_sum[b] / tokens), "stubborn_fraction": float(s_sum[b] / tokens), "records": n}
+        for key, (p_sum, s_sum, tokens, n) in sorted(sums.items(), key=lambda kv: cell_sort_key(kv[0]))
+        for b in range(bins)
+    ]
+    return pd.DataFrame(rows, columns=list(GRID_COLUMNS))
+
+
+def cell_summaries(records: pd.DataFrame) -> list[dict]:
+    """Per (group, length, rank): counts of records, exact, certified, failures, and the median positions."""
+    out = []
+    for key, d in split_by(records, CELL_KEYS):
+        fail = d["first_failure"].dropna().to_numpy(dtype=float)
+        stub = d["earliest_stubborn"].dropna().to_numpy(dtype=float)
+        out.append({
+            **dict(zip(CELL_KEYS, key)),
+            "records": len(d),
+            "exact": int(d["exact"].sum()),
+            "certified": int(d["certified"].sum()),
+            "failures": len(fail),
+            "median_first_failure": float(np.median(fail)) if len(fail) else None,
+            "median_earliest_stubborn": float(np.median(stub)) if len(stub) else None,
+        })
+    return out
+
+
+def summarize(records: pd.DataFrame, bins: int = DEFAULT_BINS) -> dict:
+    """The phase.json content (without the sweep's path and skipped cells)."""
+    pairs = failure_pairs(records)
+    return {
+        "records": len(records),
+        "exact": int(records["exact"].sum()),
+        "certified": int(records["certified"].sum()),
+        "spearman": spearman(pairs["earliest_stubborn"], pairs["first_failure"]),
+        "certificate": certificate_check(records),
+        "failure_positions": failure_histograms(records, bins),
+        "bins": bins,
+        "cells_summary": cell_summaries(records),
+    }
+
+
+def format_p(p: float | None) -> str:
+    """"p = 0.0012" for display; a p-value that underflowed to 0 shows as an upper bound."""
+    if p is None:
+        return "p undefined"
+    return "p < 1e-300" if p == 0 else f"p = {p:.2g}"
+
+
+def format_summary(summary: dict) -> str:
+    """A few lines for the terminal: counts, ρ, the certificate check, failure-position quartiles."""
+    s, c = summary["spearman"], summary["certificate"]
+    lines = [
+        f"{summary['records']} records in {summary['cells']} cells: {summary['exact']} exact, {summary['certified']} certified",
+    ]
+    if s["rho"] is None:
+        lines.append(f"earliest stubborn vs first failure: Spearman ρ undefined (n = {s['n']})")
+    else:
+        lines.append(f"earliest stubborn vs first failure: Spearman ρ = {s['rho']:.3f} (n = {s['n']}, {format_p(s['p'])})")
+    if c["failures"]:
+        q = summary["failure_positions"]
+        a, r = q["absolute"]["quartiles"], q["relative"]["quartiles"]
+        lines.append(f"first-failure position quartiles: {a[0]:g} / {a[1]:g} / {a[2]:g} tokens; "
+                     f"relative {r[0]:.2f} / {r[1]:.2f} / {r[2]:.2f}")
+        lines.append(f"failures at or after the earliest stubborn token: {c['at_or_after']}/{c['pairs']}; "
+                     f"certificate violations: {c['violations']}")
+    else:
+        lines.append("no free-run failures: every record was reproduced exactly")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- files
+def write_analysis(analysis: PhaseAnalysis, out: str | Path) -> dict[str, Path]:
+    """Write phase.json, records.csv and prob_grid.csv (atomically) into `out`."""
+    out = Path(out)
+    paths = {"phase": out / "phase.json", "records": out / "records.csv", "grid": out / "prob_grid.csv"}
+    write_json(paths["phase"], analysis.summary)
+    write_csv(paths["records"], _csv_rows(analysis.records), list(RECORD_COLUMNS))
+    write_csv(paths["grid"], _csv_rows(analysis.grid), list(GRID_COLUMNS))
+    return paths
+
+
+def read_analysis(out: str | Path) -> PhaseAnalysis:
+    """The analysis written by write_analysis."""
+    out = Path(out)
+    summary = json.loads((out / "phase.json").read_text(encoding="utf-8"))
+    records = pd.read_csv(out / "records.csv", dtype={"id": str, "ratio": object, "model": str, "benchmark": str})
+    grid = pd.read_csv(out / "prob_grid.csv", dtype={"ratio": object, "model": str, "benchmark": str})
+    for df in (records, grid):
+        df["ratio"] = _none_for_missing(df["ratio"])
+    for col in ("earliest_stubborn", "first_failure"):
+        records[col] = records[col].astype("Int64")
+    return PhaseAnalysis(summary=summary, records=records, grid=grid)
+
+
+def load_or_analyze(sweep_dir: str | Path) -> PhaseAnalysis:
+    """DIR/analysis if it exists and is not older than results.parquet, else a fresh in-memory analysis."""
+    sweep_dir = Path(sweep_dir)
+    out = sweep_dir / "analysis"
+    names = ("phase.json", "records.csv", "prob_grid.csv")
+    results = sweep_dir / "results.parquet"
+    if results.is_file() and all((out / n).is_file() for n in names):
+        if min((out / n).stat().st_mtime for n in names) >= results.stat().st_mtime:
+            return read_analysis(out)
+    return analyze(sweep_dir)
+
+
+# ---------------------------------------------------------------------- grouping
+def cell_sort_key(key: tuple) -> tuple:
+    """Sort key for a group or cell key: None first, ratios like "r20" numerically, numbers as numbers."""
+    out = []
+    for v in key:
+        if v is None:
+            out.append((0, 0, ""))
+        elif isinstance(v, str) and re.fullmatch(r"r\d+", v):
+            out.append((1, int(v[1:]), v))
+        elif isinstance(v, (int, float, np.integer, np.floating)):
+            out.append((1, float(v), ""))
+        else:
+            out.append((1, 0, str(v)))
+    return tuple(out)
+
+
+def split_by(df: pd.DataFrame, keys: tuple[str, ...]) -> list[tuple[tuple, pd.DataFrame]]:
+    """(key, rows) per distinct value of `keys`, in cell_sort_key order; None is a value like any other."""
+    index: dict[tuple, list[int]] = {}
+    for i, key in enumerate(_keys(df, keys)):
+        index.setdefault(key, []).append(i)
+    return [(key, df.iloc[index[key]]) for key in sorted(index, key=cell_sort_key)]
+
+
+def _keys(df: pd.DataFrame, keys: tuple[str, ...]) -> list[tuple]:
+    return list(zip(*(map(_py, df[k]) for k in keys))) if len(df) else []
+
+
+def _py(v: Any) -> Any:
+    """A plain Python value: numpy scalars unwrapped, NaN/NA as None."""
+    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+        return None
+    if isinstance(v, np.generic):
+        return _py(v.item())
+    return v
+
+
+def _none_for_missing(col: pd.Series) -> pd.Series:
+    return col.astype(object).where(col.notna(), None)
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _csv_rows(df: pd.DataFrame) -> list[dict]:
+    return [{k: _py(v) for k, v in row.items()} for row in df.to_dict("records")]

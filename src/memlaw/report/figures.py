@@ -1,0 +1,350 @@
+"""Report figures: each function takes tables and returns one PNG (bytes).
+
+Matplotlib's object API on the Agg canvas (``Figure.savefig``): no pyplot, no global backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from ..analysis.phase import format_p
+
+DPI = 100
+PANEL_W, PANEL_H = 4.6, 3.6
+MAX_COLS = 3
+MAX_TICKS = 12  # label every data value on an axis when there are at most this many
+ANNOTATE_CELLS = 80  # write the value in each heatmap cell when a panel has at most this many
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.fontsize": 7.5,
+    "figure.facecolor": "white",
+}
+SYMBOL = {"rank": "r", "length": "ℓ"}
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted Parametric Memory Law ΔL = C·r^α·ℓ^(−β) + b with the fitter's R² and MAPE (%)."""
+
+    C: float
+    alpha: float
+    beta: float
+    b: float
+    r2: float | None = None
+    mape: float | None = None
+
+    def predict(self, rank, length) -> np.ndarray:
+        rank, length = np.asarray(rank, dtype=float), np.asarray(length, dtype=float)
+        return self.C * rank**self.alpha * length ** (-self.beta) + self.b
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One group (model, benchmark, ratio, method): its label, ok cells (results rows) and fit."""
+
+    label: str
+    cells: pd.DataFrame
+    fit: Fit | None = None
+
+
+def _png(build):
+    """Run a figure builder under the report style and return the figure as PNG bytes."""
+
+    @functools.wraps(build)
+    def render(*args, **kwargs) -> bytes:
+        with matplotlib.rc_context(STYLE):
+            fig = build(*args, **kwargs)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=DPI)
+        return buf.getvalue()
+
+    return render
+
+
+def _facets(n: int, panel_h: float = PANEL_H) -> tuple[Figure, list]:
+    ncols = max(1, min(n, MAX_COLS))
+    nrows = max(1, math.ceil(n / ncols))
+    fig = Figure(figsize=(PANEL_W * ncols, panel_h * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+def _colors(n: int) -> np.ndarray:
+    return matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, max(n, 1)))
+
+
+def _color_of(panels: list[Panel], column: str) -> dict:
+    """One colour per value of `column` across all panels, so a value looks the same everywhere."""
+    values = sorted({v for p in panels for v in p.cells[column].tolist()})
+    return dict(zip(values, _colors(len(values))))
+
+
+def _legend(fig: Figure, color_of: dict, column: str, marker_line: str, extra: list[Line2D]) -> None:
+    """One legend for the whole figure, outside the panels on the right."""
+    style = {"marker": "o", "ms": 4, "ls": "-" if marker_line == "line" else ""}
+    handles = [Line2D([], [], color=c, label=f"{SYMBOL[column]} = {_compact(v)}", **style) for v, c in color_of.items()]
+    fig.legend(handles=handles + extra, loc="outside right upper")
+
+
+def _compact(v) -> str:
+    v = float(v)
+    if v >= 1000 and v % 1000 == 0:
+        return f"{v / 1000:g}k"
+    return f"{v:g}"
+
+
+def _value_ticks(axis, values) -> None:
+    """Ticks at the data's own values on a log axis (when few), labelled compactly."""
+    values = sorted(set(float(v) for v in values))
+    if len(values) > MAX_TICKS:
+        return
+    axis.set_major_locator(FixedLocator(values))
+    axis.set_minor_locator(NullLocator())
+    axis.set_ticklabels([_compact(v) for v in values])
+
+
+def _plain_log_labels(axis) -> None:
+    """Log-axis labels as plain numbers (0.3, 2) instead of 3×10⁻¹, 2×10⁰."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "1235" else ""))
+
+
+def _span(values) -> np.ndarray:
+    """A dense log-spaced range over the data's values (widened around a single value)."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if lo == hi:
+        lo, hi = lo / 2, hi * 2
+    return np.geomspace(lo, hi, 60)
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.3")
+
+
+def _law_label(fit: Fit) -> str:
+    return f"fit: C={fit.C:.3g}, α={fit.alpha:.3g}, β={fit.beta:.3g}, b={fit.b:.3g}"
+
+
+# ---------------------------------------------------------------------- ΔL and the law
+@_png
+def delta_loss_curves(panels: list[Panel], x: str) -> Figure:
+    """ΔL against `x` ("rank" or "length") on log-log axes, one line per value of the other; fits dashed."""
+    series = "length" if x == "rank" else "rank"
+    color_of = _color_of(panels, series)
+    fig, axes = _facets(len(panels))
+    for ax, p in zip(axes, panels):
+        hidden = int((p.cells["delta_loss"] <= 0).sum())
+        for s in sorted(p.cells[series].unique()):
+            color = color_of[s]
+            d = p.cells[(p.cells[series] == s) & (p.cells["delta_loss"] > 0)]
+            mean = d.groupby(x)["delta_loss"].mean()
+            ax.scatter(d[x], d["delta_loss"], s=9, color=color, alpha=0.35, linewidths=0)
+            ax.plot(mean.index, mean.to_numpy(), "o-", color=color, ms=3.5, lw=1.3)
+            if p.fit is not None:
+                xs = _span(p.cells[x])
+                ys = p.fit.predict(xs, s) if x == "rank" else p.fit.predict(s, xs)
+                ax.plot(xs, np.where(ys > 0, ys, np.nan), "--", color=color, lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _value_ticks(ax.xaxis, p.cells[x])
+        _plain_log_labels(ax.yaxis)
+        ax.set_xlabel(f"{x} {SYMBOL[x]}")
+        ax.set_ylabel("ΔL (nats / answer token)")
+        ax.set_title(p.label + (f"  ({hidden} cells with ΔL ≤ 0 not shown)" if hidden else ""))
+    fitted = [Line2D([], [], color="0.3", ls="--", label="fitted law")] if any(p.fit for p in panels) else []
+    _legend(fig, color_of, series, "line", fitted)
+    return fig
+
+
+@_png
+def law_collapse(panels: list[Panel]) -> Figure:
+    """(ΔL − b) / r^α against ℓ, log-log: under the law every rank falls on the line C·ℓ^(−β).
+
+    A panel without a fit shows plain ΔL against ℓ.
+    """
+    color_of = _color_of(panels, "rank")
+    fig, axes = _facets(len(panels))
+    for ax, p in zip(axes, panels):
+        d = p.cells
+        if p.fit is not None:
+            y = (d["delta_loss"] - p.fit.b) / d["rank"].astype(float) ** p.fit.alpha
+        else:
+            y = d["delta_loss"]
+        for r in sorted(d["rank"].unique()):
+            keep = (d["rank"] == r) & (y > 0)
+            ax.scatter(d["length"][keep], y[keep], s=16, color=color_of[r])
+        if p.fit is not None:
+            xs = _span(d["length"])
+            ax.plot(xs, p.fit.C * xs ** (-p.fit.beta), "k--", lw=1.2)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _value_ticks(ax.xaxis, d["length"])
+        _plain_log_labels(ax.yaxis)
+        ax.set_xlabel("length ℓ (answer tokens)")
+        ax.set_ylabel(r"$(\Delta L - b)\,/\,r^{\alpha}$" if p.fit else "ΔL (no fitted law)")
+        dropped = int((y <= 0).sum())
+        ax.set_title(p.label + (f"  ({dropped} points ≤ 0 not shown)" if dropped else ""))
+    line = [Line2D([], [], color="k", ls="--", label="C·ℓ^(−β)")] if any(p.fit for p in panels) else []
+    _legend(fig, color_of, "rank", "markers", line)
+    return fig
+
+
+@_png
+def predicted_vs_true(panels: list[Panel]) -> Figure:
+    """Each ok cell's measured ΔL against its group's prediction, with the identity line."""
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax = fig.subplots()
+    fitted = [p for p in panels if p.fit is not None]
+    seen = []
+    for color, p in zip(_colors(len(fitted)), fitted):
+        true = p.cells["delta_loss"].to_numpy(dtype=float)
+        pred = p.fit.predict(p.cells["rank"], p.cells["length"])
+        seen.extend([true, pred])
+        stats = []
+        if p.fit.r2 is not None:
+            stats.append(f"R² {p.fit.r2:.3f}")
+        if p.fit.mape is not None:
+            stats.append(f"MAPE {p.fit.mape:.2f}%")
+        ax.scatter(true, pred, s=16, color=color, alpha=0.8, label=f"{p.label}  ({', '.join(stats)})" if stats else p.label)
+    values = np.concatenate(seen)
+    lo, hi = float(values.min()), float(values.max())
+    pad = 0.05 * (hi - lo or 1.0)
+    line = [lo - pad, hi + pad] if lo <= 0 else [lo / 1.15, hi * 1.15]
+    ax.plot(line, line, "k-", lw=0.8, label="identity")
+    if lo > 0:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_log_labels(ax.xaxis)
+        _plain_log_labels(ax.yaxis)
+    ax.set_xlim(line)
+    ax.set_ylim(line)
+    ax.set_aspect("equal")
+    ax.set_xlabel("measured ΔL")
+    ax.set_ylabel("predicted ΔL = C·r^α·ℓ^(−β) + b")
+    ax.legend(loc="upper left")
+    return fig
+
+
+# ---------------------------------------------------------------------- landscapes over rank × length
+@_png
+def metric_heatmaps(panels: list[Panel], column: str, label: str, vmin: float | None = None,
+                    vmax: float | None = None, cmap: str = "viridis") -> Figure:
+    """`column` (mean over seeds) over rank × length, one panel per group, one colour scale."""
+    tables = [p.cells.pivot_table(index="rank", columns="length", values=column, aggfunc="mean", dropna=False)
+              for p in panels]
+    every = np.concatenate([t.to_numpy(dtype=float).ravel() for t in tables])
+    finite = every[np.isfinite(every)]
+    lo = vmin if vmin is not None else (float(finite.min()) if len(finite) else 0.0)
+    hi = vmax if vmax is not None else (float(finite.max()) if len(finite) else 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    fig, axes = _facets(len(panels))
+    image = None
+    for ax, p, t in zip(axes, panels, tables):
+        grid = t.to_numpy(dtype=float)
+        image = ax.imshow(grid, origin="lower", aspect="auto", cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_xticks(range(len(t.columns)), [_compact(v) for v in t.columns])
+        ax.set_yticks(range(len(t.index)), [_compact(v) for v in t.index])
+        ax.grid(False)
+        ax.set_xlabel("length ℓ")
+        ax.set_ylabel("rank r")
+        ax.set_title(p.label)
+        if grid.size <= ANNOTATE_CELLS:
+            for (i, j), v in np.ndenumerate(grid):
+                if np.isfinite(v):
+                    r, g, b, _ = image.cmap(image.norm(v))
+                    shade = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color=shade)
+    fig.colorbar(image, ax=axes, label=label, shrink=0.85)
+    fig.suptitle(label, fontweight="bold")
+    return fig
+
+
+@_png
+def probability_grids(grids: list[tuple[str, pd.DataFrame]]) -> Figure:
+    """Mean teacher-forced p_t over relative target position (columns) for each (length, rank) (rows).
+
+    `grids` holds one (label, prob_grid rows) per group. Colour: red below 0.5 (stubborn), blue above.
+    """
+    tables = [g.pivot_table(index=["length", "rank"], columns="bin", values="mean_p") for _, g in grids]
+    rows = max(len(t) for t in tables)
+    fig, axes = _facets(len(grids), panel_h=max(PANEL_H, 0.17 * rows + 1.4))
+    image = None
+    for ax, (label, _), t in zip(axes, grids, tables):
+        n = len(t)
+        image = ax.imshow(t.to_numpy(dtype=float), aspect="auto", cmap="RdBu", vmin=0.0, vmax=1.0,
+                          extent=(0.0, 1.0, n - 0.5, -0.5), interpolation="nearest")
+        step = max(1, math.ceil(n / 40))
+        ticks = list(range(0, n, step))
+        ax.set_yticks(ticks, [f"ℓ {_compact(t.index[i][0])} · r {_compact(t.index[i][1])}" for i in ticks], fontsize=7.5)
+        ax.grid(False)
+        ax.set_xlabel("relative position in the target")
+        ax.set_title(label)
+    fig.colorbar(image, ax=axes, label="mean p_t  (≤ 0.5: stubborn)", shrink=0.85)
+    return fig
+
+
+# ---------------------------------------------------------------------- phase transition
+@_png
+def failure_histograms(histograms: dict) -> Figure:
+    """First free-run failure positions: absolute (tokens) and relative to the target length."""
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    for ax, name, xlabel in zip(
+        fig.subplots(1, 2),
+        ("absolute", "relative"),
+        ("first failure position (token index)", "first failure position / target length"),
+    ):
+        part = histograms[name]
+        edges, counts = np.asarray(part["edges"]), np.asarray(part["counts"])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("records")
+        if counts.sum() == 0:
+            _note(ax, "no free-run failures")
+            continue
+        ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0", edgecolor="white")
+        median = part["quartiles"][1]
+        ax.axvline(median, color="#c44e52", lw=1.2, ls="--", label=f"median {median:.3g}")
+        ax.legend()
+    return fig
+
+
+@_png
+def stubborn_vs_failure(records: pd.DataFrame, rho: dict) -> Figure:
+    """Earliest stubborn position against first free-run failure, one marker per (x, y) sized by count."""
+    fig = Figure(figsize=(6.4, 5.2), layout="constrained")
+    ax = fig.subplots()
+    pairs = records[records["earliest_stubborn"].notna() & records["first_failure"].notna()]
+    ax.set_xlabel("earliest stubborn position (p_t ≤ 0.5, teacher-forced)")
+    ax.set_ylabel("first free-run failure position")
+    if pairs.empty:
+        _note(ax, "no record has both a stubborn token and a failure")
+        return fig
+    methods = sorted(pairs["method"].unique())
+    for color, method in zip(_colors(len(methods)), methods):
+        counts = pairs[pairs["method"] == method].groupby(["earliest_stubborn", "first_failure"]).size()
+        x = counts.index.get_level_values(0).to_numpy(dtype=float)
+        y = counts.index.get_level_values(1).to_numpy(dtype=float)
+        ax.scatter(x, y, s=12 + 10 * np.sqrt(counts.to_numpy()), color=color, alpha=0.55, linewidths=0, label=method)
+    top = float(max(pairs["earliest_stubborn"].max(), pairs["first_failure"].max())) + 1
+    ax.plot([0, top], [0, top], "k--", lw=0.8, label="failure at the earliest stubborn token")
+    if rho["rho"] is None:
+        ax.set_title(f"Spearman ρ undefined (n = {rho['n']})")
+    else:
+        ax.set_title(f"Spearman ρ = {rho['rho']:.3f}  (n = {rho['n']}, {format_p(rho['p'])})")
+    ax.legend(loc="upper left", title="marker area ∝ √records")
+    return fig
