@@ -1,0 +1,108 @@
+"""Wall time until every record is recalled: memlaw's protocol against the reference protocol.
+
+Same PhoneBook, model, layer, rank, learning rate, batch size and seed for both:
+
+  reference — sft for a fixed 200 epochs, no prefix cache (the paper's training recipe);
+  memlaw    — memft_ot with certified stopping (checked after every epoch) and the prefix
+              cache, at most the same 200 epochs.
+
+Each protocol runs in its own child process (so each has its own peak memory), one after
+the other. Reported: training wall time (the reference's 200 epochs; memlaw's time to the
+certificate, cache build included), the whole `memlaw train` wall time, EM, certified
+fraction, steps, and peak memory.
+
+    .venv/bin/python benchmarks/time_to_recall.py [--records 16] [--rank 8] [--lr 0.05] [--dropout 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROTOCOLS = {
+    "reference": {"method": "sft", "stop_when": "never", "prefix_cache": False},
+    "memlaw": {"method": "memft_ot", "stop_when": "certified", "prefix_cache": True},
+}
+
+
+def run_one(args, name: str) -> dict:
+    """Train with one protocol in this process; return its measurements."""
+    import torch
+
+    from memlaw.config import TrainConfig
+    from memlaw.data.phonebook import generate_phonebook
+    from memlaw.io import write_jsonl
+    from memlaw.model.loading import load_tokenizer
+    from memlaw.train.trainer import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "pb.jsonl"
+        write_jsonl(data, generate_phonebook(load_tokenizer(args.model), seed=42, records=args.records))
+        cfg = TrainConfig(data=str(data), model=args.model, rank=args.rank, lr=args.lr, dropout=args.dropout,
+                          epochs=args.epochs, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                          **PROTOCOLS[name]).validate()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        metrics = train(cfg, Path(tmp) / "run", progress=False)
+        wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    seconds = metrics["seconds_to_certified"] if name == "memlaw" and metrics["seconds_to_certified"] else metrics["train_seconds"]
+    result = {
+        "protocol": name, **PROTOCOLS[name], "steps": metrics["steps"], "stopped": metrics["stopped"],
+        "training_seconds": round(seconds, 1), "train_command_seconds": round(wall, 1),
+        "exact_match": metrics["exact_match"], "certified_fraction": metrics["certified_fraction"],
+        "final_loss": round(metrics["final_loss"], 4), "peak_rss_mib": round(peak, 1),
+    }
+    if torch.cuda.is_available():
+        result["peak_cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--records", type=int, default=16, help="PhoneBook records")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--only", choices=sorted(PROTOCOLS), help=argparse.SUPPRESS)  # child process
+    args = p.parse_args()
+
+    if args.only:
+        print(json.dumps(run_one(args, args.only)))
+        return
+    results = {}
+    for name in PROTOCOLS:
+        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", name],
+                               capture_output=True, text=True, check=False)
+        if child.returncode != 0:
+            sys.exit(f"{name} failed:\n{child.stderr}")
+        results[name] = json.loads(child.stdout.strip().splitlines()[-1])
+    ref, ours = results["reference"], results["memlaw"]
+    summary = {
+        "records": args.records, "rank": args.rank, "lr": args.lr, "dropout": args.dropout, "epochs": args.epochs,
+        "batch_size": args.batch_size, "speedup_training": round(ref["training_seconds"] / ours["training_seconds"], 2),
+        "speedup_train_command": round(ref["train_command_seconds"] / ours["train_command_seconds"], 2),
+        "protocols": results,
+    }
+    print(f"{'protocol':<10} {'steps':>6} {'train s':>8} {'command s':>10} {'EM':>6} {'certified':>9} {'peak RSS MiB':>13}")
+    for r in results.values():
+        print(f"{r['protocol']:<10} {r['steps']:>6} {r['training_seconds']:>8.1f} {r['train_command_seconds']:>10.1f} "
+              f"{r['exact_match']:>6.3f} {r['certified_fraction']:>9.3f} {r['peak_rss_mib']:>13.1f}")
+    print(f"speed-up to recall: {summary['speedup_training']:.2f}x (training), {summary['speedup_train_command']:.2f}x (whole command)")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
