@@ -132,7 +132,7 @@ def test_presets_load_and_list(capsys, tmp_path):
     listed = capsys.readouterr().out
     assert all(name in listed for name in PRESETS)
     demo = load_preset("smollm2-demo")
-    assert demo.model == "default" and len(demo.cells()) == 12
+    assert demo.model == "default" and len(demo.cells()) == 16
     for name in PRESETS[:-1]:
         with pytest.raises(MemlawError, match=rf"preset {name} needs --model PATH \(the model is not shipped\)"):
             load_preset(name)

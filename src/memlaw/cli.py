@@ -205,7 +205,7 @@ def cmd_data_linear_rule(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), ranks=parse_list(args.ranks, int, "ranks"), records=args.records, epochs=args.epochs)
+    run_demo(Path(args.out), preset=args.preset, engine=args.engine)
     return 0
 
 
@@ -285,11 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="seed (default: 42)")
     p.set_defaults(func=cmd_data_linear_rule)
 
-    p = sub.add_parser("demo", help="memorize a small PhoneBook on the default model at two ranks; print a table")
-    p.add_argument("--out", default="runs/demo", help="folder for the demo's data and runs (default: runs/demo)")
-    p.add_argument("--ranks", default="1,8", help="ranks to compare (default: 1,8)")
-    p.add_argument("--records", type=int, default=16, help="PhoneBook records (default: 16)")
-    p.add_argument("--epochs", type=int, default=60, help="epochs per run (default: 60)")
+    p = sub.add_parser(
+        "demo",
+        help="the law study in miniature on the default model: sweep -> fit -> analyze -> report",
+        description="Runs `memlaw sweep --preset smollm2-demo`, `memlaw fit`, `memlaw analyze` and `memlaw report` "
+        "into --out (resumable: finished cells are kept).",
+    )
+    p.add_argument("--out", default="runs/demo", help="sweep folder (default: runs/demo)")
+    p.add_argument("--preset", default="smollm2-demo", help="sweep preset or grid YAML (default: smollm2-demo)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"], help="sweep engine (default: local)")
     p.set_defaults(func=cmd_demo)
 
     import importlib
