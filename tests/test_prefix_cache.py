@@ -142,3 +142,24 @@ def test_cache_size_is_what_the_bound_checks():
     cache = PrefixCache.build(memory.model, 1, encoded, tok.pad_token_id, torch.device("cpu"), 2, torch.device("cpu"))
     held = sum(h.numel() * h.element_size() for h in cache.hidden)
     assert PrefixCache.size_bytes(memory.model, encoded) == held
+
+
+def test_sweep_cell_same_rows_with_and_without_cache(tiny_model_dir, tmp_path):
+    from memlaw.sweep import TIMING_COLUMNS, parse_grid, run_sweep
+
+    def rows(prefix_cache: bool):
+        grid = parse_grid({
+            "name": "cache", "model": str(tiny_model_dir), "benchmark": "phonebook", "methods": ["sft", "memft_ot"],
+            "ranks": [2], "lengths": [30], "seeds": [7], "layer": 1,
+            "train": {"lr": 0.05, "epochs": 3, "batch_size": 2, "dropout": 0.1, "device": "cpu",
+                      "prefix_cache": prefix_cache},
+        }, "grid.yaml")
+        frame = run_sweep(grid, tmp_path / f"cache-{prefix_cache}", progress=False)
+        return frame.drop(columns=[*TIMING_COLUMNS, "run_dir"]).reset_index(drop=True)
+
+    on, off = rows(True), rows(False)
+    assert (on["status"] == "ok").all() and len(on) == 2
+    exact = ["cell", "method", "n_records", "target_tokens", "exact_match", "stubborn_tokens", "certified_fraction", "steps"]
+    assert on[exact].equals(off[exact])
+    for column in ("initial_loss", "final_loss", "delta_loss", "token_accuracy", "bits_stored"):
+        assert on[column].to_numpy() == pytest.approx(off[column].to_numpy(), rel=1e-4, abs=1e-6), column
