@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--threshold-p", type=float, default=0.5, help="MemFT threshold probability")
     p.add_argument("--linear-train", type=int, default=24)
     p.add_argument("--linear-heldout", type=int, default=24)
     p.add_argument("--linear-ranks", default="2,8")
@@ -64,7 +65,7 @@ def main() -> None:
     out = Path(args.out)
     methods = args.methods.split(",")
     base = TrainConfig(data="-", model=args.model, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout,
-                       stop_when="certified")
+                       threshold_p=args.threshold_p, stop_when="certified")
     results: list[dict] = []
     results_path = out / "results.jsonl"
 
