@@ -46,7 +46,7 @@ def run_one(args, name: str) -> dict:
         write_jsonl(data, generate_phonebook(load_tokenizer(args.model), seed=42, records=args.records))
         cfg = TrainConfig(data=str(data), model=args.model, rank=args.rank, lr=args.lr, dropout=args.dropout,
                           epochs=args.epochs, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                          **PROTOCOLS[name]).validate()
+                          **PROTOCOLS[name], **({"threshold_p": args.threshold_p} if name == "memlaw" else {})).validate()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threshold-p", type=float, default=0.5, help="memlaw protocol: MemFT-OT's threshold probability")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--only", choices=sorted(PROTOCOLS), help=argparse.SUPPRESS)  # child process
@@ -91,7 +92,7 @@ def main() -> None:
         results[name] = json.loads(child.stdout.strip().splitlines()[-1])
     ref, ours = results["reference"], results["memlaw"]
     summary = {
-        "records": args.records, "rank": args.rank, "lr": args.lr, "dropout": args.dropout, "epochs": args.epochs,
+        "records": args.records, "rank": args.rank, "threshold_p": args.threshold_p, "lr": args.lr, "dropout": args.dropout, "epochs": args.epochs,
         "batch_size": args.batch_size, "speedup_training": round(ref["training_seconds"] / ours["training_seconds"], 2),
         "speedup_train_command": round(ref["train_command_seconds"] / ours["train_command_seconds"], 2),
         "protocols": results,
