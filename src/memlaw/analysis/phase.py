@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..errors import MemlawError
 from ..io import write_csv, write_json
+from ..sweep.results import read_results
 
 GROUP_KEYS = ("model", "benchmark", "ratio", "method")  # one fitted law per group, as in law.json
 CELL_KEYS = (*GROUP_KEYS, "length", "rank")
@@ -47,10 +48,7 @@ def load_results(sweep_dir: str | Path) -> pd.DataFrame:
     path = Path(sweep_dir) / "results.parquet"
     if not path.is_file():
         raise MemlawError(f"no results.parquet in {sweep_dir} (not a sweep folder, or the sweep has not run)")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several unrelated types for a corrupt file
-        raise MemlawError(f"cannot read {path}: {e}")
+    df = read_results(path)
     missing = sorted({"cell", "status", "run_dir", "seed", *CELL_KEYS} - set(df.columns))
     if missing:
         raise MemlawError(f"{path} lacks the columns {', '.join(missing)}")

@@ -39,6 +39,7 @@ def register(subparsers: Any) -> None:
 # ---------------------------------------------------------------------- fit
 def cmd_fit(args: argparse.Namespace) -> int:
     from ..io import write_json
+    from ..sweep.results import read_results, results_path
     from .fit import fit_groups
 
     path = results_path(Path(args.results))
@@ -53,30 +54,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print_law_table(law)
     print(f"law: {out}")
     return 0
-
-
-def results_path(path: Path) -> Path:
-    """The results file: the path itself, or a sweep folder's results.parquet (else results.csv)."""
-    if path.is_dir():
-        for name in ("results.parquet", "results.csv"):
-            if (path / name).is_file():
-                return path / name
-        raise MemlawError(f"no results.parquet or results.csv in {path}")
-    if not path.is_file():
-        raise MemlawError(f"results file not found: {path}")
-    if path.suffix not in (".parquet", ".csv"):
-        raise MemlawError(f"{path}: expected a .parquet or .csv results table")
-    return path
-
-
-def read_results(path: Path):
-    """The results table as a DataFrame."""
-    import pandas as pd
-
-    try:
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except (OSError, ValueError) as e:  # unreadable, truncated, not a table (pandas/pyarrow errors are ValueErrors)
-        raise MemlawError(f"cannot read {path}: {e}") from None
 
 
 def print_law_table(law: dict) -> None:

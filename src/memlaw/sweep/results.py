@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ..errors import MemlawError
 from ..io import atomic_write_bytes, atomic_write_text, write_json
 from .grid import Cell, Grid, data_paths
 
@@ -114,3 +115,28 @@ def write_results(out: Path, rows: list[dict[str, Any]]):
     atomic_write_bytes(out / "results.parquet", buf.getvalue())
     atomic_write_text(out / "results.csv", frame.to_csv(index=False))
     return frame
+
+
+def results_path(path: Path) -> Path:
+    """The results file: the path itself, or a sweep folder's results.parquet (else results.csv)."""
+    if path.is_dir():
+        for name in ("results.parquet", "results.csv"):
+            if (path / name).is_file():
+                return path / name
+        raise MemlawError(f"no results.parquet or results.csv in {path}")
+    if not path.is_file():
+        raise MemlawError(f"results file not found: {path}")
+    if path.suffix not in (".parquet", ".csv"):
+        raise MemlawError(f"{path}: expected a .parquet or .csv results table")
+    return path
+
+
+def read_results(path: Path):
+    """The results table (a .parquet or .csv file) as a DataFrame; MemlawError if it cannot be read."""
+    import pandas as pd
+    from pyarrow import ArrowException
+
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError, ArrowException) as e:  # unreadable, truncated, not a table
+        raise MemlawError(f"cannot read {path}: {e}") from None
