@@ -79,7 +79,7 @@ def peft_variant(args, layer: int, encoded: list[Encoded], pad_id: int):
         optimizer.zero_grad(set_to_none=True)
 
     model.train()
-    return step, device
+    return step
 
 
 def main() -> None:
@@ -120,7 +120,7 @@ def main() -> None:
         def memlaw_step(forward):
             return lambda idx: optimiser_step(session, forward, [idx], weighter, optimizer, 1e-3)
 
-        peft_step, _ = peft_variant(args, layer, encoded, session.pad_id)
+        peft_step = peft_variant(args, layer, encoded, session.pad_id)
         variants = {"peft": peft_step, "no-cache": memlaw_step(full), "cache": memlaw_step(cached)}
 
         order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(0)).tolist()
