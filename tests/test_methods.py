@@ -55,6 +55,29 @@ def test_certified_stopping_halts_and_greedy_reproduces(tiny_model_dir, data, tm
     assert len({r["epoch"] for r in log_rows(run)}) == m["steps"] // 2
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_certificate_checked_only_after_clean_epochs(tiny_model_dir, data, tmp_path, dropout):
+    """Without dropout an epoch whose training pass met a stubborn token is not checked; with dropout every one is."""
+    from memlaw.config import TrainConfig
+    from memlaw.train.trainer import train
+
+    cfg = TrainConfig(data=str(data), model=str(tiny_model_dir), layer=[1], rank=4, lr=0.1, dropout=dropout,
+                      batch_size=2, epochs=400, stop_when="certified").validate()
+    checks = []
+    m = train(cfg, tmp_path / "run", progress=False, on_check=checks.append)
+    assert m["stopped"] == "certified" and m["certified_fraction"] == 1.0 and m["exact_match"] == 1.0
+    stubborn = {}
+    for row in log_rows(tmp_path / "run"):
+        stubborn[int(row["epoch"])] = stubborn.get(int(row["epoch"]), 0) + int(row["stubborn_tokens"])
+    checked = [c.epoch for c in checks]
+    assert checks[-1].done and not any(c.done for c in checks[:-1])
+    if dropout == 0:
+        assert checked == [e for e, n in sorted(stubborn.items()) if n == 0]
+        assert len(checked) < len(stubborn) / 2  # most epochs skip the check
+    else:
+        assert checked == sorted(stubborn)
+
+
 def test_check_every_n_steps(tiny_model_dir, data, tmp_path):
     run = tmp_path / "run"
     assert main(args(tiny_model_dir, data, run, "--epochs", "400", "--stop-when", "certified", "--check-every", "3")) == 0
@@ -127,7 +150,8 @@ def test_memorize_exits_0_when_every_record_is_certified(tiny_model_dir, data, t
     assert main(memorize_args(tiny_model_dir, data, run)) == 0
     out = capsys.readouterr().out
     assert "certified 4/4" in out and "all 4 records certified" in out
-    assert out.count("epoch ") >= 2  # a live line per epoch
+    checks = [line for line in out.splitlines() if line.startswith("epoch ")]  # a live line per check
+    assert checks and "certified 4/4" in checks[-1] and all("certified 4/4" not in c for c in checks[:-1])
     assert "Ann Lee:" in out and "4821" in out  # the per-record table
     m = metrics(run)
     assert m["stopped"] == "certified" and m["exact_match"] == 1.0

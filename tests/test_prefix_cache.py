@@ -58,6 +58,7 @@ def test_cache_equals_full_forward(kind, component, layers, padded):
     cache = PrefixCache.build(memory.model, min(layers), encoded, tok.pad_token_id, torch.device("cpu"), 3, torch.device("cpu"))
     cached = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu", cache)
     assert len(cache.hidden) == len(encoded) and cache.hidden[0].shape[-1] == 64
+    assert cache.prefix_len > 0  # the chat template's opening runs once per batch
 
     loss_full, mask, grads_full = losses_and_grads(full, memory)
     loss_cached, mask_cached, grads_cached = losses_and_grads(cached, memory)
@@ -67,6 +68,70 @@ def test_cache_equals_full_forward(kind, component, layers, padded):
     for name, g in grads_full.items():
         assert g.abs().max() > 0, name  # the adapter does get a gradient
         assert torch.allclose(g, grads_cached[name], atol=1e-5, rtol=1e-4), name
+
+
+def assert_cache_matches_full(memory, encoded, pad_id, start: int) -> PrefixCache:
+    full = AnswerForward(memory.model, encoded, pad_id, "cpu")
+    cache = PrefixCache.build(memory.model, start, encoded, pad_id, torch.device("cpu"), 3, torch.device("cpu"))
+    cached = AnswerForward(memory.model, encoded, pad_id, "cpu", cache)
+    loss_full, mask, grads_full = losses_and_grads(full, memory)
+    loss_cached, _, grads_cached = losses_and_grads(cached, memory)
+    assert torch.allclose(loss_full[mask], loss_cached[mask], atol=1e-5, rtol=1e-5)
+    for name, g in grads_full.items():
+        assert torch.allclose(g, grads_cached[name], atol=1e-5, rtol=1e-4), name
+    return cache
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2-sliding", "mistral"])
+def test_shared_prefix_with_eager_attention(kind):
+    """The explicit masks of the shared-prefix path also serve the eager implementation (additive masks)."""
+    tok, memory = adapted(kind, "mlp", [1])
+    memory.model.config._attn_implementation = "eager"
+    encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
+    assert assert_cache_matches_full(memory, encoded, tok.pad_token_id, 1).prefix_len > 0
+
+
+def test_records_sharing_most_of_their_prompt():
+    """A long shared prefix (system text) and records that differ only near the end; sliding window 6."""
+    tok, memory = adapted("qwen2-sliding", "lora", [1, 2])
+    queries = ["Phone book entry number seven: " + q for q in QUERIES]
+    encoded = [encode_record(tok, Record(q, t)) for q, t in zip(queries, MIXED)]
+    cache = assert_cache_matches_full(memory, encoded, tok.pad_token_id, 1)
+    assert cache.prefix_len > 30 and min(len(e.prompt_ids) for e in encoded) - cache.prefix_len >= 1
+
+
+def test_no_shared_prefix_runs_the_plain_path():
+    """Raw prompts that differ at the first token, and a single record, share nothing."""
+    tok, memory = adapted("llama", "mlp", [2])
+    encoded = [encode_record(tok, Record(q, t), chat_template=False) for q, t in zip(QUERIES, MIXED)]
+    assert assert_cache_matches_full(memory, encoded, tok.pad_token_id, 2).prefix_len == 0
+    assert assert_cache_matches_full(memory, encoded[:1], tok.pad_token_id, 2).prefix_len == 0
+
+
+def test_active_dropout_gives_each_record_its_own_prefix():
+    """With dropout on, the cache draws the same dropout masks as the full forward (same seed)."""
+    tok = make_tokenizer()
+    model = make_model("llama", vocab_size=len(tok), layers=4)
+    memory = attach_memory(model, AdapterSpec(component="mlp", layers=[2], rank=4, dropout=0.5), seed=0)
+    with torch.no_grad():
+        for name, p in memory.named_parameters():
+            if name.endswith(".B"):
+                p.normal_(0, 0.2)
+    memory.set_training(True)
+    encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
+    cache = PrefixCache.build(memory.model, 2, encoded, tok.pad_token_id, torch.device("cpu"), 4, torch.device("cpu"))
+    assert cache.prefix_len > 0
+    full = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu")
+    cached = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu", cache)
+    torch.manual_seed(7)
+    loss_full, mask, grads_full = losses_and_grads(full, memory)
+    torch.manual_seed(7)
+    loss_cached, _, grads_cached = losses_and_grads(cached, memory)
+    assert torch.allclose(loss_full[mask], loss_cached[mask], atol=1e-5, rtol=1e-5)
+    for name, g in grads_full.items():
+        assert torch.allclose(g, grads_cached[name], atol=1e-5, rtol=1e-4), name
+    torch.manual_seed(8)  # another draw gives other losses: the dropout really is on
+    assert not torch.allclose(losses_and_grads(cached, memory)[0][mask], loss_full[mask])
 
 
 def test_subset_batches_read_the_right_records():
@@ -140,7 +205,8 @@ def test_cache_size_is_what_the_bound_checks():
     tok, memory = adapted("llama", "mlp", [1])
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
     cache = PrefixCache.build(memory.model, 1, encoded, tok.pad_token_id, torch.device("cpu"), 2, torch.device("cpu"))
-    held = sum(h.numel() * h.element_size() for h in cache.hidden)
+    held = sum(h.numel() * h.element_size() for h in [cache.shared, *cache.hidden])
+    assert cache.prefix_len > 0  # the chat template's opening is stored once
     assert PrefixCache.size_bytes(memory.model, encoded) == held
 
 

@@ -236,7 +236,8 @@ def test_kill_9_then_resume(tiny_model_dir, tmp_path):
 def test_ray_engine_matches_local(local_sweep, tmp_path):
     grid, _, local = local_sweep
     frame = run_sweep(grid, tmp_path / "ray", engine="ray", workers=2, progress=False)
-    pd.testing.assert_frame_equal(without_timing(frame), without_timing(local), check_exact=True)
+    # Ray gives each worker one thread, the local run two: float sums may round differently
+    pd.testing.assert_frame_equal(without_timing(frame), without_timing(local), check_exact=False, rtol=1e-5, atol=1e-6)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ray" / "results.parquet"), frame)
 
 

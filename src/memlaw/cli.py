@@ -75,18 +75,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_memorize(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from .train.trainer import train
 
     cfg = config_from_args(args, MEMORIZE_DEFAULTS)
 
-    def live(check) -> None:
-        print(
+    def live(check) -> None:  # one line per certificate check, above the progress bar
+        tqdm.write(
             f"epoch {check.epoch:>5}  step {check.steps:>6}  certified {check.certified}/{check.total}  "
             f"stubborn tokens {check.stubborn_tokens:>5}  loss {check.loss:.4f}",
-            flush=True,
+            file=sys.stdout,
         )
 
-    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=False, on_check=live)
+    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live)
     print_record_table(Path(args.out) / "records.jsonl")
     print_metrics(metrics, Path(args.out))
     if metrics["certified_fraction"] == 1.0:

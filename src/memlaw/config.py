@@ -71,7 +71,11 @@ class TrainConfig:
     sw_expand_step: float = _help("memft_sw sliding: expansion increment.", default=0.5)
     sw_expand_max: float = _help("memft_sw sliding: maximum expansion.", default=4.0)
     stop_when: str = _help("never | certified: stop once every record has p_t > 0.5 at every target token.", default="never")
-    check_every: int = _help("certified stopping: check every N optimiser steps (0: after every epoch).", default=0)
+    check_every: int = _help(
+        "certified stopping: check every N optimiser steps (0: after each epoch whose training pass met no "
+        "stubborn token; with dropout > 0, after every epoch).",
+        default=0,
+    )
     max_steps: int | None = _help("Step budget: stop after this many optimiser steps (default: epochs decide).", default=None)
     lr: float = _help("Peak learning rate (AdamW, linear decay to 0, no warm-up).", default=1e-2)
     epochs: int = _help("Number of passes over the records.", default=200)

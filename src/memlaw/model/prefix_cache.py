@@ -5,6 +5,15 @@ in every step, so the hidden states entering layer k are constant. They are comp
 per record (batched, no gradients, in the model dtype) and each step runs only layers
 k…N-1, the final norm and the LM head at the target positions.
 
+Shared prompt prefix: records usually share their first prompt tokens (the chat template's
+system turn: 24 of SmolLM2's ~44 tokens per PhoneBook record). Above layer k these
+positions still depend on the adapter, but not on the record, so when the forward is
+deterministic (no active dropout) each step runs the shared prefix once, as a batch of one,
+and every record's own tokens attend to its keys and values (expanded, not copied, so the
+gradient from all records flows back into the one prefix computation). With active
+dropout every record runs its own copy of the prefix, so each gets its own dropout mask as
+in the full forward.
+
 Supported: the Llama, Qwen2/Qwen3 and Mistral families (rotary positions, causal and
 sliding-window masks built exactly as their own forward builds them). Anything else, or a
 cache that would exceed its memory bound, falls back to the full forward with a notice.
@@ -68,24 +77,91 @@ def run_layers(
     for layer, kind in zip(inner.layers[start:stop], types):
         out = layer(hidden, attention_mask=masks[kind], position_ids=position_ids, position_embeddings=rotary,
                     past_key_values=None, use_cache=False)
-        hidden = out[0] if isinstance(out, tuple) else out
+        hidden = _first(out)
     return hidden
 
 
-class PrefixCache:
-    """Hidden states at the input of layer `start` for a fixed list of records."""
+SHARED_PREFIX_ATTENTION = ("sdpa", "eager")  # implementations that take an explicit (B, 1, Q, K) mask
 
-    def __init__(self, model: nn.Module, start: int, hidden: list[torch.Tensor]):
+
+def shared_prefix_length(encoded: list[Encoded]) -> int:
+    """Prompt tokens every record starts with, leaving each record at least its last prompt token."""
+    if len(encoded) < 2:
+        return 0
+    first = encoded[0].prompt_ids
+    limit = min(len(e.prompt_ids) for e in encoded) - 1  # the last prompt position predicts the first target
+    n = 0
+    while n < limit and all(e.prompt_ids[n] == first[n] for e in encoded):
+        n += 1
+    return n
+
+
+def explicit_mask(
+    config, q_pos: torch.Tensor, q_valid: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor,
+    window: int | None, dtype: torch.dtype,
+) -> torch.Tensor:
+    """Attention mask (B, 1, Q, K) from token positions: key j is visible to query i when it is a
+    real token at or before i (and, with a sliding window, fewer than `window` positions back).
+    Padding queries see every key, so their (unused) outputs stay finite."""
+    q, k = q_pos[:, :, None], k_pos[:, None, :]  # (B, Q, 1), (B, 1, K)
+    allowed = k_valid[:, None, :] & (k <= q)  # (B, Q, K)
+    if window is not None:
+        allowed &= q - k < window
+    allowed = (allowed | ~q_valid[:, :, None])[:, None]  # (B, 1, Q, K)
+    if config._attn_implementation == "sdpa":
+        return allowed
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)  # eager: additive
+
+
+class _PrefixKV:
+    """Stands in for a transformers Cache in the attention modules: in the prefix pass it keeps each
+    layer's keys/values (1, h, P, hd); in the records' pass it puts them in front of the records'
+    own, expanded to the batch: (B, h, P + S, hd)."""
+
+    def __init__(self):
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.prefix_pass = True
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if self.prefix_pass:
+            self.kv[layer_idx] = (key, value)
+            return key, value
+        pk, pv = self.kv[layer_idx]
+        B = key.shape[0]
+        return torch.cat([pk.expand(B, -1, -1, -1), key], 2), torch.cat([pv.expand(B, -1, -1, -1), value], 2)
+
+
+def _stochastic(modules: nn.Module) -> bool:
+    """Whether any dropout in `modules` is active (then each record must run its own prefix)."""
+    return any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in modules.modules())
+
+
+class PrefixCache:
+    """Hidden states at the input of layer `start` for a fixed list of records.
+
+    ``shared`` (P, d) holds the prompt prefix all records share (P may be 0); ``hidden[i]``
+    (T_i - P, d) the rest of record i.
+    """
+
+    def __init__(self, model: nn.Module, start: int, shared: torch.Tensor, hidden: list[torch.Tensor]):
         self.model = model
         self.start = start
-        self.hidden = hidden  # per record: (T_i, d), T_i = prompt + target tokens
+        self.shared = shared  # (P, d)
+        self.hidden = hidden  # per record: (T_i - P, d), T_i = prompt + target tokens
 
     @classmethod
     def size_bytes(cls, model: nn.Module, encoded: list[Encoded]) -> int:
         base = base_causal_lm(model)
         dtype = next(base.parameters()).dtype
-        tokens = sum(len(e.prompt_ids) + len(e.target_ids) for e in encoded)
+        P = cls._prefix_len(base, encoded)
+        tokens = P + sum(len(e.prompt_ids) + len(e.target_ids) - P for e in encoded)
         return tokens * int(base.config.hidden_size) * torch.empty((), dtype=dtype).element_size()
+
+    @staticmethod
+    def _prefix_len(base: nn.Module, encoded: list[Encoded]) -> int:
+        shareable = base.config._attn_implementation in SHARED_PREFIX_ATTENTION
+        return shared_prefix_length(encoded) if shareable else 0
 
     @classmethod
     @torch.no_grad()
@@ -94,7 +170,9 @@ class PrefixCache:
         batch_size: int, store: torch.device,
     ) -> "PrefixCache":
         base = base_causal_lm(model)
+        P = cls._prefix_len(base, encoded)
         hidden: list[torch.Tensor] = []
+        shared = None
         for first in range(0, len(encoded), batch_size):
             items = encoded[first : first + batch_size]
             batch = collate(items, pad_id).to(device)
@@ -102,23 +180,84 @@ class PrefixCache:
             h = run_layers(base, h, batch.attention_mask, batch.position_ids, 0, start)
             for row, e in enumerate(items):
                 n = len(e.prompt_ids) + len(e.target_ids)
-                hidden.append(h[row, h.shape[1] - n :].to(store).clone())  # (T_i, d): drop left padding
-        return cls(model, start, hidden)
+                own = h[row, h.shape[1] - n :]  # (T_i, d): drop left padding
+                if shared is None:
+                    shared = own[:P].to(store).clone()  # (P, d)
+                hidden.append(own[P:].to(store).clone())  # (T_i - P, d)
+        return cls(model, start, shared, hidden)
+
+    @property
+    def prefix_len(self) -> int:
+        return self.shared.shape[0]
 
     def answer_logits(self, indices: list[int], batch: Batch) -> torch.Tensor:
         """Logits predicting each target token, (B, L, V), for records `indices` collated as `batch`."""
         base = base_causal_lm(self.model)
-        B, T = batch.input_ids.shape
-        d = self.hidden[0].shape[-1]
-        device = batch.input_ids.device
-        h = torch.zeros((B, T, d), dtype=self.hidden[0].dtype, device=device)  # left-padded like the batch
-        for row, i in enumerate(indices):
-            cached = self.hidden[i]
-            h[row, T - cached.shape[0] :] = cached.to(device, non_blocking=True)
-        h = run_layers(base, h, batch.attention_mask, batch.position_ids, self.start, len(base.model.layers))
+        layers = base.model.layers[self.start :]
+        if self.prefix_len and not _stochastic(layers):
+            h = self._shared_prefix_layers(indices, batch)  # (B, T - P, d), right-aligned like batch
+        else:
+            h = self._full_layers(indices, batch)  # (B, T, d)
         L = batch.labels.shape[1]
-        h = base.model.norm(h[:, T - L - 1 : T - 1])  # (B, L, d): position j predicts label j
+        S = h.shape[1]
+        h = base.model.norm(h[:, S - L - 1 : S - 1])  # (B, L, d): position j predicts label j
         return base.lm_head(h)  # (B, L, V)
+
+    def _rows(self, indices: list[int], batch: Batch, width: int, with_prefix: bool) -> torch.Tensor:
+        """Cached states of `indices`, left-padded to (B, width, d) on the batch's device."""
+        device = batch.input_ids.device
+        h = torch.zeros((len(indices), width, self.shared.shape[-1]), dtype=self.shared.dtype, device=device)
+        for row, i in enumerate(indices):
+            own = self.hidden[i].to(device, non_blocking=True)
+            h[row, width - own.shape[0] :] = own
+            if with_prefix:
+                P = self.prefix_len
+                h[row, width - own.shape[0] - P : width - own.shape[0]] = self.shared.to(device, non_blocking=True)
+        return h
+
+    def _full_layers(self, indices: list[int], batch: Batch) -> torch.Tensor:
+        """Every record runs its own copy of the prefix: (B, T, d), masks from the model's own builders."""
+        base = base_causal_lm(self.model)
+        h = self._rows(indices, batch, batch.input_ids.shape[1], with_prefix=True)
+        return run_layers(base, h, batch.attention_mask, batch.position_ids, self.start, len(base.model.layers))
+
+    def _shared_prefix_layers(self, indices: list[int], batch: Batch) -> torch.Tensor:
+        """The shared prefix once (batch of one), then the records' own tokens attending to it: (B, T - P, d)."""
+        base = base_causal_lm(self.model)
+        inner, config = base.model, base.config
+        P, (B, T) = self.prefix_len, batch.input_ids.shape
+        S = T - P
+        device = batch.input_ids.device
+        own = torch.tensor([self.hidden[i].shape[0] for i in indices], device=device)  # (B,)
+        s_valid = torch.arange(S, device=device)[None, :] >= (S - own)[:, None]  # (B, S)
+        s_pos = batch.position_ids[:, -S:]  # (B, S): P … T_i - 1 where valid
+        p_pos = torch.arange(P, device=device)[None, :]  # (1, P)
+        p_valid = torch.ones((1, P), dtype=torch.bool, device=device)
+        k_pos, k_valid = torch.cat([p_pos.expand(B, -1), s_pos], 1), torch.cat([p_valid.expand(B, -1), s_valid], 1)
+
+        stop = len(inner.layers)
+        types = _layer_types(config, stop)[self.start : stop]
+        window = {"full_attention": None, "sliding_attention": getattr(config, "sliding_window", None)}
+        dtype = self.shared.dtype
+        prefix_masks = {t: explicit_mask(config, p_pos, p_valid, p_pos, p_valid, window[t], dtype) for t in set(types)}
+        own_masks = {t: explicit_mask(config, s_pos, s_valid, k_pos, k_valid, window[t], dtype) for t in set(types)}
+
+        kv = _PrefixKV()
+        hp = self.shared.to(device)[None]  # (1, P, d)
+        hs = self._rows(indices, batch, S, with_prefix=False)  # (B, S, d)
+        rot_p, rot_s = inner.rotary_emb(hp, p_pos), inner.rotary_emb(hs, s_pos)
+        for layer, kind in zip(inner.layers[self.start : stop], types):  # the prefix through every layer first
+            hp = _first(layer(hp, attention_mask=prefix_masks[kind], position_ids=p_pos, position_embeddings=rot_p,
+                              past_key_values=kv, use_cache=False))
+        kv.prefix_pass = False
+        for layer, kind in zip(inner.layers[self.start : stop], types):
+            hs = _first(layer(hs, attention_mask=own_masks[kind], position_ids=s_pos, position_embeddings=rot_s,
+                              past_key_values=kv, use_cache=False))
+        return hs
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
 
 
 def notice(message: str) -> None:
