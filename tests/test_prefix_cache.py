@@ -11,7 +11,7 @@ from conftest import make_model, make_tokenizer, save_tiny, write_records
 from memlaw.cli import main
 from memlaw.data.encoding import encode_record
 from memlaw.data.records import Record
-from memlaw.model.forward import AnswerForward, token_losses
+from memlaw.model.forward import AnswerForward, head_cross_entropy, token_losses
 from memlaw.model.memory_unit import AdapterSpec, attach_memory
 from memlaw.model.prefix_cache import PrefixCache, unsupported_reason
 
@@ -36,11 +36,11 @@ def adapted(kind: str, component: str, layers: list[int], seed: int = 0):
 
 def losses_and_grads(forward: AnswerForward, memory) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     memory.model.zero_grad(set_to_none=True)
-    logits, batch = forward(list(range(len(forward))))
-    losses = token_losses(logits, batch.labels)  # (B, L)
-    losses[batch.target_mask].sum().backward()
+    tokens = forward(list(range(len(forward))))
+    mask = tokens.batch.target_mask
+    (tokens.losses[mask] * torch.linspace(0.5, 1.5, int(mask.sum()))).sum().backward()  # unequal token weights
     grads = {name: p.grad.clone() for name, p in memory.named_parameters()}
-    return losses.detach(), batch.target_mask, grads
+    return tokens.losses.detach(), mask, grads
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen2-sliding", "qwen3", "mistral"])
@@ -143,8 +143,10 @@ def test_subset_batches_read_the_right_records():
     cached = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu", cache)
     with torch.no_grad():
         for idx in ([2, 0], [3], [1, 3, 0]):
-            (a, batch), (b, _) = full(idx), cached(idx)
-            assert torch.allclose(a[batch.target_mask], b[batch.target_mask], atol=1e-5)
+            a, b = full(idx), cached(idx)
+            mask = a.batch.target_mask
+            assert torch.allclose(a.losses[mask], b.losses[mask], atol=1e-5)
+            assert torch.equal(a.correct, b.correct)
 
 
 def test_unsupported_architecture_is_named():
@@ -229,3 +231,43 @@ def test_sweep_cell_same_rows_with_and_without_cache(tiny_model_dir, tmp_path):
     assert on[exact].equals(off[exact])
     for column in ("initial_loss", "final_loss", "delta_loss", "token_accuracy", "bits_stored"):
         assert on[column].to_numpy() == pytest.approx(off[column].to_numpy(), rel=1e-4, abs=1e-6), column
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_head_cross_entropy_matches_autograd(dtype):
+    """The fused head: same losses, argmax and hidden-state gradient as lm_head + cross-entropy, with
+    zero-weight tokens (MemFT) and padding; rows with no gradient are skipped, not mis-scored."""
+    from memlaw.data.encoding import IGNORE
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).to(dtype).requires_grad_(False)
+    hidden = torch.randn(3, 5, 16, dtype=dtype)
+    labels = torch.randint(0, 50, (3, 5))
+    labels[0, :2] = IGNORE
+    labels[1, 1] = int(head(hidden[1, 1]).argmax())  # one token the head already predicts
+    weights = torch.tensor([[0, 0, 1, 0.5, 2], [1, 0, 0, 3, 1], [0, 0, 0, 0, 0.25]])
+
+    h1 = hidden.clone().requires_grad_(True)
+    losses, correct = head_cross_entropy(head, h1, labels)
+    (losses * weights).sum().backward()
+    h2 = hidden.clone().requires_grad_(True)
+    logits = head(h2)
+    expected = token_losses(logits, labels)
+    (expected * weights).sum().backward()
+
+    assert losses.dtype == torch.float32 and torch.allclose(losses, expected, atol=1e-5)
+    assert torch.equal(correct, logits.argmax(-1) == labels) and correct[1, 1] and not correct[0, :2].any()
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(h1.grad.float(), h2.grad.float(), atol=tol)
+    assert (h1.grad[weights == 0] == 0).all() and (h1.grad[weights != 0] != 0).any(-1).all()
+
+
+def test_head_cross_entropy_trains_an_unfrozen_head():
+    """A head that has a bias or is trainable takes the plain path and gets its gradient."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 20, bias=True)
+    hidden, labels = torch.randn(2, 3, 8), torch.randint(0, 20, (2, 3))
+    losses, correct = head_cross_entropy(head, hidden, labels)
+    losses.sum().backward()
+    assert head.weight.grad is not None and head.bias.grad.abs().sum() > 0
+    assert torch.allclose(losses, token_losses(head(hidden), labels))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data.encoding import Encoded, left_pad
-from ..model.forward import AnswerForward, token_losses
+from ..model.forward import AnswerForward
 
 P_THRESHOLD = 0.5
 
@@ -49,11 +49,11 @@ def teacher_forced(forward: AnswerForward, batch_size: int) -> list[TokenStats]:
     forward.model.eval()
     out: list[TokenStats] = []
     for idx in _chunks(len(forward), batch_size):
-        logits, batch = forward(list(idx))  # (B, L, V)
-        losses = token_losses(logits, batch.labels).double().cpu().numpy()
-        correct = (logits.argmax(-1) == batch.labels).cpu().numpy()
-        L = batch.labels.shape[1]
-        for row, n in enumerate(batch.target_lens):
+        tokens = forward(list(idx))
+        losses = tokens.losses.double().cpu().numpy()  # (B, L)
+        correct = tokens.correct.cpu().numpy()
+        L = tokens.batch.labels.shape[1]
+        for row, n in enumerate(tokens.batch.target_lens):
             out.append(TokenStats(losses[row, L - n :], correct[row, L - n :]))
     return out
 

@@ -4,11 +4,17 @@ Only the logits that predict target tokens are computed (answer-only logits): wi
 padding, these are the positions T-L-1 … T-2 for a batch whose longest target has L tokens.
 :class:`AnswerForward` serves them for a fixed list of records, through the frozen-prefix
 cache when one was built (see :mod:`.prefix_cache`), else through the full model.
+
+Behind the cache, the LM head and the cross-entropy are one autograd function whose backward
+touches only the target positions that carry gradient: MemFT gives every recalled token
+weight 0, and late in training that is most of them, so most rows of the (tokens × vocab)
+softmax gradient and its product with the head's weight are skipped.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -44,6 +50,57 @@ def answer_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return logits[:, :-1]  # (B, L, V): position j predicts label j
 
 
+@dataclass
+class AnswerTokens:
+    """What a forward over records yields at their target positions (right-aligned like batch.labels)."""
+
+    losses: torch.Tensor  # (B, L) float32 cross-entropy, 0 at padding; differentiable
+    correct: torch.Tensor  # (B, L) bool: the teacher-forced argmax is the target
+    batch: Batch
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of ``hidden @ weight.T`` against ``labels``; the frozen head's weight gets
+    no gradient and rows whose loss has zero gradient are skipped in the backward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor):
+        # hidden (N, d), weight (V, d), labels (N,) with IGNORE at padding
+        logits = hidden @ weight.T  # (N, V), model dtype
+        logits32 = logits.float()
+        lse = torch.logsumexp(logits32, dim=-1)  # (N,)
+        valid = labels != IGNORE
+        target = labels.clamp(min=0)
+        losses = torch.where(valid, lse - logits32.gather(1, target[:, None])[:, 0], 0.0)  # (N,)
+        correct = (logits32.argmax(-1) == labels) & valid  # (N,)
+        ctx.save_for_backward(logits, lse, target, valid, weight)
+        ctx.mark_non_differentiable(correct)
+        return losses, correct
+
+    @staticmethod
+    def backward(ctx, grad_losses: torch.Tensor, _grad_correct):
+        logits, lse, target, valid, weight = ctx.saved_tensors
+        rows = torch.nonzero((grad_losses != 0) & valid)[:, 0]  # (R,)
+        grad_hidden = torch.zeros((logits.shape[0], weight.shape[1]), dtype=weight.dtype, device=weight.device)
+        if len(rows):
+            probs = torch.exp(logits[rows].float() - lse[rows, None])  # (R, V) softmax
+            probs[torch.arange(len(rows), device=rows.device), target[rows]] -= 1.0  # d loss / d logits
+            probs *= grad_losses[rows, None]
+            grad_hidden[rows] = probs.to(weight.dtype) @ weight  # (R, d)
+        return grad_hidden, None, None
+
+
+def head_cross_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses (B, L) float32, correct (B, L) bool) of the LM head on final hidden states (B, L, d)."""
+    B, L, d = hidden.shape
+    weight = getattr(lm_head, "weight", None)
+    if isinstance(lm_head, torch.nn.Linear) and lm_head.bias is None and not weight.requires_grad:
+        losses, correct = _HeadCrossEntropy.apply(hidden.reshape(B * L, d), weight, labels.reshape(B * L))
+        return losses.view(B, L), correct.view(B, L)
+    logits = lm_head(hidden)  # (B, L, V): a head we must not treat as frozen and bias-free
+    return token_losses(logits, labels), logits.argmax(-1) == labels
+
+
 class AnswerForward:
     """Answer-only logits for records of a fixed list, by index."""
 
@@ -58,12 +115,15 @@ class AnswerForward:
     def __len__(self) -> int:
         return len(self.encoded)
 
-    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, Batch]:
-        """(logits (B, L, V), batch) for records `indices`; logits right-aligned like batch.labels."""
+    def __call__(self, indices: list[int]) -> AnswerTokens:
+        """Losses and argmax correctness at the target positions of records `indices`."""
         batch = collate([self.encoded[i] for i in indices], self.pad_id).to(self.device)
         if self.cache is None:
-            return answer_logits(self.model, batch), batch
-        return self.cache.answer_logits(indices, batch), batch
+            logits = answer_logits(self.model, batch)  # (B, L, V)
+            return AnswerTokens(token_losses(logits, batch.labels), logits.argmax(-1) == batch.labels, batch)
+        hidden = self.cache.answer_hidden(indices, batch)  # (B, L, d), after the final norm
+        losses, correct = head_cross_entropy(self.cache.lm_head, hidden, batch.labels)
+        return AnswerTokens(losses, correct, batch)
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Every layer below the lowest adapted layer k is frozen and sees the same fixed sequences
 in every step, so the hidden states entering layer k are constant. They are computed once
 per record (batched, no gradients, in the model dtype) and each step runs only layers
-k…N-1, the final norm and the LM head at the target positions.
+k…N-1 and the final norm at the target positions (the LM head follows in :mod:`.forward`).
 
 Shared prompt prefix: records usually share their first prompt tokens (the chat template's
 system turn: 24 of SmolLM2's ~44 tokens per PhoneBook record). Above layer k these
@@ -190,8 +190,13 @@ class PrefixCache:
     def prefix_len(self) -> int:
         return self.shared.shape[0]
 
-    def answer_logits(self, indices: list[int], batch: Batch) -> torch.Tensor:
-        """Logits predicting each target token, (B, L, V), for records `indices` collated as `batch`."""
+    @property
+    def lm_head(self) -> nn.Module:
+        return base_causal_lm(self.model).lm_head
+
+    def answer_hidden(self, indices: list[int], batch: Batch) -> torch.Tensor:
+        """Final-norm hidden states that predict each target token, (B, L, d), for records `indices`
+        collated as `batch`; ``lm_head`` turns them into logits."""
         base = base_causal_lm(self.model)
         layers = base.model.layers[self.start :]
         if self.prefix_len and not _stochastic(layers):
@@ -200,8 +205,7 @@ class PrefixCache:
             h = self._full_layers(indices, batch)  # (B, T, d)
         L = batch.labels.shape[1]
         S = h.shape[1]
-        h = base.model.norm(h[:, S - L - 1 : S - 1])  # (B, L, d): position j predicts label j
-        return base.lm_head(h)  # (B, L, V)
+        return base.model.norm(h[:, S - L - 1 : S - 1])  # (B, L, d): position j predicts label j
 
     def _rows(self, indices: list[int], batch: Batch, width: int, with_prefix: bool) -> torch.Tensor:
         """Cached states of `indices`, left-padded to (B, width, d) on the batch's device."""

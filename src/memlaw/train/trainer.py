@@ -16,7 +16,7 @@ from ..config import TrainConfig
 from ..errors import MemlawError, TrainingInterrupted
 from ..evaluate.recall import P_THRESHOLD, teacher_forced
 from ..io import write_csv, write_json, write_yaml
-from ..model.forward import AnswerForward, token_losses
+from ..model.forward import AnswerForward
 from ..session import RUN_FILES, Session, new_session
 from .objectives import (
     WindowState,
@@ -289,13 +289,11 @@ def optimiser_step(s: Session, forward: AnswerForward, group: list[list[int]], w
     loss_sum, prob_sum, n_tok, stubborn, active, masked, backwards = 0.0, 0.0, 0, 0, 0, 0, 0
     info: dict = {}
     for idx in group:
-        logits, batch = forward(idx)  # (B, L, V)
-        losses = token_losses(logits, batch.labels)  # (B, L)
-        mask = batch.target_mask
+        tokens = forward(idx)
+        losses, mask = tokens.losses, tokens.batch.target_mask  # (B, L)
         with torch.no_grad():
-            correct = logits.argmax(-1) == batch.labels
             probs = torch.exp(-losses[mask])
-        weights, info = weighter(losses, mask, correct, idx)
+        weights, info = weighter(losses, mask, tokens.correct, idx)
         n_active = int((weights > 0).sum())
         active += n_active
         masked += int(mask.sum()) - n_active
