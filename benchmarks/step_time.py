@@ -7,7 +7,8 @@ of the depth), rank 8 and batch 16, SFT objective:
                   forward over all layers and full logits (`model(..., labels=...).loss`);
   (b) no-cache  — memlaw's memory unit, answer-only logits, full forward;
   (c) cache     — memlaw with the frozen-prefix activation cache (layers below the adapter
-                  computed once, before timing; its build time is reported separately).
+                  computed once, before timing; its build time is reported separately;
+                  the prompt opening all records share runs once per batch).
 
 The variants run interleaved in rounds, so machine noise hits all three alike. FLOPs of one
 step of each are counted with torch's FlopCounterMode: their ratio is the speed-up a

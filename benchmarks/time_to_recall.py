@@ -3,15 +3,15 @@
 Same PhoneBook, model, layer, rank, learning rate, batch size and seed for both:
 
   reference — sft for a fixed 200 epochs, no prefix cache (the paper's training recipe);
-  memlaw    — memft_ot with certified stopping (checked after every epoch) and the prefix
-              cache, at most the same 200 epochs.
+  memlaw    — memft_ot with certified stopping (checked after each epoch whose training pass
+              met no stubborn token) and the prefix cache, at most the same 200 epochs.
 
 Each protocol runs in its own child process (so each has its own peak memory), one after
 the other. Reported: training wall time (the reference's 200 epochs; memlaw's time to the
 certificate, cache build included), the whole `memlaw train` wall time, EM, certified
 fraction, steps, and peak memory.
 
-    .venv/bin/python benchmarks/time_to_recall.py [--records 16] [--rank 8] [--lr 0.05] [--dropout 0]
+    .venv/bin/python benchmarks/time_to_recall.py [--records 16] [--rank 8] [--threshold-p 0.5] [--lr 0.05] [--dropout 0]
 """
 
 from __future__ import annotations
