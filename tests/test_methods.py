@@ -159,6 +159,18 @@ def test_memorize_exits_0_when_every_record_is_certified(tiny_model_dir, data, t
     assert "method: memft_ot" in cfg and "stop-when: certified" in cfg and "max-steps: 2000" in cfg
 
 
+
+def test_memorize_defaults_to_no_dropout(tiny_model_dir, data, tmp_path):
+    """`train` keeps the reference dropout 0.1; `memorize` trains without dropout unless told."""
+    run = tmp_path / "mem"
+    main(["memorize", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(run),
+          "--layer", "1", "--rank", "4", "--lr", "0.1", "--max-steps", "4"])
+    assert "dropout: 0.0" in (run / "config.yaml").read_text()
+    main(["memorize", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "d"),
+          "--layer", "1", "--rank", "4", "--max-steps", "2", "--dropout", "0.2"])
+    assert "dropout: 0.2" in (tmp_path / "d" / "config.yaml").read_text()
+
+
 def test_memorize_exits_1_when_the_budget_runs_out(tiny_model_dir, data, tmp_path, capsys):
     run = tmp_path / "short"
     assert main(memorize_args(tiny_model_dir, data, run, "--max-steps", "2")) == 1
