@@ -102,7 +102,7 @@ def head_cross_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, labels: t
 
 
 class AnswerForward:
-    """Answer-only logits for records of a fixed list, by index."""
+    """Answer-only losses and argmax for records of a fixed list, by index."""
 
     def __init__(self, model: torch.nn.Module, encoded: list[Encoded], pad_id: int, device,
                  cache: PrefixCache | None = None):
