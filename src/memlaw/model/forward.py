@@ -97,7 +97,11 @@ def head_cross_entropy(lm_head: torch.nn.Module, hidden: torch.Tensor, labels: t
     if isinstance(lm_head, torch.nn.Linear) and lm_head.bias is None and not weight.requires_grad:
         losses, correct = _HeadCrossEntropy.apply(hidden.reshape(B * L, d), weight, labels.reshape(B * L))
         return losses.view(B, L), correct.view(B, L)
-    logits = lm_head(hidden)  # (B, L, V): a head we must not treat as frozen and bias-free
+    return logits_cross_entropy(lm_head(hidden), labels)  # a head we must not treat as frozen and bias-free
+
+
+def logits_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses (B, L) float32, correct (B, L) bool) from answer-only logits (B, L, V)."""
     return token_losses(logits, labels), logits.argmax(-1) == labels
 
 
@@ -119,10 +123,10 @@ class AnswerForward:
         """Losses and argmax correctness at the target positions of records `indices`."""
         batch = collate([self.encoded[i] for i in indices], self.pad_id).to(self.device)
         if self.cache is None:
-            logits = answer_logits(self.model, batch)  # (B, L, V)
-            return AnswerTokens(token_losses(logits, batch.labels), logits.argmax(-1) == batch.labels, batch)
-        hidden = self.cache.answer_hidden(indices, batch)  # (B, L, d), after the final norm
-        losses, correct = head_cross_entropy(self.cache.lm_head, hidden, batch.labels)
+            losses, correct = logits_cross_entropy(answer_logits(self.model, batch), batch.labels)
+        else:
+            hidden = self.cache.answer_hidden(indices, batch)  # (B, L, d), after the final norm
+            losses, correct = head_cross_entropy(self.cache.lm_head, hidden, batch.labels)
         return AnswerTokens(losses, correct, batch)
 
 

@@ -73,11 +73,20 @@ def run_layers(
     masks = {"full_attention": create_causal_mask(**kwargs) if "full_attention" in types else None}
     if "sliding_attention" in types:
         masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+    return _through_layers(base, start, stop, hidden, masks, position_ids)
+
+
+def _through_layers(
+    base: nn.Module, start: int, stop: int, hidden: torch.Tensor, masks: dict, position_ids: torch.Tensor, kv=None
+) -> torch.Tensor:
+    """Decoder layers start…stop-1 on hidden (B, T, d), each with the mask of its attention type."""
+    inner = base.model
+    types = _layer_types(base.config, len(inner.layers))[start:stop]
     rotary = inner.rotary_emb(hidden, position_ids)
     for layer, kind in zip(inner.layers[start:stop], types):
         out = layer(hidden, attention_mask=masks[kind], position_ids=position_ids, position_embeddings=rotary,
-                    past_key_values=None, use_cache=False)
-        hidden = _first(out)
+                    past_key_values=kv, use_cache=False)
+        hidden = out[0] if isinstance(out, tuple) else out
     return hidden
 
 
@@ -211,12 +220,13 @@ class PrefixCache:
         """Cached states of `indices`, left-padded to (B, width, d) on the batch's device."""
         device = batch.input_ids.device
         h = torch.zeros((len(indices), width, self.shared.shape[-1]), dtype=self.shared.dtype, device=device)
+        shared = self.shared.to(device, non_blocking=True) if with_prefix else None  # (P, d)
         for row, i in enumerate(indices):
             own = self.hidden[i].to(device, non_blocking=True)
-            h[row, width - own.shape[0] :] = own
-            if with_prefix:
-                P = self.prefix_len
-                h[row, width - own.shape[0] - P : width - own.shape[0]] = self.shared.to(device, non_blocking=True)
+            n = own.shape[0]
+            h[row, width - n :] = own
+            if shared is not None:
+                h[row, width - n - shared.shape[0] : width - n] = shared
         return h
 
     def _full_layers(self, indices: list[int], batch: Batch) -> torch.Tensor:
@@ -248,20 +258,10 @@ class PrefixCache:
 
         kv = _PrefixKV()
         hp = self.shared.to(device)[None]  # (1, P, d)
-        hs = self._rows(indices, batch, S, with_prefix=False)  # (B, S, d)
-        rot_p, rot_s = inner.rotary_emb(hp, p_pos), inner.rotary_emb(hs, s_pos)
-        for layer, kind in zip(inner.layers[self.start : stop], types):  # the prefix through every layer first
-            hp = _first(layer(hp, attention_mask=prefix_masks[kind], position_ids=p_pos, position_embeddings=rot_p,
-                              past_key_values=kv, use_cache=False))
+        _through_layers(base, self.start, stop, hp, prefix_masks, p_pos, kv)  # the prefix through every layer first
         kv.prefix_pass = False
-        for layer, kind in zip(inner.layers[self.start : stop], types):
-            hs = _first(layer(hs, attention_mask=own_masks[kind], position_ids=s_pos, position_embeddings=rot_s,
-                              past_key_values=kv, use_cache=False))
-        return hs
-
-
-def _first(out):
-    return out[0] if isinstance(out, tuple) else out
+        hs = self._rows(indices, batch, S, with_prefix=False)  # (B, S, d)
+        return _through_layers(base, self.start, stop, hs, own_masks, s_pos, kv)
 
 
 def notice(message: str) -> None:
