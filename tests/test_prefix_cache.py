@@ -43,6 +43,22 @@ def losses_and_grads(forward: AnswerForward, memory) -> tuple[torch.Tensor, torc
     return tokens.losses.detach(), mask, grads
 
 
+def assert_cache_matches_full(memory, encoded, pad_id, start: int) -> PrefixCache:
+    """Per-token losses and every adapter gradient through the cache equal the full forward's."""
+    full = AnswerForward(memory.model, encoded, pad_id, "cpu")
+    cache = PrefixCache.build(memory.model, start, encoded, pad_id, torch.device("cpu"), 3, torch.device("cpu"))
+    cached = AnswerForward(memory.model, encoded, pad_id, "cpu", cache)
+    loss_full, mask, grads_full = losses_and_grads(full, memory)
+    loss_cached, mask_cached, grads_cached = losses_and_grads(cached, memory)
+    assert torch.equal(mask, mask_cached)
+    assert torch.allclose(loss_full[mask], loss_cached[mask], atol=1e-5, rtol=1e-5)
+    assert grads_full.keys() == grads_cached.keys() and grads_full
+    for name, g in grads_full.items():
+        assert g.abs().max() > 0, name  # the adapter does get a gradient
+        assert torch.allclose(g, grads_cached[name], atol=1e-5, rtol=1e-4), name
+    return cache
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen2-sliding", "qwen3", "mistral"])
 @pytest.mark.parametrize("component,layers", [("mlp", [2]), ("lora", [1, 3])])
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
@@ -54,32 +70,9 @@ def test_cache_equals_full_forward(kind, component, layers, padded):
     assert (len(total) > 1) == padded
     assert unsupported_reason(memory.model) is None
 
-    full = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu")
-    cache = PrefixCache.build(memory.model, min(layers), encoded, tok.pad_token_id, torch.device("cpu"), 3, torch.device("cpu"))
-    cached = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu", cache)
+    cache = assert_cache_matches_full(memory, encoded, tok.pad_token_id, min(layers))
     assert len(cache.hidden) == len(encoded) and cache.hidden[0].shape[-1] == 64
     assert cache.prefix_len > 0  # the chat template's opening runs once per batch
-
-    loss_full, mask, grads_full = losses_and_grads(full, memory)
-    loss_cached, mask_cached, grads_cached = losses_and_grads(cached, memory)
-    assert torch.equal(mask, mask_cached)
-    assert torch.allclose(loss_full[mask], loss_cached[mask], atol=1e-5, rtol=1e-5)
-    assert grads_full.keys() == grads_cached.keys() and grads_full
-    for name, g in grads_full.items():
-        assert g.abs().max() > 0, name  # the adapter does get a gradient
-        assert torch.allclose(g, grads_cached[name], atol=1e-5, rtol=1e-4), name
-
-
-def assert_cache_matches_full(memory, encoded, pad_id, start: int) -> PrefixCache:
-    full = AnswerForward(memory.model, encoded, pad_id, "cpu")
-    cache = PrefixCache.build(memory.model, start, encoded, pad_id, torch.device("cpu"), 3, torch.device("cpu"))
-    cached = AnswerForward(memory.model, encoded, pad_id, "cpu", cache)
-    loss_full, mask, grads_full = losses_and_grads(full, memory)
-    loss_cached, _, grads_cached = losses_and_grads(cached, memory)
-    assert torch.allclose(loss_full[mask], loss_cached[mask], atol=1e-5, rtol=1e-5)
-    for name, g in grads_full.items():
-        assert torch.allclose(g, grads_cached[name], atol=1e-5, rtol=1e-4), name
-    return cache
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2-sliding", "mistral"])
