@@ -20,10 +20,11 @@ MIXED = ["4821", "90", "3771234", "15"]  # different prompt and target lengths -
 EQUAL_Q = ["Ann Lee:", "Bob Ray:", "Cyd Wux:", "Di Foxy:"]  # equal prompt and target lengths: no padding
 
 
-def adapted(kind: str, component: str, layers: list[int], seed: int = 0):
+def adapted(kind: str, component: str, layers: list[int], seed: int = 0, device: str = "cpu",
+            dtype: torch.dtype = torch.float32):
     """A tiny model with a memory unit whose output is non-zero (B / lora_B randomised)."""
     tok = make_tokenizer()
-    model = make_model(kind, vocab_size=len(tok), layers=4, seed=seed)
+    model = make_model(kind, vocab_size=len(tok), layers=4, seed=seed).to(device=device, dtype=dtype)
     spec = AdapterSpec(component=component, layers=layers, rank=4, target_modules=["q_proj", "v_proj", "down_proj"])
     memory = attach_memory(model, spec, seed=seed)
     torch.manual_seed(seed + 1)
@@ -38,24 +39,25 @@ def losses_and_grads(forward: AnswerForward, memory) -> tuple[torch.Tensor, torc
     memory.model.zero_grad(set_to_none=True)
     tokens = forward(list(range(len(forward))))
     mask = tokens.batch.target_mask
-    (tokens.losses[mask] * torch.linspace(0.5, 1.5, int(mask.sum()))).sum().backward()  # unequal token weights
+    (tokens.losses[mask] * torch.linspace(0.5, 1.5, int(mask.sum()), device=mask.device)).sum().backward()  # unequal token weights
     grads = {name: p.grad.clone() for name, p in memory.named_parameters()}
     return tokens.losses.detach(), mask, grads
 
 
-def assert_cache_matches_full(memory, encoded, pad_id, start: int) -> PrefixCache:
+def assert_cache_matches_full(memory, encoded, pad_id, start: int, device: str = "cpu", store: str = "cpu",
+                              atol: float = 1e-5, grad_rtol: float = 1e-4) -> PrefixCache:
     """Per-token losses and every adapter gradient through the cache equal the full forward's."""
-    full = AnswerForward(memory.model, encoded, pad_id, "cpu")
-    cache = PrefixCache.build(memory.model, start, encoded, pad_id, torch.device("cpu"), 3, torch.device("cpu"))
-    cached = AnswerForward(memory.model, encoded, pad_id, "cpu", cache)
+    full = AnswerForward(memory.model, encoded, pad_id, device)
+    cache = PrefixCache.build(memory.model, start, encoded, pad_id, torch.device(device), 3, torch.device(store))
+    cached = AnswerForward(memory.model, encoded, pad_id, device, cache)
     loss_full, mask, grads_full = losses_and_grads(full, memory)
     loss_cached, mask_cached, grads_cached = losses_and_grads(cached, memory)
     assert torch.equal(mask, mask_cached)
-    assert torch.allclose(loss_full[mask], loss_cached[mask], atol=1e-5, rtol=1e-5)
+    assert torch.allclose(loss_full[mask], loss_cached[mask], atol=atol, rtol=atol)
     assert grads_full.keys() == grads_cached.keys() and grads_full
     for name, g in grads_full.items():
         assert g.abs().max() > 0, name  # the adapter does get a gradient
-        assert torch.allclose(g, grads_cached[name], atol=1e-5, rtol=1e-4), name
+        assert torch.allclose(g, grads_cached[name], atol=atol * g.abs().max(), rtol=grad_rtol), name  # summation order varies with threads
     return cache
 
 
@@ -73,6 +75,39 @@ def test_cache_equals_full_forward(kind, component, layers, padded):
     cache = assert_cache_matches_full(memory, encoded, tok.pad_token_id, min(layers))
     assert len(cache.hidden) == len(encoded) and cache.hidden[0].shape[-1] == 64
     assert cache.prefix_len > 0  # the chat template's opening runs once per batch
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@CUDA
+@pytest.mark.parametrize("kind", ["llama", "qwen2-sliding", "qwen3"])
+@pytest.mark.parametrize("store", ["cuda", "cpu"])
+def test_cache_equals_full_forward_on_cuda(kind, store):
+    """On a GPU, with the cache on the GPU or in CPU memory (copied per batch), float32."""
+    tok, memory = adapted(kind, "lora", [1, 3], device="cuda")
+    encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
+    cache = assert_cache_matches_full(memory, encoded, tok.pad_token_id, 1, "cuda", store, atol=1e-4, grad_rtol=1e-3)
+    assert cache.prefix_len > 0 and cache.hidden[0].device.type == store
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("kind", ["llama", "qwen2-sliding"])
+def test_cache_matches_full_forward_in_bfloat16(kind, device):
+    """bfloat16 base model, float32 memory: the two paths round differently, so they agree to bfloat16 precision."""
+    tok, memory = adapted(kind, "mlp", [2], device=device, dtype=torch.bfloat16)
+    encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
+    full = AnswerForward(memory.model, encoded, tok.pad_token_id, device)
+    cache = PrefixCache.build(memory.model, 2, encoded, tok.pad_token_id, torch.device(device), 3, torch.device(device))
+    assert cache.hidden[0].dtype == torch.bfloat16 and cache.prefix_len > 0
+    cached = AnswerForward(memory.model, encoded, tok.pad_token_id, device, cache)
+    loss_full, mask, grads_full = losses_and_grads(full, memory)
+    loss_cached, _, grads_cached = losses_and_grads(cached, memory)
+    assert torch.allclose(loss_full[mask], loss_cached[mask], atol=0.05, rtol=0.02)
+    for name, g in grads_full.items():
+        assert g.dtype == torch.float32 and g.abs().max() > 0, name
+        cosine = torch.nn.functional.cosine_similarity(g.flatten(), grads_cached[name].flatten(), dim=0)
+        assert cosine > 0.99, (name, float(cosine))
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2-sliding", "mistral"])
@@ -226,19 +261,20 @@ def test_sweep_cell_same_rows_with_and_without_cache(tiny_model_dir, tmp_path):
         assert on[column].to_numpy() == pytest.approx(off[column].to_numpy(), rel=1e-4, abs=1e-6), column
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_head_cross_entropy_matches_autograd(dtype):
+def test_head_cross_entropy_matches_autograd(dtype, device):
     """The fused head: same losses, argmax and hidden-state gradient as lm_head + cross-entropy, with
     zero-weight tokens (MemFT) and padding; rows with no gradient are skipped, not mis-scored."""
     from memlaw.data.encoding import IGNORE
 
     torch.manual_seed(0)
-    head = torch.nn.Linear(16, 50, bias=False).to(dtype).requires_grad_(False)
-    hidden = torch.randn(3, 5, 16, dtype=dtype)
-    labels = torch.randint(0, 50, (3, 5))
+    head = torch.nn.Linear(16, 50, bias=False).to(device, dtype).requires_grad_(False)
+    hidden = torch.randn(3, 5, 16, dtype=dtype).to(device)
+    labels = torch.randint(0, 50, (3, 5)).to(device)
     labels[0, :2] = IGNORE
     labels[1, 1] = int(head(hidden[1, 1]).argmax())  # one token the head already predicts
-    weights = torch.tensor([[0, 0, 1, 0.5, 2], [1, 0, 0, 3, 1], [0, 0, 0, 0, 0.25]])
+    weights = torch.tensor([[0, 0, 1, 0.5, 2], [1, 0, 0, 3, 1], [0, 0, 0, 0, 0.25]], device=device)
 
     h1 = hidden.clone().requires_grad_(True)
     losses, correct = head_cross_entropy(head, h1, labels)

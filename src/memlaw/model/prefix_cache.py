@@ -8,11 +8,13 @@ k…N-1 and the final norm at the target positions (the LM head follows in :mod:
 Shared prompt prefix: records usually share their first prompt tokens (the chat template's
 system turn: 24 of SmolLM2's ~44 tokens per PhoneBook record). Above layer k these
 positions still depend on the adapter, but not on the record, so when the forward is
-deterministic (no active dropout) each step runs the shared prefix once, as a batch of one,
-and every record's own tokens attend to its keys and values (expanded, not copied, so the
-gradient from all records flows back into the one prefix computation). With active
-dropout every record runs its own copy of the prefix, so each gets its own dropout mask as
-in the full forward.
+deterministic (no active dropout) each step runs the shared prefix once, as one extra row
+of the batch, and every record's own tokens attend to that row's keys and values (expanded,
+not copied, so the gradient from all records flows back into the one prefix computation).
+Packing the prefix into the batch keeps it to one pass through the layers: on a GPU, where a
+small model's step is bound by kernel launches, a separate pass for the prefix cost more
+than its saved FLOPs. With active dropout every record runs its own copy of the prefix, so
+each gets its own dropout mask as in the full forward.
 
 Supported: the Llama, Qwen2/Qwen3 and Mistral families (rotary positions, causal and
 sliding-window masks built exactly as their own forward builds them). Anything else, or a
@@ -124,21 +126,17 @@ def explicit_mask(
 
 
 class _PrefixKV:
-    """Stands in for a transformers Cache in the attention modules: in the prefix pass it keeps each
-    layer's keys/values (1, h, P, hd); in the records' pass it puts them in front of the records'
-    own, expanded to the batch: (B, h, P + S, hd)."""
+    """Stands in for a transformers Cache in the attention modules: row 0 of the batch is the shared
+    prefix (its last P columns); every row's keys/values get that row's P prefix keys/values put
+    in front, expanded to the batch: (B+1, h, W, hd) -> (B+1, h, P + W, hd)."""
 
-    def __init__(self):
-        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.prefix_pass = True
+    def __init__(self, prefix_len: int):
+        self.P = prefix_len
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
-        if self.prefix_pass:
-            self.kv[layer_idx] = (key, value)
-            return key, value
-        pk, pv = self.kv[layer_idx]
-        B = key.shape[0]
-        return torch.cat([pk.expand(B, -1, -1, -1), key], 2), torch.cat([pv.expand(B, -1, -1, -1), value], 2)
+        n, W = key.shape[0], key.shape[2]
+        pk, pv = key[:1, :, W - self.P :], value[:1, :, W - self.P :]  # (1, h, P, hd)
+        return torch.cat([pk.expand(n, -1, -1, -1), key], 2), torch.cat([pv.expand(n, -1, -1, -1), value], 2)
 
 
 def _stochastic(modules: nn.Module) -> bool:
@@ -209,59 +207,63 @@ class PrefixCache:
         base = base_causal_lm(self.model)
         layers = base.model.layers[self.start :]
         if self.prefix_len and not _stochastic(layers):
-            h = self._shared_prefix_layers(indices, batch)  # (B, T - P, d), right-aligned like batch
+            h = self._shared_prefix_layers(indices, batch)  # (B, W, d), right-aligned like batch
         else:
             h = self._full_layers(indices, batch)  # (B, T, d)
         L = batch.labels.shape[1]
         S = h.shape[1]
         return base.model.norm(h[:, S - L - 1 : S - 1])  # (B, L, d): position j predicts label j
 
-    def _rows(self, indices: list[int], batch: Batch, width: int, with_prefix: bool) -> torch.Tensor:
-        """Cached states of `indices`, left-padded to (B, width, d) on the batch's device."""
-        device = batch.input_ids.device
-        h = torch.zeros((len(indices), width, self.shared.shape[-1]), dtype=self.shared.dtype, device=device)
-        shared = self.shared.to(device, non_blocking=True) if with_prefix else None  # (P, d)
-        for row, i in enumerate(indices):
+    def _rows(self, indices: list[int], device: torch.device, width: int, prefix_row: bool) -> torch.Tensor:
+        """Cached states left-padded to (R, width, d) on `device`: each record's prefix and own tokens
+        (R = B), or (prefix_row) the shared prefix as row 0 and each record's own tokens (R = B + 1)."""
+        shared = self.shared.to(device, non_blocking=True)  # (P, d)
+        h = torch.zeros((len(indices) + prefix_row, width, shared.shape[-1]), dtype=shared.dtype, device=device)
+        if prefix_row:
+            h[0, width - shared.shape[0] :] = shared
+        for row, i in enumerate(indices, start=int(prefix_row)):
             own = self.hidden[i].to(device, non_blocking=True)
             n = own.shape[0]
             h[row, width - n :] = own
-            if shared is not None:
+            if not prefix_row:
                 h[row, width - n - shared.shape[0] : width - n] = shared
         return h
 
     def _full_layers(self, indices: list[int], batch: Batch) -> torch.Tensor:
         """Every record runs its own copy of the prefix: (B, T, d), masks from the model's own builders."""
         base = base_causal_lm(self.model)
-        h = self._rows(indices, batch, batch.input_ids.shape[1], with_prefix=True)
+        h = self._rows(indices, batch.input_ids.device, batch.input_ids.shape[1], prefix_row=False)
         return run_layers(base, h, batch.attention_mask, batch.position_ids, self.start, len(base.model.layers))
 
     def _shared_prefix_layers(self, indices: list[int], batch: Batch) -> torch.Tensor:
-        """The shared prefix once (batch of one), then the records' own tokens attending to it: (B, T - P, d)."""
+        """The shared prefix as row 0 of the batch, every record's own tokens attending to its keys and
+        values: one pass through the layers; returns the records' rows (B, W, d), right-aligned."""
         base = base_causal_lm(self.model)
         inner, config = base.model, base.config
         P, (B, T) = self.prefix_len, batch.input_ids.shape
-        S = T - P
+        W = max(P, T - P)  # row width: the prefix, or the longest record's own tokens
         device = batch.input_ids.device
-        own = torch.tensor([self.hidden[i].shape[0] for i in indices], device=device)  # (B,)
-        s_valid = torch.arange(S, device=device)[None, :] >= (S - own)[:, None]  # (B, S)
-        s_pos = batch.position_ids[:, -S:]  # (B, S): P … T_i - 1 where valid
-        p_pos = torch.arange(P, device=device)[None, :]  # (1, P)
-        p_valid = torch.ones((1, P), dtype=torch.bool, device=device)
-        k_pos, k_valid = torch.cat([p_pos.expand(B, -1), s_pos], 1), torch.cat([p_valid.expand(B, -1), s_valid], 1)
+        length = torch.tensor([P] + [self.hidden[i].shape[0] for i in indices], device=device)  # (B+1,)
+        first = torch.full((B + 1,), P, device=device)  # each row's first position: 0 for the prefix
+        first[0] = 0
+        pad = (W - length)[:, None]  # (B+1, 1) left padding per row
+        cols = torch.arange(W, device=device)[None, :]  # (1, W)
+        q_valid = cols >= pad  # (B+1, W)
+        q_pos = first[:, None] + (cols - pad).clamp(min=0)  # (B+1, W): 0 … P-1 / P … T_i - 1 where valid
+        p_pos = torch.arange(P, device=device)[None, :].expand(B + 1, -1)  # (B+1, P)
+        own_keys = q_valid.clone()
+        own_keys[0] = False  # the prefix row reads its keys from the prepended copy only
+        k_pos = torch.cat([p_pos, q_pos], 1)  # (B+1, P + W)
+        k_valid = torch.cat([torch.ones_like(p_pos, dtype=torch.bool), own_keys], 1)  # (B+1, P + W)
 
         stop = len(inner.layers)
         types = _layer_types(config, stop)[self.start : stop]
         window = {"full_attention": None, "sliding_attention": getattr(config, "sliding_window", None)}
         dtype = self.shared.dtype
-        prefix_masks = {t: explicit_mask(config, p_pos, p_valid, p_pos, p_valid, window[t], dtype) for t in set(types)}
-        own_masks = {t: explicit_mask(config, s_pos, s_valid, k_pos, k_valid, window[t], dtype) for t in set(types)}
-
-        kv = _PrefixKV()
-        hp = self.shared.to(device)[None]  # (1, P, d)
-        _through_layers(base, self.start, stop, hp, prefix_masks, p_pos, kv)  # the prefix through every layer first
-        kv.prefix_pass = False
-        hs = self._rows(indices, batch, S, with_prefix=False)  # (B, S, d)
-        return _through_layers(base, self.start, stop, hs, own_masks, s_pos, kv)
+        masks = {t: explicit_mask(config, q_pos, q_valid, k_pos, k_valid, window[t], dtype) for t in set(types)}
+        h = self._rows(indices, device, W, prefix_row=True)  # (B+1, W, d)
+        h = _through_layers(base, self.start, stop, h, masks, q_pos, _PrefixKV(P))
+        return h[1:]  # (B, W, d)
 
 
 def notice(message: str) -> None:

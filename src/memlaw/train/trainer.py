@@ -291,20 +291,23 @@ def optimiser_step(s: Session, forward: AnswerForward, group: list[list[int]], w
     for idx in group:
         tokens = forward(idx)
         losses, mask = tokens.losses, tokens.batch.target_mask  # (B, L)
-        with torch.no_grad():
-            probs = torch.exp(-losses[mask])
         weights, info = weighter(losses, mask, tokens.correct, idx)
-        n_active = int((weights > 0).sum())
-        active += n_active
-        masked += int(mask.sum()) - n_active
         loss = weighted_loss(losses, weights)
+        with torch.no_grad():  # the numbers go to the host in one transfer: one GPU sync per micro-batch
+            probs = torch.exp(-losses) * mask  # (B, L), 0 at padding
+            numbers = torch.stack([(weights > 0).sum(), mask.sum(), ((probs <= P_THRESHOLD) & mask).sum(),
+                                   loss.detach(), probs.sum()]).tolist()
+        n_active, n_mask, n_stubborn = map(int, numbers[:3])
+        loss_value, prob_value = numbers[3:]
         if n_active or not cfg.zero_bp:
             (loss / len(group)).backward()
             backwards += 1
-        loss_sum += loss.item() / len(group)
-        prob_sum += float(probs.sum())
-        n_tok += int(mask.sum())
-        stubborn += int((probs <= P_THRESHOLD).sum())
+        active += n_active
+        masked += n_mask - n_active
+        loss_sum += loss_value / len(group)
+        prob_sum += prob_value
+        n_tok += n_mask
+        stubborn += n_stubborn
     if backwards:
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
