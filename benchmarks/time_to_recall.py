@@ -11,7 +11,7 @@ the other. Reported: training wall time (the reference's 200 epochs; memlaw's ti
 certificate, cache build included), the whole `memlaw train` wall time, EM, certified
 fraction, steps, and peak memory.
 
-    .venv/bin/python benchmarks/time_to_recall.py [--records 16] [--rank 8] [--threshold-p 0.5] [--lr 0.05] [--dropout 0]
+    .venv/bin/python benchmarks/time_to_recall.py [--records 16] [--rank 8] [--threshold-p 0.5] [--lr 0.05] [--dropout 0] [--seed 42]
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def run_one(args, name: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pb.jsonl"
-        write_jsonl(data, generate_phonebook(load_tokenizer(args.model), seed=42, records=args.records))
+        write_jsonl(data, generate_phonebook(load_tokenizer(args.model), seed=args.seed, records=args.records))
         cfg = TrainConfig(data=str(data), model=args.model, rank=args.rank, lr=args.lr, dropout=args.dropout,
-                          epochs=args.epochs, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                          epochs=args.epochs, batch_size=args.batch_size, device=args.device, dtype=args.dtype, seed=args.seed,
                           **PROTOCOLS[name], **({"threshold_p": args.threshold_p} if name == "memlaw" else {})).validate()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -75,6 +75,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threshold-p", type=float, default=0.5, help="memlaw protocol: MemFT-OT's threshold probability")
+    p.add_argument("--seed", type=int, default=42, help="data and training seed (both protocols)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--only", choices=sorted(PROTOCOLS), help=argparse.SUPPRESS)  # child process
@@ -92,7 +93,7 @@ def main() -> None:
         results[name] = json.loads(child.stdout.strip().splitlines()[-1])
     ref, ours = results["reference"], results["memlaw"]
     summary = {
-        "records": args.records, "rank": args.rank, "threshold_p": args.threshold_p, "lr": args.lr, "dropout": args.dropout, "epochs": args.epochs,
+        "records": args.records, "rank": args.rank, "seed": args.seed, "threshold_p": args.threshold_p, "lr": args.lr, "dropout": args.dropout, "epochs": args.epochs,
         "batch_size": args.batch_size, "speedup_training": round(ref["training_seconds"] / ours["training_seconds"], 2),
         "speedup_train_command": round(ref["train_command_seconds"] / ours["train_command_seconds"], 2),
         "protocols": results,

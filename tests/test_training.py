@@ -95,7 +95,9 @@ def test_train_log_has_one_row_per_optimiser_step(memorized):
 def test_resolved_config_is_saved_and_replays(memorized, tmp_path):
     run, data = memorized
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["layer"] == [1] and cfg["device"] == "cpu" and cfg["dtype"] == "float32" and cfg["rank"] == 4
+    gpu = torch.cuda.is_available()  # --device auto / --dtype auto resolve to what ran
+    assert cfg["device"] == ("cuda" if gpu else "cpu") and cfg["dtype"] == ("bfloat16" if gpu else "float32")
+    assert cfg["layer"] == [1] and cfg["rank"] == 4
     # the saved config is a valid --config file that reproduces the run exactly
     again = tmp_path / "again"
     assert main(["train", "--config", str(run / "config.yaml"), "--out", str(again), "--quiet"]) == 0
