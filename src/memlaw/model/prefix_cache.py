@@ -243,9 +243,8 @@ class PrefixCache:
         P, (B, T) = self.prefix_len, batch.input_ids.shape
         W = max(P, T - P)  # row width: the prefix, or the longest record's own tokens
         device = batch.input_ids.device
-        length = torch.tensor([P] + [self.hidden[i].shape[0] for i in indices], device=device)  # (B+1,)
-        first = torch.full((B + 1,), P, device=device)  # each row's first position: 0 for the prefix
-        first[0] = 0
+        spans = [(0, P)] + [(P, self.hidden[i].shape[0]) for i in indices]  # per row: first position, tokens
+        first, length = torch.tensor(spans, device=device).unbind(1)  # (B+1,) each
         pad = (W - length)[:, None]  # (B+1, 1) left padding per row
         cols = torch.arange(W, device=device)[None, :]  # (1, W)
         q_valid = cols >= pad  # (B+1, W)
