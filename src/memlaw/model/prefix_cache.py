@@ -251,7 +251,7 @@ class PrefixCache:
         q_pos = first[:, None] + (cols - pad).clamp(min=0)  # (B+1, W): 0 … P-1 / P … T_i - 1 where valid
         p_pos = torch.arange(P, device=device)[None, :].expand(B + 1, -1)  # (B+1, P)
         own_keys = q_valid.clone()
-        own_keys[0] = False  # the prefix row reads its keys from the prepended copy only
+        own_keys[0] = False  # the prefix row reads its keys once, from the prepended copy (twice would be the same softmax)
         k_pos = torch.cat([p_pos, q_pos], 1)  # (B+1, P + W)
         k_valid = torch.cat([torch.ones_like(p_pos, dtype=torch.bool), own_keys], 1)  # (B+1, P + W)
 
