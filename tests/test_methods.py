@@ -159,7 +159,6 @@ def test_memorize_exits_0_when_every_record_is_certified(tiny_model_dir, data, t
     assert "method: memft_ot" in cfg and "stop-when: certified" in cfg and "max-steps: 2000" in cfg
 
 
-
 def test_memorize_defaults_to_no_dropout(tiny_model_dir, data, tmp_path):
     """`train` keeps the reference dropout 0.1; `memorize` trains without dropout unless told."""
     run = tmp_path / "mem"

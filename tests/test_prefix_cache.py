@@ -44,12 +44,17 @@ def losses_and_grads(forward: AnswerForward, memory) -> tuple[torch.Tensor, torc
     return tokens.losses.detach(), mask, grads
 
 
+def full_and_cached(memory, encoded, pad_id, start: int, device: str = "cpu", store: str = "cpu", batch_size: int = 3):
+    """The full forward, a cache of layer `start`'s inputs, and the forward through that cache."""
+    full = AnswerForward(memory.model, encoded, pad_id, device)
+    cache = PrefixCache.build(memory.model, start, encoded, pad_id, torch.device(device), batch_size, torch.device(store))
+    return full, cache, AnswerForward(memory.model, encoded, pad_id, device, cache)
+
+
 def assert_cache_matches_full(memory, encoded, pad_id, start: int, device: str = "cpu", store: str = "cpu",
                               atol: float = 1e-5, grad_rtol: float = 1e-4) -> PrefixCache:
     """Per-token losses and every adapter gradient through the cache equal the full forward's."""
-    full = AnswerForward(memory.model, encoded, pad_id, device)
-    cache = PrefixCache.build(memory.model, start, encoded, pad_id, torch.device(device), 3, torch.device(store))
-    cached = AnswerForward(memory.model, encoded, pad_id, device, cache)
+    full, cache, cached = full_and_cached(memory, encoded, pad_id, start, device, store)
     loss_full, mask, grads_full = losses_and_grads(full, memory)
     loss_cached, mask_cached, grads_cached = losses_and_grads(cached, memory)
     assert torch.equal(mask, mask_cached)
@@ -97,10 +102,8 @@ def test_cache_matches_full_forward_in_bfloat16(kind, device):
     """bfloat16 base model, float32 memory: the two paths round differently, so they agree to bfloat16 precision."""
     tok, memory = adapted(kind, "mlp", [2], device=device, dtype=torch.bfloat16)
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
-    full = AnswerForward(memory.model, encoded, tok.pad_token_id, device)
-    cache = PrefixCache.build(memory.model, 2, encoded, tok.pad_token_id, torch.device(device), 3, torch.device(device))
+    full, cache, cached = full_and_cached(memory, encoded, tok.pad_token_id, 2, device, device)
     assert cache.hidden[0].dtype == torch.bfloat16 and cache.prefix_len > 0
-    cached = AnswerForward(memory.model, encoded, tok.pad_token_id, device, cache)
     loss_full, mask, grads_full = losses_and_grads(full, memory)
     loss_cached, _, grads_cached = losses_and_grads(cached, memory)
     assert torch.allclose(loss_full[mask], loss_cached[mask], atol=0.05, rtol=0.02)
@@ -147,10 +150,8 @@ def test_active_dropout_gives_each_record_its_own_prefix():
                 p.normal_(0, 0.2)
     memory.set_training(True)
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
-    cache = PrefixCache.build(memory.model, 2, encoded, tok.pad_token_id, torch.device("cpu"), 4, torch.device("cpu"))
+    full, cache, cached = full_and_cached(memory, encoded, tok.pad_token_id, 2, batch_size=4)
     assert cache.prefix_len > 0
-    full = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu")
-    cached = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu", cache)
     torch.manual_seed(7)
     loss_full, mask, grads_full = losses_and_grads(full, memory)
     torch.manual_seed(7)
@@ -166,9 +167,7 @@ def test_subset_batches_read_the_right_records():
     """A batch of some records (in any order) gets their cached states, not its neighbours'."""
     tok, memory = adapted("llama", "mlp", [1])
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
-    cache = PrefixCache.build(memory.model, 1, encoded, tok.pad_token_id, torch.device("cpu"), 4, torch.device("cpu"))
-    full = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu")
-    cached = AnswerForward(memory.model, encoded, tok.pad_token_id, "cpu", cache)
+    full, _, cached = full_and_cached(memory, encoded, tok.pad_token_id, 1, batch_size=4)
     with torch.no_grad():
         for idx in ([2, 0], [3], [1, 3, 0]):
             a, b = full(idx), cached(idx)
