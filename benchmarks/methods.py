@@ -23,7 +23,8 @@ from memlaw.data.phonebook import generate_phonebook
 from memlaw.evaluate.run import evaluate_run
 from memlaw.io import atomic_write_text, write_jsonl
 from memlaw.model.loading import load_tokenizer
-from memlaw.train.trainer import planned_steps, train
+from memlaw.train.method import planned_steps
+from memlaw.train.trainer import train
 
 
 def budget_config(base: TrainConfig, n: int, budget: int) -> TrainConfig:
@@ -40,7 +41,7 @@ def budget_config(base: TrainConfig, n: int, budget: int) -> TrainConfig:
 def run(base: TrainConfig, data: Path, n: int, budget: int, out: Path) -> dict:
     cfg = budget_config(dataclasses.replace(base, data=str(data)), n, budget)
     m = train(cfg, out, overwrite=True, progress=False)
-    return {k: m[k] for k in ("exact_match", "certified_fraction", "token_accuracy", "final_loss", "steps",
+    return {k: getattr(m, k) for k in ("exact_match", "certified_fraction", "token_accuracy", "final_loss", "steps",
                               "steps_to_certified", "train_seconds")} | {"epochs": cfg.epochs}
 
 
@@ -95,7 +96,7 @@ def main() -> None:
                 row = run(cfg, tr, args.linear_train, args.budget, run_dir)
                 held = evaluate_run(run_dir, data=str(ho))
                 record({"benchmark": "linear_rule", "rank": rank, "method": method, **row,
-                        "generalisation_em": held["exact_match"]})
+                        "generalisation_em": held.exact_match})
     atomic_write_text(out / "table.md", markdown(results))
     print(markdown(results))
     print(f"total {time.perf_counter() - start:.0f}s; results in {results_path}")

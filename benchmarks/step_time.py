@@ -41,7 +41,8 @@ from memlaw.model.forward import AnswerForward
 from memlaw.model.loading import load_model, load_tokenizer
 from memlaw.model.prefix_cache import PrefixCache
 from memlaw.session import new_session
-from memlaw.train.trainer import TokenWeighter, optimiser_step
+from memlaw.train.method import Method
+from memlaw.train.trainer import optimizer_step
 
 
 def rss_peak_mib() -> float:
@@ -104,22 +105,22 @@ def main() -> None:
         session = new_session(cfg)
         _, encoded = session.load_data()
         run_cfg = session.cfg
-        full = AnswerForward(session.memory.model, encoded, session.pad_id, session.loaded.device)
+        full = AnswerForward(session.adapter.model, encoded, session.pad_id, session.loaded.device)
         t0 = time.perf_counter()
         cached = session.answer_forward(encoded)
         cache_seconds = time.perf_counter() - t0
         assert cached.cache is not None, "the prefix cache did not build"
-        cache_mib = PrefixCache.size_bytes(session.memory.model, encoded) / 2**20
+        cache_mib = PrefixCache.size_bytes(session.adapter.model, encoded) / 2**20
         layer = run_cfg.layer[0]
         device = session.loaded.device
         cuda = device.type == "cuda"
 
-        weighter = TokenWeighter(run_cfg, sliding=False)
-        optimizer = torch.optim.AdamW(session.memory.parameters(), lr=1e-3, weight_decay=0.0)
-        session.memory.set_training(True)
+        method = Method(run_cfg, len(encoded))  # sft
+        optimizer = torch.optim.AdamW(session.adapter.parameters(), lr=1e-3, weight_decay=0.0)
+        session.adapter.set_training(True)
 
         def memlaw_step(forward):
-            return lambda idx: optimiser_step(session, forward, [idx], weighter, optimizer, 1e-3)
+            return lambda idx: optimizer_step(session, forward, [idx], method, optimizer, 1e-3)
 
         peft_step = peft_variant(args, layer, encoded, session.pad_id)
         variants = {"peft": peft_step, "no-cache": memlaw_step(full), "cache": memlaw_step(cached)}
@@ -157,7 +158,7 @@ def main() -> None:
     rate = {name: steps[name] / seconds[name] for name in variants}
     result = {
         "model": args.model, "device": device.type, "dtype": run_cfg.dtype, "layer": layer,
-        "num_layers": session.memory.spec.num_layers, "rank": args.rank, "records": len(rows),
+        "num_layers": session.adapter.spec.num_layers, "rank": args.rank, "records": len(rows),
         "answer_tokens": sum(r["target_len"] for r in rows), "batch_size": args.batch_size,
         "steps_per_variant": args.rounds * args.steps,
         "steps_per_second": {n: round(v, 3) for n, v in rate.items()},

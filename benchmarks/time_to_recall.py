@@ -53,12 +53,12 @@ def run_one(args, name: str) -> dict:
         metrics = train(cfg, Path(tmp) / "run", progress=False)
         wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    seconds = metrics["seconds_to_certified"] if name == "memlaw" and metrics["seconds_to_certified"] else metrics["train_seconds"]
+    seconds = metrics.seconds_to_certified if name == "memlaw" and metrics.seconds_to_certified else metrics.train_seconds
     result = {
-        "protocol": name, **PROTOCOLS[name], "steps": metrics["steps"], "stopped": metrics["stopped"],
+        "protocol": name, **PROTOCOLS[name], "steps": metrics.steps, "stopped": metrics.stopped,
         "training_seconds": round(seconds, 1), "train_command_seconds": round(wall, 1),
-        "exact_match": metrics["exact_match"], "certified_fraction": metrics["certified_fraction"],
-        "final_loss": round(metrics["final_loss"], 4), "peak_rss_mib": round(peak, 1),
+        "exact_match": metrics.exact_match, "certified_fraction": metrics.certified_fraction,
+        "final_loss": round(metrics.final_loss, 4), "peak_rss_mib": round(peak, 1),
     }
     if torch.cuda.is_available():
         result["peak_cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -376,10 +376,10 @@ def test_ctrl_c_keeps_last_completed_epoch(
     tiny_model_dir, small_records, tmp_path, capsys, monkeypatch, batch_size, interrupt_on_call, steps_per_epoch
 ):
     import memlaw.train.trainer as trainer
-    from memlaw.model.memory_unit import Memory
+    from memlaw.model.memory_unit import Adapter
 
     calls = {"n": 0}
-    real_step = trainer.optimiser_step
+    real_step = trainer.optimizer_step
 
     def interrupting_step(*args, **kwargs):
         calls["n"] += 1
@@ -388,7 +388,7 @@ def test_ctrl_c_keeps_last_completed_epoch(
         return real_step(*args, **kwargs)
 
     snapshots: list[dict[str, torch.Tensor]] = []  # train_loop takes one at the start and one per finished epoch
-    real_state_dict = Memory.state_dict
+    real_state_dict = Adapter.state_dict
 
     def spying_state_dict(self):
         tensors = real_state_dict(self)
@@ -396,15 +396,15 @@ def test_ctrl_c_keeps_last_completed_epoch(
         return tensors
 
     live_at_save: list[dict[str, torch.Tensor]] = []
-    real_save = Memory.save
+    real_save = Adapter.save
 
     def spying_save(self, folder, tensors=None):
         live_at_save.append(real_state_dict(self))
         return real_save(self, folder, tensors)
 
-    monkeypatch.setattr(trainer, "optimiser_step", interrupting_step)
-    monkeypatch.setattr(Memory, "state_dict", spying_state_dict)
-    monkeypatch.setattr(Memory, "save", spying_save)
+    monkeypatch.setattr(trainer, "optimizer_step", interrupting_step)
+    monkeypatch.setattr(Adapter, "state_dict", spying_state_dict)
+    monkeypatch.setattr(Adapter, "save", spying_save)
 
     out = tmp_path / "run"
     argv = train_argv(tiny_model_dir, small_records, out, "--batch-size", str(batch_size), "--dropout", "0")
@@ -452,7 +452,7 @@ def test_ctrl_c_train_state_counts_the_kept_steps(tiny_model_dir, small_records,
     import memlaw.train.trainer as trainer
 
     calls = {"n": 0}
-    real_step = trainer.optimiser_step
+    real_step = trainer.optimizer_step
 
     def interrupting_step(*args, **kwargs):
         calls["n"] += 1
@@ -460,7 +460,7 @@ def test_ctrl_c_train_state_counts_the_kept_steps(tiny_model_dir, small_records,
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "optimiser_step", interrupting_step)
+    monkeypatch.setattr(trainer, "optimizer_step", interrupting_step)
     out = tmp_path / "run"
     argv = train_argv(tiny_model_dir, small_records, out, "--batch-size", "2")
     argv[argv.index("--epochs") + 1] = "5"

@@ -6,6 +6,7 @@ import json
 
 import yaml
 
+from memlaw.cli import main
 from memlaw.demo import demo_steps, run_demo
 
 
@@ -25,7 +26,7 @@ def test_demo_pipeline_fits_a_law_and_writes_a_report(tiny_model_dir, tmp_path, 
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid), encoding="utf-8")
     out = tmp_path / "study"
-    law = run_demo(out, preset=str(path))
+    law = run_demo(out, main, preset=str(path))
 
     stored = json.loads((out / "law" / "law.json").read_text())
     assert stored["combined"]["n"] == 6 == law["n"]

@@ -9,7 +9,7 @@ import torch
 
 from conftest import HIDDEN, make_model
 from memlaw.errors import MemlawError
-from memlaw.model.memory_unit import AdapterSpec, LowRankMemory, attach_memory, load_memory
+from memlaw.model.memory_unit import AdapterSpec, LowRankMemory, attach_adapter, load_adapter
 
 
 def logits(model, ids):
@@ -22,8 +22,9 @@ def ids():
     return torch.randint(5, 200, (2, 12), generator=torch.Generator().manual_seed(1))
 
 
-def spec(component="mlp", layers=(1,), rank=4, **kw):
-    return AdapterSpec(component=component, layers=list(layers), rank=rank, **kw)
+def attach(model, component="mlp", layers=(1,), rank=4, seed=None, **kw):
+    """A fresh adapter on `model`, its spec resolved for that model."""
+    return attach_adapter(model, AdapterSpec.for_model(model, component, layers, rank, **kw), seed=seed)
 
 
 def perturb(handle):
@@ -39,7 +40,7 @@ def perturb(handle):
 def test_identity_at_step_zero(kind, component, ids):
     base = make_model(kind)
     expected = logits(base, ids)
-    handle = attach_memory(base, spec(component, layers=(0, 2)), seed=3)
+    handle = attach(base, component, layers=(0, 2), seed=3)
     assert torch.equal(logits(handle.model, ids), expected)
     perturb(handle)
     assert not torch.allclose(logits(handle.model, ids), expected)
@@ -50,7 +51,7 @@ def test_identity_at_step_zero(kind, component, ids):
 def test_mlp_unit_shapes_init_and_param_count():
     model = make_model("llama")
     d = model.config.hidden_size
-    handle = attach_memory(model, spec("mlp", layers=(0, 2), rank=5))
+    handle = attach(model, "mlp", layers=(0, 2), rank=5)
     assert handle.num_parameters() == 2 * d * 5 * 2 == handle.spec.trainable_params
     unit = model.model.layers[0].mlp.memory
     assert isinstance(unit, LowRankMemory)
@@ -64,7 +65,7 @@ def test_mlp_unit_shapes_init_and_param_count():
 
 def test_mlp_unit_adds_x_A_B_to_mlp_output():
     model = make_model("llama")
-    handle = attach_memory(model, spec("mlp", layers=(1,), rank=3, dropout=0.0))
+    handle = attach(model, "mlp", layers=(1,), rank=3, dropout=0.0)
     perturb(handle)
     wrapped = model.model.layers[1].mlp
     x = torch.randn(2, 4, model.config.hidden_size)
@@ -75,7 +76,7 @@ def test_mlp_unit_adds_x_A_B_to_mlp_output():
 
 def test_lora_on_chosen_layers_only():
     model = make_model("llama")
-    handle = attach_memory(model, spec("lora", layers=(1,), rank=2, target_modules=["q_proj", "down_proj"]))
+    handle = attach(model, "lora", layers=(1,), rank=2, target_modules=["q_proj", "down_proj"])
     names = [n for n, _ in handle.named_parameters()]
     assert names and all(".layers.1." in n for n in names)
     assert {n.split(".")[-4] for n in names} == {"q_proj", "down_proj"}
@@ -83,20 +84,20 @@ def test_lora_on_chosen_layers_only():
 
 @pytest.mark.parametrize("component", ["mlp", "lora"])
 def test_save_load_round_trip_identical_logits(tmp_path, component, ids):
-    trained = attach_memory(make_model("llama"), spec(component, layers=(0, 1), rank=3), seed=1)
+    trained = attach(make_model("llama"), component, layers=(0, 1), rank=3, seed=1)
     perturb(trained)
     trained.save(tmp_path)
     desc = json.loads((tmp_path / "adapter.json").read_text())
     assert desc["component"] == component and desc["layers"] == [0, 1] and desc["rank"] == 3
     assert desc["hidden_size"] == HIDDEN and desc["num_layers"] == 3
-    reloaded = load_memory(make_model("llama"), tmp_path)  # a fresh base model
+    reloaded = load_adapter(make_model("llama"), tmp_path)  # a fresh base model
     assert torch.equal(logits(reloaded.model, ids), logits(trained.model, ids))
 
 
 def test_lora_saved_in_peft_format_loads_with_peft(tmp_path, ids):
     from peft import PeftModel
 
-    trained = attach_memory(make_model("llama"), spec("lora", layers=(2,), rank=2, target_modules=["v_proj"]))
+    trained = attach(make_model("llama"), "lora", layers=(2,), rank=2, target_modules=["v_proj"])
     perturb(trained)
     trained.save(tmp_path)
     peft_model = PeftModel.from_pretrained(make_model("llama"), tmp_path / "peft")
@@ -104,23 +105,23 @@ def test_lora_saved_in_peft_format_loads_with_peft(tmp_path, ids):
 
 
 def test_safetensors_only(tmp_path):
-    trained = attach_memory(make_model("llama"), spec("mlp"))
+    trained = attach(make_model("llama"), "mlp")
     trained.save(tmp_path)
     assert (tmp_path / "adapter.safetensors").read_bytes()[8:9] == b"{"  # safetensors header, not a pickle
     assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
 
 
 def test_load_rejects_mismatched_adapter(tmp_path):
-    attach_memory(make_model("llama"), spec("mlp", layers=(1,))).save(tmp_path)
+    attach(make_model("llama"), "mlp", layers=(1,)).save(tmp_path)
     desc = json.loads((tmp_path / "adapter.json").read_text())
     desc["layers"] = [2]
     (tmp_path / "adapter.json").write_text(json.dumps(desc))
     with pytest.raises(MemlawError, match="does not match"):
-        load_memory(make_model("llama"), tmp_path)
+        load_adapter(make_model("llama"), tmp_path)
 
 
 def test_layer_out_of_range_and_unknown_module():
     with pytest.raises(MemlawError, match=r"layer 3 is out of range.*0\.\.2"):
-        attach_memory(make_model("llama"), spec("mlp", layers=(3,)))
+        attach(make_model("llama"), "mlp", layers=(3,))
     with pytest.raises(MemlawError, match="no module named foo_proj"):
-        attach_memory(make_model("llama"), spec("lora", layers=(0,), target_modules=["foo_proj"]))
+        attach(make_model("llama"), "lora", layers=(0,), target_modules=["foo_proj"])

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import write_records
 from memlaw.cli import main
 from memlaw.data.encoding import Encoded
-from memlaw.evaluate.recall import TokenStats, summarise
+from memlaw.evaluate.recall import TokenStats, summarize
 
 RECORDS = [
     {"id": 1, "query": "Ann Lee:", "target": "4821"},
@@ -65,7 +65,7 @@ def test_certificate_checked_only_after_clean_epochs(tiny_model_dir, data, tmp_p
                       batch_size=2, epochs=400, stop_when="certified").validate()
     checks = []
     m = train(cfg, tmp_path / "run", progress=False, on_check=checks.append)
-    assert m["stopped"] == "certified" and m["certified_fraction"] == 1.0 and m["exact_match"] == 1.0
+    assert m.stopped == "certified" and m.certified_fraction == 1.0 and m.exact_match == 1.0
     stubborn = {}
     for row in log_rows(tmp_path / "run"):
         stubborn[int(row["epoch"])] = stubborn.get(int(row["epoch"]), 0) + int(row["stubborn_tokens"])
@@ -90,7 +90,7 @@ def test_certificate_violation_is_counted():
     enc = [Encoded([1, 2], [5, 6]), Encoded([1, 3], [7])]
     confident = TokenStats(losses=np.array([0.1, 0.2]), correct=np.array([True, True]))
     other = TokenStats(losses=np.array([0.1]), correct=np.array([True]))
-    m, rows = summarise(enc, [confident, other], [confident, other], generated=[[5, 9], [7]])
+    m, rows = summarize(enc, [confident, other], [confident, other], generated=[[5, 9], [7]])
     assert rows[0]["certified"] and not rows[0]["exact"] and rows[0]["first_failure"] == 1
     assert m["certificate_violations"] == 1
 

@@ -12,7 +12,7 @@ from memlaw.cli import main
 from memlaw.data.encoding import encode_record
 from memlaw.data.records import Record
 from memlaw.model.forward import AnswerForward, head_cross_entropy, token_losses
-from memlaw.model.memory_unit import AdapterSpec, attach_memory
+from memlaw.model.memory_unit import AdapterSpec, attach_adapter
 from memlaw.model.prefix_cache import PrefixCache, unsupported_reason
 
 QUERIES = ["Ann Lee:", "Bob Ray the Second:", "Cy:", "Di Fox:"]
@@ -25,8 +25,8 @@ def adapted(kind: str, component: str, layers: list[int], seed: int = 0, device:
     """A tiny model with a memory unit whose output is non-zero (B / lora_B randomised)."""
     tok = make_tokenizer()
     model = make_model(kind, vocab_size=len(tok), layers=4, seed=seed).to(device=device, dtype=dtype)
-    spec = AdapterSpec(component=component, layers=layers, rank=4, target_modules=["q_proj", "v_proj", "down_proj"])
-    memory = attach_memory(model, spec, seed=seed)
+    spec = AdapterSpec.for_model(model, component, layers, rank=4, target_modules=["q_proj", "v_proj", "down_proj"])
+    memory = attach_adapter(model, spec, seed=seed)
     torch.manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in memory.named_parameters():
@@ -143,7 +143,7 @@ def test_active_dropout_gives_each_record_its_own_prefix():
     """With dropout on, the cache draws the same dropout masks as the full forward (same seed)."""
     tok = make_tokenizer()
     model = make_model("llama", vocab_size=len(tok), layers=4)
-    memory = attach_memory(model, AdapterSpec(component="mlp", layers=[2], rank=4, dropout=0.5), seed=0)
+    memory = attach_adapter(model, AdapterSpec.for_model(model, "mlp", [2], rank=4, dropout=0.5), seed=0)
     with torch.no_grad():
         for name, p in memory.named_parameters():
             if name.endswith(".B"):
@@ -179,7 +179,7 @@ def test_subset_batches_read_the_right_records():
 def test_unsupported_architecture_is_named():
     tok = make_tokenizer()
     model = make_model("gemma", vocab_size=len(tok))
-    memory = attach_memory(model, AdapterSpec(component="mlp", layers=[1], rank=2))
+    memory = attach_adapter(model, AdapterSpec.for_model(model, "mlp", [1], rank=2))
     assert "gemma" in unsupported_reason(memory.model)
 
 

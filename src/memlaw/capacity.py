@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from .config import TrainConfig
-from .data.phonebook import generate_phonebook
+from .data.benchmarks import DataSpec, generate
 from .errors import MemlawError
 from .io import write_json, write_jsonl
-from .model.loading import load_tokenizer
 from .train.trainer import train
 
 BENCHMARKS = ("phonebook",)
@@ -68,24 +67,23 @@ def capacity_search(
     """Run the search; every probe is a run folder `out/n<records>`; returns the summary (also capacity.json)."""
     if benchmark not in BENCHMARKS:
         raise MemlawError(f"capacity: unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS)}")
-    tokenizer = load_tokenizer(base.model, base.trust_remote_code)
     probes: dict[int, Probe] = {}
 
     def probe(n: int) -> bool:
-        rows = generate_phonebook(tokenizer, seed=base.seed, records=n)
+        rows, _ = generate(DataSpec(benchmark, records=n, seed=base.seed), base.model, base.trust_remote_code)
         data = out / f"n{n}" / "data.jsonl"
         write_jsonl(data, rows)
         cfg = dataclasses.replace(base, data=str(data), stop_when="certified").validate()
         m = train(cfg, out / f"n{n}", overwrite=True, progress=False)
         p = Probe(
             records=n,
-            success=m["certified_fraction"] == 1.0,
-            answer_tokens=m["target_tokens"],
-            certified_fraction=m["certified_fraction"],
-            steps=m["steps"],
-            bits_stored=m["bits_stored"],
-            trainable_params=m["trainable_params"],
-            seconds=m["train_seconds"],
+            success=m.certified_fraction == 1.0,
+            answer_tokens=m.target_tokens,
+            certified_fraction=m.certified_fraction,
+            steps=m.steps,
+            bits_stored=m.bits_stored,
+            trainable_params=m.trainable_params,
+            seconds=m.train_seconds,
         )
         probes[n] = p
         if on_probe is not None:

@@ -7,12 +7,35 @@ R² and the report's path are printed.
 
 from __future__ import annotations
 
-import json
+import argparse
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from .errors import MemlawError
+from .law.lawfile import LAW_FILE, read_law
 
 DEMO_PRESET = "smollm2-demo"
+Command = Callable[[list[str]], int]  # `memlaw ARGV...` -> exit code (cli.main)
+
+
+def register(subparsers, run: Command) -> None:
+    """`memlaw demo`; `run` executes each step as the CLI would (passed in: the CLI imports this module)."""
+    p = subparsers.add_parser(
+        "demo",
+        help="the law study in miniature on the default model: sweep -> fit -> analyze -> report",
+        description="Runs `memlaw sweep --preset smollm2-demo`, `memlaw fit`, `memlaw analyze` and `memlaw report` "
+        "into --out (resumable: finished cells are kept).",
+    )
+    p.add_argument("--out", default="runs/demo", help="sweep folder (default: runs/demo)")
+    p.add_argument("--preset", default=DEMO_PRESET, help="sweep preset or grid YAML (default: smollm2-demo)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"], help="sweep engine (default: local)")
+    p.set_defaults(func=partial(cmd_demo, run=run))
+
+
+def cmd_demo(args: argparse.Namespace, run: Command) -> int:
+    run_demo(Path(args.out), run, preset=args.preset, engine=args.engine)
+    return 0
 
 
 def demo_steps(out: Path, preset: str, engine: str) -> list[list[str]]:
@@ -26,15 +49,13 @@ def demo_steps(out: Path, preset: str, engine: str) -> list[list[str]]:
     ]
 
 
-def run_demo(out: Path, preset: str = DEMO_PRESET, engine: str = "local") -> dict:
-    """Run the study; return the combined law entry of law.json."""
-    from .cli import main
-
+def run_demo(out: Path, run: Command, preset: str = DEMO_PRESET, engine: str = "local") -> dict:
+    """Run the study with `run` (cli.main); return the combined law entry of law.json."""
     for argv in demo_steps(out, preset, engine):
         print(f"\ndemo: memlaw {' '.join(argv)}", flush=True)
-        if main(argv) != 0:
+        if run(argv) != 0:
             raise MemlawError(f"demo stopped: `memlaw {' '.join(argv)}` failed (see above)")
-    law = json.loads((out / "law" / "law.json").read_text(encoding="utf-8"))["combined"]
+    law = read_law(out / "law" / LAW_FILE)["combined"]
     ci = law["ci"]
     print(f"\ndemo: fitted Parametric Memory Law for the default model ({preset}, n = {law['n']} runs):")
     print(f"  ΔL(r, ℓ) = C · r^α · ℓ^(−β) + b   with  C = {law['C']:.4g} [{ci['C'][0]:.3g}, {ci['C'][1]:.3g}], "

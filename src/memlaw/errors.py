@@ -1,8 +1,9 @@
-"""The one exception type for user errors (bad input, bad config, bad paths)."""
+"""The exception types the CLI turns into exit codes."""
 
 
-class MemlawError(Exception):
-    """A problem with the user's input. The CLI prints it as one line and exits with 2."""
+class MemlawError(ValueError):
+    """A problem with the user's input (bad records, config, paths). The CLI prints it as one line and
+    exits with 2; it is a ValueError so that callers of the Python API can catch the usual type."""
 
 
 class TrainingInterrupted(Exception):

@@ -15,17 +15,15 @@ from .data.records import Record, load_records
 from .errors import MemlawError
 from .model.forward import AnswerForward
 from .model.loading import LoadedModel, decoder_layers, default_layers, load_model
-from .model.memory_unit import AdapterSpec, Memory, attach_memory, load_memory, validate_layers
+from .model.memory_unit import Adapter, AdapterSpec, attach_adapter, load_adapter
 from .model.prefix_cache import PrefixCache, notice, unsupported_reason
-
-RUN_FILES = ("config.yaml", "metrics.json")  # both present = a finished run
 
 
 @dataclass
 class Session:
     cfg: TrainConfig  # resolved: concrete layers, device and dtype
     loaded: LoadedModel
-    memory: Memory
+    adapter: Adapter
 
     @property
     def pad_id(self) -> int:
@@ -37,7 +35,7 @@ class Session:
 
     def answer_forward(self, encoded: list[Encoded]) -> AnswerForward:
         """The forward for these records: through a frozen-prefix cache when enabled, supported and within bound."""
-        cfg, model, device = self.cfg, self.memory.model, self.loaded.device
+        cfg, model, device = self.cfg, self.adapter.model, self.loaded.device
         forward = AnswerForward(model, encoded, self.pad_id, device)
         if not cfg.prefix_cache:
             return forward
@@ -66,34 +64,31 @@ def check_data_readable(path: str) -> None:
 
 def resolve(cfg: TrainConfig, loaded: LoadedModel) -> TrainConfig:
     """Fill in what 'auto'/None stood for, so config.yaml says exactly what ran."""
-    num_layers = len(decoder_layers(loaded.model))
-    layers = cfg.layer if cfg.layer is not None else default_layers(num_layers)
-    validate_layers(layers, num_layers)
+    layers = cfg.layer if cfg.layer is not None else default_layers(len(decoder_layers(loaded.model)))
     dtype = str(loaded.dtype).replace("torch.", "")
     return replace(cfg, layer=list(layers), device=loaded.device.type, dtype=dtype, data=str(Path(cfg.data).resolve()))
 
 
+def adapter_spec(cfg: TrainConfig, model: torch.nn.Module) -> AdapterSpec:
+    """The adapter a resolved config asks for, checked against the model (the one place layers are range-checked)."""
+    return AdapterSpec.for_model(
+        model, cfg.component, cfg.layer, cfg.rank, cfg.dropout,
+        target_modules=cfg.target_modules if cfg.component == "lora" else (),
+        lora_alpha=cfg.lora_alpha, base_model=cfg.model,
+    )
+
+
 def new_session(cfg: TrainConfig) -> Session:
-    """Load the base model and attach a fresh, seeded memory unit (identity at step 0)."""
+    """Load the base model and attach a fresh, seeded adapter (identity at step 0)."""
     check_data_readable(cfg.data)
     loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
     cfg = resolve(cfg, loaded)
-    spec = AdapterSpec(
-        component=cfg.component,
-        layers=list(cfg.layer),
-        rank=cfg.rank,
-        dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules) if cfg.component == "lora" else [],
-        lora_alpha=cfg.lora_alpha,
-        base_model=cfg.model,
-    )
+    spec = adapter_spec(cfg, loaded.model)
     seed_everything(cfg.seed)
-    memory = attach_memory(loaded.model, spec, seed=cfg.seed)
-    return Session(cfg, loaded, memory)
+    return Session(cfg, loaded, attach_adapter(loaded.model, spec, seed=cfg.seed))
 
 
 def saved_session(run_dir: Path, cfg: TrainConfig) -> Session:
     """Load the base model named in a run's config and the adapter saved in the run."""
     loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
-    memory = load_memory(loaded.model, run_dir)
-    return Session(cfg, loaded, memory)
+    return Session(cfg, loaded, load_adapter(loaded.model, run_dir))

@@ -14,6 +14,7 @@ import torch
 
 from ..data.encoding import Encoded, left_pad
 from ..model.forward import AnswerForward
+from ..model.hf_compat import cache_kwarg, forward_of, returned_cache
 
 P_THRESHOLD = 0.5
 
@@ -76,8 +77,8 @@ def greedy_decode(model, encoded: list[Encoded], pad_id: int, batch_size: int, d
                 input_ids=steps[-1][:, None],
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **cache_kwarg(forward_of(model), returned_cache(out)),
             )
             steps.append(out.logits[:, -1].argmax(-1))
         generated = torch.stack(steps, dim=1).cpu().tolist()  # (B, n_new)
@@ -92,7 +93,7 @@ def first_failure(generated: list[int], target: list[int]) -> int | None:
     return None
 
 
-def summarise(
+def summarize(
     encoded: list[Encoded],
     final: list[TokenStats],
     initial: list[TokenStats],

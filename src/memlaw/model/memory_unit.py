@@ -1,6 +1,6 @@
 """The memory unit: a low-rank adapter attached to a frozen causal LM.
 
-Two components share one handle (:class:`Memory`):
+Two components share one handle (:class:`Adapter`):
 
 * ``mlp``  — the paper's unit: ``mlp_out' = mlp(x) + dropout(x · A · B)`` in parallel with
   the MLP block of the chosen layers (A Kaiming-uniform, B zeros, no α/r scaling).
@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from ..config import LORA_MODULES
 from ..errors import MemlawError
 from ..io import save_tensors, write_json
 from .loading import decoder_layers
@@ -31,21 +32,74 @@ ADAPTER_JSON = "adapter.json"
 PEFT_DIR = "peft"
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdapterSpec:
-    """What the adapter is and where it sits; stored as adapter.json."""
+    """What the adapter is and where it sits, complete and resolved for one model; stored as adapter.json.
+
+    Build it with :meth:`for_model`, which validates the layers and module names against the
+    model once and fills in the model's dimensions and the trainable parameter count.
+    """
 
     component: str
-    layers: list[int]
+    layers: tuple[int, ...]
     rank: int
     dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=list)
+    target_modules: tuple[str, ...] = ()
     lora_alpha: float | None = None
     base_model: str = ""
     model_type: str = ""
     hidden_size: int = 0
     num_layers: int = 0
     trainable_params: int = 0
+
+    @classmethod
+    def for_model(
+        cls,
+        model: nn.Module,
+        component: str,
+        layers: Sequence[int],
+        rank: int,
+        dropout: float = 0.0,
+        target_modules: Sequence[str] = (),
+        lora_alpha: float | None = None,
+        base_model: str = "",
+    ) -> AdapterSpec:
+        """The spec of a `component` adapter of `rank` at `layers` of `model`; MemlawError if it does not fit."""
+        blocks = decoder_layers(model)
+        for k in layers:
+            if not 0 <= k < len(blocks):
+                raise MemlawError(
+                    f"config field 'layer': layer {k} is out of range; this model has layers 0..{len(blocks) - 1}"
+                )
+        d = int(model.config.hidden_size)
+        if component == "mlp":
+            modules: tuple[str, ...] = ()
+            params = 2 * d * rank * len(layers)  # A (d x r) and B (r x d) per layer
+        elif component == "lora":
+            modules = tuple(target_modules) or LORA_MODULES
+            params = sum(rank * (m.in_features + m.out_features) for m in _lora_targets(blocks, layers, modules))
+        else:
+            raise MemlawError(f"unknown component {component!r}; choose from mlp, lora")
+        return cls(
+            component=component, layers=tuple(layers), rank=rank, dropout=dropout, target_modules=modules,
+            lora_alpha=lora_alpha, base_model=base_model, model_type=str(getattr(model.config, "model_type", "")),
+            hidden_size=d, num_layers=len(blocks), trainable_params=params,
+        )
+
+
+def _lora_targets(blocks: nn.ModuleList, layers: Sequence[int], modules: Sequence[str]) -> list[nn.Linear]:
+    """The linear modules LoRA adapts; MemlawError naming a layer that lacks one of them."""
+    found = []
+    for k in layers:
+        present = {name.rsplit(".", 1)[-1]: m for name, m in blocks[k].named_modules() if isinstance(m, nn.Linear)}
+        missing = [m for m in modules if m not in present]
+        if missing:
+            raise MemlawError(
+                f"config field 'target-modules': layer {k} has no module named {', '.join(missing)}; "
+                f"its linear modules are {', '.join(sorted(present))}"
+            )
+        found += [present[m] for m in modules]
+    return found
 
 
 class LowRankMemory(nn.Module):
@@ -80,7 +134,7 @@ class MemoryMLP(nn.Module):
         return out + self.memory(x.to(self.memory.A.dtype)).to(out.dtype)
 
 
-class Memory:
+class Adapter:
     """Handle on a model with an attached memory unit: parameters, state, enable/disable, save."""
 
     def __init__(self, model: nn.Module, spec: AdapterSpec):
@@ -181,58 +235,34 @@ def save_peft_format(model: nn.Module, folder: Path, tensors: dict[str, torch.Te
 
 
 # ---------------------------------------------------------------------- attach / load
-def validate_layers(layers: list[int], num_layers: int) -> None:
-    for k in layers:
-        if not 0 <= k < num_layers:
-            raise MemlawError(f"config field 'layer': layer {k} is out of range; this model has layers 0..{num_layers - 1}")
-
-
-def attach_memory(model: nn.Module, spec: AdapterSpec, seed: int | None = None) -> Memory:
-    """Attach a fresh memory unit to a frozen model (in place) and return its handle.
-
-    The unit is the identity at step 0 (B = 0 for mlp, lora_B = 0 for lora).
-    """
-    layers_list = decoder_layers(model)
-    num_layers = len(layers_list)
-    validate_layers(spec.layers, num_layers)
-    config = model.config
-    spec.hidden_size = int(config.hidden_size)
-    spec.num_layers = num_layers
-    spec.model_type = str(getattr(config, "model_type", ""))
+def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None) -> Adapter:
+    """Attach a fresh memory unit described by `spec` (from :meth:`AdapterSpec.for_model`) to a frozen
+    model, in place, and return its handle. The unit is the identity at step 0 (B = 0, lora_B = 0)."""
+    if spec.hidden_size != int(model.config.hidden_size) or spec.num_layers != len(decoder_layers(model)):
+        raise MemlawError(
+            f"adapter is for hidden size {spec.hidden_size} and {spec.num_layers} layers; "
+            f"this model has {model.config.hidden_size} and {len(decoder_layers(model))}"
+        )
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
     model.requires_grad_(False)
     if spec.component == "mlp":
+        blocks = decoder_layers(model)
         for k in spec.layers:
-            layer = layers_list[k]
-            if isinstance(layer.mlp, MemoryMLP):
+            if isinstance(blocks[k].mlp, MemoryMLP):
                 raise MemlawError(f"layer {k} already has a memory unit")
-            memory = LowRankMemory(spec.hidden_size, spec.rank, spec.dropout).to(device)
-            layer.mlp = MemoryMLP(layer.mlp, memory)
-        handle = Memory(model, spec)
-    elif spec.component == "lora":
-        handle = Memory(_attach_lora(model, spec, layers_list), spec)
+            blocks[k].mlp = MemoryMLP(blocks[k].mlp, LowRankMemory(spec.hidden_size, spec.rank, spec.dropout).to(device))
+        handle = Adapter(model, spec)
     else:
-        raise MemlawError(f"unknown component {spec.component!r}; choose from mlp, lora")
-    spec.trainable_params = handle.num_parameters()
+        handle = Adapter(_attach_lora(model, spec), spec)
+    assert handle.num_parameters() == spec.trainable_params, "AdapterSpec.for_model counts what is attached"
     return handle
 
 
-def _attach_lora(model: nn.Module, spec: AdapterSpec, layers_list: nn.ModuleList) -> nn.Module:
+def _attach_lora(model: nn.Module, spec: AdapterSpec) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    from ..config import LORA_MODULES
-
-    spec.target_modules = list(spec.target_modules) or list(LORA_MODULES)
-    for k in spec.layers:
-        present = {name.rsplit(".", 1)[-1] for name, m in layers_list[k].named_modules() if isinstance(m, nn.Linear)}
-        missing = [m for m in spec.target_modules if m not in present]
-        if missing:
-            raise MemlawError(
-                f"config field 'target-modules': layer {k} has no module named {', '.join(missing)}; "
-                f"its linear modules are {', '.join(sorted(present))}"
-            )
     config = LoraConfig(
         r=spec.rank,
         lora_alpha=spec.lora_alpha if spec.lora_alpha is not None else spec.rank,
@@ -250,14 +280,15 @@ def read_spec(folder: str | Path) -> AdapterSpec:
     path = Path(folder) / ADAPTER_JSON
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+        raw.update(layers=tuple(raw["layers"]), target_modules=tuple(raw.get("target_modules", ())))
         return AdapterSpec(**raw)
     except FileNotFoundError:
         raise MemlawError(f"{folder}: no {ADAPTER_JSON}; not a memlaw run or adapter folder")
-    except (json.JSONDecodeError, TypeError) as e:
-        raise MemlawError(f"{path}: unreadable adapter description ({e})")
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+        raise MemlawError(f"{path}: unreadable adapter description ({e!r})")
 
 
-def load_memory(model: nn.Module, folder: str | Path) -> Memory:
+def load_adapter(model: nn.Module, folder: str | Path) -> Adapter:
     """Attach the adapter saved in `folder` to a fresh base model and load its weights."""
     from safetensors.torch import load_file
 
@@ -269,7 +300,17 @@ def load_memory(model: nn.Module, folder: str | Path) -> Memory:
         raise MemlawError(
             f"{folder}: adapter was trained for hidden size {spec.hidden_size}, this model has {model.config.hidden_size}"
         )
-    handle = attach_memory(model, spec)
+    try:  # the saved spec must be what this model makes of the same settings
+        resolved = AdapterSpec.for_model(
+            model, spec.component, spec.layers, spec.rank, spec.dropout, spec.target_modules, spec.lora_alpha,
+            spec.base_model,
+        )
+    except MemlawError as e:
+        raise MemlawError(f"{folder}: {e}") from None
+    differs = [f.name for f in fields(AdapterSpec) if getattr(resolved, f.name) != getattr(spec, f.name)]
+    if differs:
+        raise MemlawError(f"{folder}/{ADAPTER_JSON} does not match this model: {', '.join(differs)} differ")
+    handle = attach_adapter(model, spec)
     device = next(model.parameters()).device
     tensors = {k: v.to(device) for k, v in load_file(str(path)).items()}
     handle.load_state_dict(tensors)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..data.encoding import Batch, Encoded, collate
+from .hf_compat import cache_kwarg
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -70,8 +71,8 @@ def run_layers(
 
     inner, config = base.model, base.config
     types = _layer_types(config, len(inner.layers))[start:stop]
-    kwargs = dict(config=config, inputs_embeds=hidden, attention_mask=attention_mask, past_key_values=None,
-                  position_ids=position_ids)
+    kwargs = dict(config=config, inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids,
+                  **cache_kwarg(create_causal_mask, None))
     masks = {"full_attention": create_causal_mask(**kwargs) if "full_attention" in types else None}
     if "sliding_attention" in types:
         masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
@@ -87,7 +88,7 @@ def _through_layers(
     rotary = inner.rotary_emb(hidden, position_ids)
     for layer, kind in zip(inner.layers[start:stop], types):
         out = layer(hidden, attention_mask=masks[kind], position_ids=position_ids, position_embeddings=rotary,
-                    past_key_values=kv, use_cache=False)
+                    use_cache=False, **cache_kwarg(type(layer).forward, kv))
         hidden = out[0] if isinstance(out, tuple) else out
     return hidden
 

@@ -18,7 +18,6 @@ import itertools
 import os
 import typing
 from dataclasses import dataclass, field
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,11 @@ from typing import Any
 import yaml
 
 from ..config import FIELD_NAMES, METHODS, TrainConfig, from_mapping, read_yaml_mapping
+from ..data.benchmarks import BENCHMARKS, DataSpec, generate
 from ..data.long_context import RATIOS
 from ..errors import MemlawError
 from ..io import write_jsonl
 
-BENCHMARKS = ("phonebook", "long-context", "linear-rule")
 AXIS_KEYS = {
     "data": "the sweep", "model": "model", "method": "methods", "rank": "ranks", "seed": "seeds", "layer": "layer",
     "length": "lengths",
@@ -312,13 +311,6 @@ def load_preset(name: str, model: str | None = None) -> Grid:
 
 
 # ---------------------------------------------------------------------- data
-@lru_cache(maxsize=4)
-def _tokenizer(model: str, trust_remote_code: bool):
-    from ..model.loading import load_tokenizer
-
-    return load_tokenizer(model, trust_remote_code)
-
-
 def data_paths(cell: Cell, data_dir: Path) -> tuple[Path, Path | None]:
     """The cell's training data file and (linear-rule) its held-out file."""
     train = data_dir / f"{cell.data_name}.jsonl"
@@ -331,21 +323,9 @@ def ensure_data(grid: Grid, cell: Cell, data_dir: Path) -> tuple[Path, Path | No
     train, heldout = data_paths(cell, data_dir)
     if train.is_file() and (heldout is None or heldout.is_file()):
         return train, heldout
-    if cell.benchmark == "linear-rule":
-        from ..data.linear_rule import generate_linear_rule
-
-        train_rows, heldout_rows = generate_linear_rule(cell.length, grid.heldout, seed=cell.data_seed)
+    spec = DataSpec(cell.benchmark, length=cell.length, seed=cell.data_seed, ratio=cell.ratio, heldout=grid.heldout)
+    train_rows, heldout_rows = generate(spec, grid.model, bool(grid.train.get("trust_remote_code", False)))
+    if heldout is not None:
         write_jsonl(heldout, heldout_rows)
-        write_jsonl(train, train_rows)
-        return train, heldout
-    tokenizer = _tokenizer(grid.model, bool(grid.train.get("trust_remote_code", False)))
-    if cell.benchmark == "phonebook":
-        from ..data.phonebook import generate_phonebook
-
-        rows = generate_phonebook(tokenizer, seed=cell.data_seed, length=cell.length)
-    else:
-        from ..data.long_context import generate_long_context
-
-        rows = [generate_long_context(tokenizer, cell.ratio, cell.length, seed=cell.data_seed)]
-    write_jsonl(train, rows)
-    return train, None
+    write_jsonl(train, train_rows)
+    return train, heldout

@@ -8,62 +8,42 @@ instead. Anything else is pending and has no row.
 from __future__ import annotations
 
 import io
-import json
-import traceback
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import MemlawError
-from ..io import atomic_write_bytes, atomic_write_text, write_json
+from ..io import atomic_write_bytes, atomic_write_text
+from ..rundir import RunDir, RunMetrics
 from .grid import Cell, Grid, data_paths
 
-ERROR_FILE = "error.json"
 CELL_COLUMNS = {
     "cell": "string", "status": "string", "error": "string", "model": "string", "benchmark": "string",
     "ratio": "string", "method": "string", "rank": "Int64", "length": "Int64", "seed": "Int64",
     "data_seed": "Int64", "layer": "string", "component": "string", "lr": "float64", "epochs": "Int64",
     "batch_size": "Int64",
 }
-METRIC_COLUMNS = {
-    "n_records": "Int64", "target_tokens": "Int64", "exact_match": "float64", "token_accuracy": "float64",
-    "free_run_token_accuracy": "float64", "initial_loss": "float64", "final_loss": "float64",
-    "delta_loss": "float64", "stubborn_tokens": "Int64", "certified_fraction": "float64",
-    "certificate_violations": "Int64", "bits_stored": "float64", "trainable_params": "Int64",
-    "bits_per_param": "float64", "steps": "Int64", "train_seconds": "float64", "stopped": "string",
-    "steps_to_certified": "Int64", "seconds_to_certified": "float64",
-}
+METRIC_COLUMNS = RunMetrics.columns()
 TAIL_COLUMNS = {"heldout_exact_match": "float64", "run_dir": "string"}
 COLUMNS = {**CELL_COLUMNS, **METRIC_COLUMNS, **TAIL_COLUMNS}
 TIMING_COLUMNS = ("train_seconds", "seconds_to_certified")
 
 
-def cell_dir(out: Path, cell: Cell) -> Path:
-    return out / "cells" / cell.name
+def cell_dir(out: Path, cell: Cell) -> RunDir:
+    return RunDir(out / "cells" / cell.name)
 
 
-def heldout_metrics_path(out: Path, cell: Cell) -> Path | None:
-    """Where evaluate_run writes the held-out metrics of a linear-rule cell."""
+def heldout_dir(out: Path, cell: Cell) -> RunDir | None:
+    """Where a linear-rule cell's held-out evaluation goes (None for other benchmarks)."""
     heldout = data_paths(cell, out / "data")[1]
-    return None if heldout is None else cell_dir(out, cell) / f"eval-{heldout.stem}" / "metrics.json"
+    return None if heldout is None else cell_dir(out, cell).eval_dir(heldout)
 
 
 def cell_status(out: Path, cell: Cell) -> str | None:
     """'ok' (finished), 'failed' (error.json) or None (pending)."""
-    folder = cell_dir(out, cell)
-    heldout = heldout_metrics_path(out, cell)
-    if all((folder / f).is_file() for f in ("config.yaml", "metrics.json")) and (heldout is None or heldout.is_file()):
+    run, heldout = cell_dir(out, cell), heldout_dir(out, cell)
+    if run.is_finished() and (heldout is None or heldout.metrics_path.is_file()):
         return "ok"
-    return "failed" if (folder / ERROR_FILE).is_file() else None
-
-
-def write_error(folder: Path, error: BaseException) -> None:
-    write_json(folder / ERROR_FILE, {
-        "type": type(error).__name__,
-        "message": str(error),
-        "traceback": "".join(traceback.format_exception(error)),
-    })
+    return "failed" if run.error_path.is_file() else None
 
 
 def cell_row(grid: Grid, out: Path, cell: Cell) -> dict[str, Any] | None:
@@ -71,32 +51,26 @@ def cell_row(grid: Grid, out: Path, cell: Cell) -> dict[str, Any] | None:
     status = cell_status(out, cell)
     if status is None:
         return None
-    folder = cell_dir(out, cell)
+    run = cell_dir(out, cell)
     cfg = cell.train_config("-")
     layer = cfg.layer
     error = metrics = heldout_em = None
     if status == "ok":
-        resolved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-        layer = resolved.get("layer", layer)
-        metrics = _read_json(folder / "metrics.json")
-        heldout = heldout_metrics_path(out, cell)
-        heldout_em = None if heldout is None else _read_json(heldout)["exact_match"]
+        layer = run.read_config().layer
+        metrics = run.read_metrics()
+        heldout = heldout_dir(out, cell)
+        heldout_em = None if heldout is None else heldout.read_metrics().exact_match
     else:
-        e = _read_json(folder / ERROR_FILE)
-        error = f"{e.get('type')}: {e.get('message')}"
+        error = run.read_error()
     row = {
         "cell": cell.name, "status": status, "error": error, "model": grid.model, "benchmark": cell.benchmark,
         "ratio": cell.ratio, "method": cell.method, "rank": cell.rank, "length": cell.length, "seed": cell.seed,
         "data_seed": cell.data_seed, "layer": None if layer is None else ",".join(map(str, layer)),
         "component": cfg.component, "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
     }
-    row.update({k: (metrics or {}).get(k) for k in METRIC_COLUMNS})
+    row.update({k: None if metrics is None else getattr(metrics, k) for k in METRIC_COLUMNS})
     row.update(heldout_exact_match=heldout_em, run_dir=f"cells/{cell.name}")
     return row
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def results_frame(rows: list[dict[str, Any]]):

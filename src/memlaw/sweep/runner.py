@@ -18,36 +18,36 @@ from tqdm.auto import tqdm
 
 from ..errors import MemlawError, TrainingInterrupted
 from ..io import write_yaml
+from ..rundir import ERROR_FILE
 from .grid import Cell, Grid, ensure_data
-from .results import ERROR_FILE, cell_dir, cell_row, heldout_metrics_path, write_error, write_results
+from .results import cell_dir, cell_row, heldout_dir, write_results
 
 ENGINES = ("local", "ray")
 RAY_HINT = "the ray engine needs Ray: pip install 'memlaw[ray]'"
 
 
 def run_cell(grid: Grid, cell: Cell, out: str | Path) -> str:
-    """Train (and for linear-rule evaluate on held-out pairs) one cell from scratch.
+    """Train one cell from scratch (a linear-rule cell is also evaluated on its held-out pairs).
 
     Any exception is recorded in the cell's error.json; returns "ok" or "failed".
     """
-    from ..evaluate.run import evaluate_run
     from ..train.trainer import train
 
     out = Path(out)
-    folder = cell_dir(out, cell)
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in (folder / ERROR_FILE, heldout_metrics_path(out, cell)):
-        if stale is not None:
-            stale.unlink(missing_ok=True)
+    run = cell_dir(out, cell)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.error_path.unlink(missing_ok=True)
+    heldout_run = heldout_dir(out, cell)
+    if heldout_run is not None:
+        heldout_run.metrics_path.unlink(missing_ok=True)
     try:
         data, heldout = ensure_data(grid, cell, out / "data")
-        train(cell.train_config(data), folder, overwrite=True, progress=False)
-        if heldout is not None:
-            evaluate_run(folder, data=str(heldout))
+        train(cell.train_config(data), run.path, overwrite=True, progress=False,
+              also_evaluate=() if heldout is None else (heldout,))
     except TrainingInterrupted:
         raise
     except Exception as e:  # noqa: BLE001 - a failing cell must not stop the sweep
-        write_error(folder, e)
+        run.write_error(e)
         return "failed"
     return "ok"
 
@@ -173,7 +173,7 @@ def _run_ray(
                 try:
                     ray.get(ref)
                 except ray.exceptions.RayError as e:  # the worker died (crash, out of memory, cancelled)
-                    write_error(cell_dir(out, cell), e)
+                    cell_dir(out, cell).write_error(e)
                 finished(cell)
     finally:
         for ref in inflight:

@@ -1,0 +1,210 @@
+"""The run folder and its metrics: one owner for the files a training run leaves behind.
+
+A run folder holds::
+
+    config.yaml        the resolved TrainConfig (concrete layers, device, dtype, data path)
+    adapter.*, peft/   the adapter (owned by model/memory_unit.py)
+    train_log.csv      one row per optimizer step
+    train_state.json   steps, epochs, seconds, why training stopped
+    records.jsonl      per-record recall
+    metrics.json       RunMetrics; written last, so its presence marks the run as finished
+    error.json         (sweep cells only) why the cell failed
+    eval-<data>/       `memlaw eval --data` and extra evaluations: run folders of their own
+
+Every file is written atomically (memlaw.io), so a reader sees a whole file or none.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from .config import TrainConfig, from_mapping, read_yaml_mapping
+from .errors import MemlawError
+from .io import write_csv, write_json, write_jsonl, write_yaml
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+RECORDS_FILE = "records.jsonl"
+STATE_FILE = "train_state.json"
+LOG_FILE = "train_log.csv"
+ERROR_FILE = "error.json"
+
+LOG_FIELDS = [
+    "epoch", "step", "loss", "lr", "mean_target_prob", "stubborn_tokens",
+    "active_tokens", "masked_tokens", "updated", "anchor", "window",
+]
+
+
+def _metric(*, shown: bool = True, column: bool = True, default: Any = MISSING) -> Any:
+    """A RunMetrics field: `shown` in the CLI's table, a `column` of the sweep results table."""
+    return field(default=default, metadata={"shown": shown, "column": column})
+
+
+@dataclass
+class RunMetrics:
+    """The metrics of one evaluated run (metrics.json): the one list of metric keys."""
+
+    n_records: int = _metric()
+    target_tokens: int = _metric()
+    exact_match: float = _metric()
+    token_accuracy: float = _metric()
+    free_run_token_accuracy: float = _metric()
+    initial_loss: float = _metric()
+    final_loss: float = _metric()
+    delta_loss: float = _metric()
+    stubborn_tokens: int = _metric()
+    certified_fraction: float = _metric()
+    # A certified record that is not an exact match would contradict the certificate: must be 0.
+    certificate_violations: int = _metric(shown=False)
+    bits_stored: float = _metric()
+    trainable_params: int = _metric()
+    bits_per_param: float = _metric()
+    steps: int | None = _metric(default=None)
+    train_seconds: float | None = _metric(default=None)
+    stopped: str | None = _metric(shown=False, default=None)
+    interrupted: bool = _metric(shown=False, column=False, default=False)
+    steps_to_certified: int | None = _metric(shown=False, default=None)
+    seconds_to_certified: float | None = _metric(shown=False, default=None)
+    # `memlaw eval --data`: the run's own (training-data) EM, beside the EM on the other data.
+    train_exact_match: float | None = _metric(shown=False, column=False, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str) -> RunMetrics:
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in values.items() if k in known})
+        except TypeError as e:
+            raise MemlawError(f"{where}: not a memlaw metrics file ({e})") from None
+
+    @classmethod
+    def shown(cls) -> list[str]:
+        """The keys the CLI prints after training or evaluation."""
+        return [f.name for f in fields(cls) if f.metadata["shown"]]
+
+    @classmethod
+    def columns(cls) -> dict[str, str]:
+        """Results-table columns and their pandas dtypes (nullable, since failed cells have none)."""
+        hints = typing.get_type_hints(cls)
+        dtypes = {int: "Int64", float: "float64", str: "string", bool: "boolean"}
+        out = {}
+        for f in fields(cls):
+            if f.metadata["column"]:
+                base = next(t for t in (*typing.get_args(hints[f.name]), hints[f.name]) if t in dtypes)
+                out[f.name] = dtypes[base]
+        return out
+
+    def table(self) -> list[str]:
+        """One aligned `key  value` line per shown metric."""
+        keys = self.shown()
+        width = max(map(len, keys))
+        lines = []
+        for key in keys:
+            value = getattr(self, key)
+            lines.append(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+        return lines
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder: where each file lives, whether the run finished, and reading/writing its files."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    config_path = property(lambda self: self.path / CONFIG_FILE)
+    metrics_path = property(lambda self: self.path / METRICS_FILE)
+    records_path = property(lambda self: self.path / RECORDS_FILE)
+    state_path = property(lambda self: self.path / STATE_FILE)
+    log_path = property(lambda self: self.path / LOG_FILE)
+    error_path = property(lambda self: self.path / ERROR_FILE)
+
+    def eval_dir(self, data: str | Path) -> RunDir:
+        """Where the evaluation of this run's adapter on another records file goes."""
+        return RunDir(self.path / f"eval-{Path(data).stem}")
+
+    # ------------------------------------------------------------------ state of the folder
+    def is_finished(self) -> bool:
+        return self.config_path.is_file() and self.metrics_path.is_file()
+
+    def prepare(self, config: dict[str, Any], overwrite: bool) -> None:
+        """Make the folder ready for a run with `config`: refuse to clobber a different finished run
+        unless `overwrite`, and remove the results of an older run so they cannot pass for this one's."""
+        if self.path.exists() and not self.path.is_dir():
+            raise MemlawError(f"--out {self.path} exists and is not a directory")
+        if self.is_finished() and not overwrite:
+            try:
+                previous = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                previous = None
+            if previous != config:
+                raise MemlawError(
+                    f"--out {self.path} holds a different finished run; choose another folder or pass --overwrite"
+                )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MemlawError(f"cannot create --out {self.path}: {e.strerror or e}")
+        for stale in (self.metrics_path, self.records_path, self.state_path):
+            stale.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ files
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_yaml(self.config_path, config)
+
+    def read_config(self) -> TrainConfig:
+        if not self.config_path.is_file():
+            raise MemlawError(f"{self.path}: no {CONFIG_FILE}; not a memlaw run folder")
+        return TrainConfig(**from_mapping(read_yaml_mapping(self.config_path), str(self.config_path))).validate()
+
+    def write_metrics(self, metrics: RunMetrics) -> None:
+        write_json(self.metrics_path, metrics.to_dict())
+
+    def read_metrics(self) -> RunMetrics:
+        return RunMetrics.from_dict(self._read_json(self.metrics_path), str(self.metrics_path))
+
+    def write_records(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        write_jsonl(self.records_path, rows)
+
+    def read_records(self) -> list[dict]:
+        return [json.loads(line) for line in self.records_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        write_json(self.state_path, state)
+
+    def read_state(self) -> dict[str, Any]:
+        """train_state.json, or {} for a run that has none."""
+        return self._read_json(self.state_path) if self.state_path.is_file() else {}
+
+    def write_log(self, rows: list[dict[str, Any]]) -> None:
+        write_csv(self.log_path, rows, LOG_FIELDS)
+
+    def write_error(self, error: BaseException) -> None:
+        write_json(self.error_path, {
+            "type": type(error).__name__,
+            "message": str(error),
+            "traceback": "".join(traceback.format_exception(error)),
+        })
+
+    def read_error(self) -> str:
+        """'Type: message' of error.json."""
+        e = self._read_json(self.error_path)
+        return f"{e.get('type')}: {e.get('message')}"
+
+    @staticmethod
+    def _read_json(path: Path) -> dict:
+        return json.loads(path.read_text(encoding="utf-8"))

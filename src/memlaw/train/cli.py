@@ -1,0 +1,160 @@
+"""`memlaw train`, `memlaw memorize` and `memlaw capacity`: the commands that train, with one flag per TrainConfig field."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from ..config import LIST_ITEM_TYPES, TrainConfig, build_config, parse_list
+from ..evaluate.cli import print_run_metrics
+from ..rundir import RunDir
+
+# `memlaw memorize`: MemFT-OT until every record is certified, within a step budget.
+# No dropout: it is the reference recipe's regulariser, and here it only delays certification
+# and turns off the shared-prompt and check-skipping shortcuts (docs/benchmarks.md).
+MEMORIZE_DEFAULTS = {"method": "memft_ot", "stop_when": "certified", "max_steps": 2000, "epochs": 10000, "dropout": 0.0}
+
+# `memlaw capacity`: probes use MemFT-OT with certified stopping within a step budget.
+CAPACITY_DEFAULTS = {"method": "memft_ot", "max_steps": 300, "epochs": 10000, "data": "(generated per probe)"}
+
+
+# ---------------------------------------------------------------------- flags from TrainConfig
+def _flag_type(tp: typing.Any):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if args else tp
+    return {int: int, float: float}.get(base, str)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (same name, dashes); defaults None so YAML/defaults apply."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata.get('help', '')} (default: {default if not isinstance(default, list) else ','.join(map(str, default))})"
+        if hints[f.name] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name in LIST_ITEM_TYPES:
+            parser.add_argument(flag, default=None, metavar="A,B,...", help=help_text)
+        else:
+            parser.add_argument(flag, type=_flag_type(hints[f.name]), default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, defaults: dict | None = None) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    for name, item in LIST_ITEM_TYPES.items():
+        if overrides[name] is not None:
+            overrides[name] = parse_list(overrides[name], item, name)
+    return build_config(args.config, overrides, defaults)
+
+
+# ---------------------------------------------------------------------- parsers
+def register(subparsers) -> None:
+    def run_parser(name: str, func, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        """A command that trains into a run folder: --out, --config, --overwrite and every config flag."""
+        p = subparsers.add_parser(name, help=help_text, description=description)
+        p.add_argument("--out", required=True, help="run folder (config, adapter, logs, metrics)")
+        p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
+        p.add_argument("--overwrite", action="store_true", help="replace a different finished run in --out")
+        add_config_flags(p)
+        p.set_defaults(func=func)
+        return p
+
+    run_parser("train", cmd_train, "memorize a records file into a low-rank memory unit, then evaluate").add_argument(
+        "--quiet", action="store_true", help="no progress bar"
+    )
+    run_parser(
+        "memorize",
+        cmd_memorize,
+        "memorize records until every one is certified (MemFT-OT, step budget); exit 1 if the budget runs out",
+        "Defaults: --method memft_ot --stop-when certified --max-steps 2000 --dropout 0 (flags and --config override).",
+    )
+
+    p = subparsers.add_parser(
+        "capacity",
+        help="largest number of PhoneBook records a rank stores, every one certified within a step budget",
+        description="Doubling then bisection over nested record sets. Defaults: --method memft_ot --max-steps 300.",
+    )
+    p.add_argument("--benchmark", default="phonebook", help="benchmark to probe (default: phonebook)")
+    p.add_argument("--out", default=None, help="folder for the probes and capacity.json (default: runs/capacity-r<RANK>)")
+    p.add_argument("--start", type=int, default=1, help="first probe size in records (default: 1)")
+    p.add_argument("--limit", type=int, default=100_000, help="largest size to probe (default: 100000)")
+    p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_capacity)
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import train
+
+    metrics = train(config_from_args(args), args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print_run_metrics(metrics, RunDir(args.out))
+    return 0
+
+
+def cmd_memorize(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .trainer import train
+
+    cfg = config_from_args(args, MEMORIZE_DEFAULTS)
+
+    def live(check) -> None:  # one line per certificate check, above the progress bar
+        tqdm.write(
+            f"epoch {check.epoch:>5}  step {check.steps:>6}  certified {check.certified}/{check.total}  "
+            f"stubborn tokens {check.stubborn_tokens:>5}  loss {check.loss:.4f}",
+            file=sys.stdout,
+        )
+
+    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live)
+    run = RunDir(args.out)
+    print_record_table(run)
+    print_run_metrics(metrics, run)
+    if metrics.certified_fraction == 1.0:
+        print(f"all {metrics.n_records} records certified after {metrics.steps_to_certified} steps")
+        return 0
+    print(f"step budget ran out: {metrics.certified_fraction:.1%} of records certified; adapter saved in {args.out}")
+    return 1
+
+
+def print_record_table(run: RunDir, limit: int = 50) -> None:
+    rows = run.read_records()
+    print(f"{'query':<32} {'target':<24} {'generated':<24} exact certified  min p")
+    for r in rows[:limit]:
+        min_p = min(r["target_probs"]) if r["target_probs"] else float("nan")
+        cells = [_clip(r["query"], 32), _clip(r["target"], 24), _clip(r["generated"], 24)]
+        print(f"{cells[0]:<32} {cells[1]:<24} {cells[2]:<24} {'yes' if r['exact'] else 'no':<5} "
+              f"{'yes' if r['certified'] else 'no':<9} {min_p:.3f}")
+    if len(rows) > limit:
+        print(f"… {len(rows) - limit} more in {run.records_path}")
+
+
+def _clip(text: str, width: int) -> str:
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from ..capacity import capacity_search
+
+    cfg = config_from_args(args, CAPACITY_DEFAULTS)
+    out = Path(args.out or f"runs/capacity-r{cfg.rank}")
+
+    def show(p) -> None:
+        verdict = "stored" if p.success else "FAILED"
+        print(
+            f"probe {p.records:>6} records ({p.answer_tokens:>6} answer tokens): {verdict:<6}  "
+            f"certified {p.certified_fraction:.1%}  steps {p.steps:>5}  bits {p.bits_stored:9.1f}  {p.seconds:7.1f}s",
+            flush=True,
+        )
+
+    s = capacity_search(cfg, out, benchmark=args.benchmark, start=args.start, limit=args.limit, on_probe=show)
+    print(f"rank {s['rank']} ({s['method']}, budget {s['max_steps']} steps): capacity {s['records']} records, "
+          f"{s['answer_tokens']} answer tokens, {s['bits_stored']:.1f} bits stored, "
+          f"{s['trainable_params']} trainable params, {s['bits_per_param']:.4f} bits/param")
+    print(f"results: {out / 'capacity.json'}")
+    return 0
