@@ -26,6 +26,7 @@ from memlaw.analysis import (
     spearman,
 )
 from memlaw.cli import main
+from memlaw.tables import cell_sort_key, csv_rows, finite, plain_dtypes, split_by
 
 MODEL = "tiny-llama"
 TARGET_LEN = 10
@@ -207,6 +208,16 @@ def test_probability_grid_weights_records_by_tokens():
     assert grid["stubborn_fraction"].tolist() == pytest.approx([1 / 3, 1.0])
     assert grid["records"].tolist() == [2, 2]
     assert grid[["rel_start", "rel_end"]].to_numpy().tolist() == [[0.0, 0.5], [0.5, 1.0]]
+
+
+def test_table_helpers_keep_missing_values_and_sort_ratios_numerically():
+    df = plain_dtypes(pd.DataFrame({"ratio": pd.array(["r100", None, "r20"], dtype="string"),
+                                    "rank": pd.array([4, 1, 2], dtype="Int64")}))
+    assert df["rank"].dtype == "int64" and df["ratio"].tolist() == ["r100", None, "r20"]
+    assert [key for key, _ in split_by(df, ("ratio",))] == [(None,), ("r20",), ("r100",)]  # None is a group, first
+    assert sorted([(2.5,), ("b",), (None,)], key=cell_sort_key)[0] == (None,)
+    assert csv_rows(pd.DataFrame({"x": [np.int64(3), np.nan]})) == [{"x": 3}, {"x": None}]
+    assert [finite(v) for v in (1, "nan", None, "x", float("inf"))] == [1.0, None, None, None, None]
 
 
 # ---------------------------------------------------------------------- a whole sweep

@@ -12,6 +12,7 @@ import pytest
 from memlaw.cli import main
 from memlaw.errors import MemlawError
 from memlaw.law.fit import PARAMS, ParametricMemoryLaw, fit_groups, next_power_of_two
+from memlaw.law.lawfile import GROUP_KEYS, LAW_FILE, entry_law, group_key, group_label, pick_group, read_law, write_law
 
 TRUE = {"C": 2.0, "alpha": 0.5, "beta": 0.6, "b": 0.05}
 RANKS = 2 ** np.arange(7)  # 1 … 64
@@ -161,6 +162,59 @@ def test_fit_groups_rejects_unusable_tables():
         fit_groups(results_table().drop(columns="delta_loss"))
     with pytest.raises(MemlawError, match="no rows with status 'ok'"):
         fit_groups(results_table().assign(status="failed"))
+
+
+# ---------------------------------------------------------------------- law.json (memlaw.law.lawfile)
+def test_write_law_then_read_law(tmp_path):
+    law = fit_groups(results_table(), n_bootstrap=0)
+    assert law["group_cols"] == list(GROUP_KEYS)
+    path = write_law(tmp_path / "out", law)  # a folder: LAW_FILE inside it
+    assert path == tmp_path / "out" / LAW_FILE and read_law(path) == json.loads(json.dumps(law))
+    assert [p.name for p in path.parent.iterdir()] == [LAW_FILE]  # no temp files left
+    assert write_law(tmp_path / "mine.json", law) == tmp_path / "mine.json"  # a .json path: the file itself
+    entry = read_law(path)["groups"][0]
+    assert group_key(entry) == ("default", "phonebook", None, "memft_ot")
+    np.testing.assert_allclose(entry_law(entry).predict([1, 8], [100, 1000]),
+                               ParametricMemoryLaw.from_dict(entry).predict([1, 8], [100, 1000]))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "law file not found"),
+        ("{not json", "not JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"groups": []}', "no 'combined'"),
+        ('{"combined": {}}', "no 'groups'"),
+        ('{"groups": {}, "combined": {}}', "'groups' is not a list"),
+    ],
+)
+def test_read_law_problems_are_one_error_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "law.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(MemlawError, match=re.escape(message)) as e:
+        read_law(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_group_label_named_for_the_cli_plain_for_the_report():
+    key = ("m", "long-context", "r20", "sft")
+    assert group_label(key) == "model=m,benchmark=long-context,ratio=r20,method=sft"
+    assert group_label(("m", "phonebook", None, "sft")) == "model=m,benchmark=phonebook,method=sft"
+    assert group_label(key, named=False) == "m · long-context · r20 · sft"
+    assert group_label(key, omit={"model", "benchmark"}, named=False) == "r20 · sft"
+    assert group_label((None,) * 4) == group_label(()) == "all cells"
+
+
+def test_pick_group_and_entry_law_name_the_group():
+    law = fit_groups(results_table(), n_bootstrap=0)
+    label, entry = pick_group(law, "method=sft", "law.json")
+    assert label == "model=default,benchmark=phonebook,method=sft" and entry is law["groups"][1]
+    with pytest.raises(MemlawError, match="no group matches in law.json"):
+        pick_group(law, "method=lora", "law.json")
+    with pytest.raises(MemlawError, match=re.escape("law group model=default,benchmark=phonebook,method=sft: law entry lacks C")):
+        entry_law({k: v for k, v in entry.items() if k != "C"})
 
 
 # ---------------------------------------------------------------------- CLI

@@ -10,7 +10,6 @@ violation and points to a bug.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -20,9 +19,10 @@ import pandas as pd
 
 from ..errors import MemlawError
 from ..io import write_csv, write_json
+from ..law.lawfile import GROUP_KEYS
 from ..sweep.results import read_results
+from ..tables import cell_sort_key, csv_rows, finite, format_p, none_for_missing, plain_dtypes, py_value, row_keys, split_by
 
-GROUP_KEYS = ("model", "benchmark", "ratio", "method")  # one fitted law per group, as in law.json
 CELL_KEYS = (*GROUP_KEYS, "length", "rank")
 RECORD_COLUMNS = (
     "cell", *GROUP_KEYS, "rank", "length", "seed", "id",
@@ -55,18 +55,6 @@ def load_results(sweep_dir: str | Path) -> pd.DataFrame:
     return plain_dtypes(df)
 
 
-def plain_dtypes(df: pd.DataFrame) -> pd.DataFrame:
-    """Nullable extension columns as plain ones: strings as objects with None, integers as int64 (float64 with NA)."""
-    out = df.copy()
-    for col in out.columns:
-        dtype = out[col].dtype
-        if isinstance(dtype, pd.StringDtype) or dtype == object:
-            out[col] = _none_for_missing(out[col])
-        elif pd.api.types.is_extension_array_dtype(dtype) and pd.api.types.is_numeric_dtype(dtype):
-            out[col] = out[col].astype("float64" if out[col].isna().any() else dtype.numpy_dtype)
-    return out
-
-
 def ok_cells(results: pd.DataFrame, sweep_dir: str | Path) -> pd.DataFrame:
     """The cells with status "ok"; MemlawError if there are none."""
     ok = results[results["status"] == "ok"]
@@ -83,7 +71,7 @@ def earliest_stubborn(stubborn_positions: Iterable[int] | None) -> int | None:
 
 def record_row(cell: Mapping[str, Any], record: Mapping[str, Any]) -> dict:
     """One row of records.csv from a results row and one records.jsonl object."""
-    row = {k: _py(cell[k]) for k in ("cell", *GROUP_KEYS, "seed")}
+    row = {k: py_value(cell[k]) for k in ("cell", *GROUP_KEYS, "seed")}
     fail = record.get("first_failure")
     row.update(
         rank=int(cell["rank"]),
@@ -146,7 +134,7 @@ def records_frame(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
     for col in ("earliest_stubborn", "first_failure"):
         df[col] = df[col].astype("Int64")
-    df["ratio"] = _none_for_missing(df["ratio"])
+    df["ratio"] = none_for_missing(df["ratio"])
     return df
 
 
@@ -160,7 +148,7 @@ def spearman(x: Iterable[float], y: Iterable[float]) -> dict:
     if n < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"rho": None, "p": None, "n": n}
     res = spearmanr(x, y)
-    return {"rho": _finite(res.statistic), "p": _finite(res.pvalue), "n": n}
+    return {"rho": finite(res.statistic), "p": finite(res.pvalue), "n": n}
 
 
 def failure_pairs(records: pd.DataFrame) -> pd.DataFrame:
@@ -181,7 +169,7 @@ def certificate_check(records: pd.DataFrame) -> dict:
         "at_or_after_fraction": at_or_after / len(pairs) if len(pairs) else None,
         "violations": len(bad),
         "violating_records": [
-            {k: _py(r[k]) for k in ("cell", "id", "earliest_stubborn", "first_failure")}
+            {k: py_value(r[k]) for k in ("cell", "id", "earliest_stubborn", "first_failure")}
             for r in bad.head(MAX_LISTED_VIOLATIONS).to_dict("records")
         ],
     }
@@ -229,7 +217,7 @@ def probability_grid(records: pd.DataFrame, profiles: list[tuple[np.ndarray, np.
     `profiles` is aligned with `records`: each record's p_t array and stubborn mask.
     """
     sums: dict[tuple, list] = {}  # key -> [weighted p sum, weighted stubborn sum, tokens, records]
-    for key, (probs, mask) in zip(_keys(records, CELL_KEYS), profiles):
+    for key, (probs, mask) in zip(row_keys(records, CELL_KEYS), profiles):
         if not len(probs):
             continue
         acc = sums.setdefault(key, [np.zeros(bins), np.zeros(bins), 0, 0])
@@ -280,13 +268,6 @@ def summarize(records: pd.DataFrame, bins: int = DEFAULT_BINS) -> dict:
     }
 
 
-def format_p(p: float | None) -> str:
-    """"p = 0.0012" for display; a p-value that underflowed to 0 shows as an upper bound."""
-    if p is None:
-        return "p undefined"
-    return "p < 1e-300" if p == 0 else f"p = {p:.2g}"
-
-
 def format_summary(summary: dict) -> str:
     """A few lines for the terminal: counts, ρ, the certificate check, failure-position quartiles."""
     s, c = summary["spearman"], summary["certificate"]
@@ -315,8 +296,8 @@ def write_analysis(analysis: PhaseAnalysis, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     paths = {"phase": out / "phase.json", "records": out / "records.csv", "grid": out / "prob_grid.csv"}
     write_json(paths["phase"], analysis.summary)
-    write_csv(paths["records"], _csv_rows(analysis.records), list(RECORD_COLUMNS))
-    write_csv(paths["grid"], _csv_rows(analysis.grid), list(GRID_COLUMNS))
+    write_csv(paths["records"], csv_rows(analysis.records), list(RECORD_COLUMNS))
+    write_csv(paths["grid"], csv_rows(analysis.grid), list(GRID_COLUMNS))
     return paths
 
 
@@ -327,7 +308,7 @@ def read_analysis(out: str | Path) -> PhaseAnalysis:
     records = pd.read_csv(out / "records.csv", dtype={"id": str, "ratio": object, "model": str, "benchmark": str})
     grid = pd.read_csv(out / "prob_grid.csv", dtype={"ratio": object, "model": str, "benchmark": str})
     for df in (records, grid):
-        df["ratio"] = _none_for_missing(df["ratio"])
+        df["ratio"] = none_for_missing(df["ratio"])
     for col in ("earliest_stubborn", "first_failure"):
         records[col] = records[col].astype("Int64")
     return PhaseAnalysis(summary=summary, records=records, grid=grid)
@@ -343,52 +324,3 @@ def load_or_analyze(sweep_dir: str | Path) -> PhaseAnalysis:
         if min((out / n).stat().st_mtime for n in names) >= results.stat().st_mtime:
             return read_analysis(out)
     return analyze(sweep_dir)
-
-
-# ---------------------------------------------------------------------- grouping
-def cell_sort_key(key: tuple) -> tuple:
-    """Sort key for a group or cell key: None first, ratios like "r20" numerically, numbers as numbers."""
-    out = []
-    for v in key:
-        if v is None:
-            out.append((0, 0, ""))
-        elif isinstance(v, str) and re.fullmatch(r"r\d+", v):
-            out.append((1, int(v[1:]), v))
-        elif isinstance(v, (int, float, np.integer, np.floating)):
-            out.append((1, float(v), ""))
-        else:
-            out.append((1, 0, str(v)))
-    return tuple(out)
-
-
-def split_by(df: pd.DataFrame, keys: tuple[str, ...]) -> list[tuple[tuple, pd.DataFrame]]:
-    """(key, rows) per distinct value of `keys`, in cell_sort_key order; None is a value like any other."""
-    index: dict[tuple, list[int]] = {}
-    for i, key in enumerate(_keys(df, keys)):
-        index.setdefault(key, []).append(i)
-    return [(key, df.iloc[index[key]]) for key in sorted(index, key=cell_sort_key)]
-
-
-def _keys(df: pd.DataFrame, keys: tuple[str, ...]) -> list[tuple]:
-    return list(zip(*(map(_py, df[k]) for k in keys))) if len(df) else []
-
-
-def _py(v: Any) -> Any:
-    """A plain Python value: numpy scalars unwrapped, NaN/NA as None."""
-    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
-        return None
-    if isinstance(v, np.generic):
-        return _py(v.item())
-    return v
-
-
-def _none_for_missing(col: pd.Series) -> pd.Series:
-    return col.astype(object).where(col.notna(), None)
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
-
-
-def _csv_rows(df: pd.DataFrame) -> list[dict]:
-    return [{k: _py(v) for k, v in row.items()} for row in df.to_dict("records")]

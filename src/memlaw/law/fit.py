@@ -28,7 +28,9 @@ from ..errors import MemlawError
 
 PARAMS = ("C", "alpha", "beta", "b")
 LOSSES = ("soft_l1", "huber", "cauchy", "linear")
-GROUP_COLS = ("model", "benchmark", "ratio", "method")
+# The columns law.json keys its groups by. Defined here, beside fit_groups, because memlaw.law.lawfile
+# (which re-exports it for every reader of law.json) imports this module and never the reverse.
+GROUP_KEYS = ("model", "benchmark", "ratio", "method")
 FORMULA = "delta_loss = C * rank**alpha * length**(-beta) + b"
 DEFAULT_EXPONENT_GRID = tuple(float(v) for v in np.linspace(-1.0, 3.0, 21))
 RELATIVE_F_SCALE = 0.05  # default robust scale: 5% of the median |ΔL| of the data
@@ -381,7 +383,7 @@ def _required_rank(params: np.ndarray, length: float, target: float) -> np.ndarr
 
 
 # ---------------------------------------------------------------------- one law per group
-def fit_groups(df: Any, group_cols: Sequence[str] = GROUP_COLS, **params: Any) -> dict[str, Any]:
+def fit_groups(df: Any, group_cols: Sequence[str] = GROUP_KEYS, **params: Any) -> dict[str, Any]:
     """Fit one law per group of a results table and one over all its rows; a dict ready for law.json.
 
     Uses rows with status "ok" (every row if there is no status column) and finite rank,

@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from ..analysis.phase import format_p
+from ..law.fit import ParametricMemoryLaw
+from ..tables import finite, format_p
 
 DPI = 100
 PANEL_W, PANEL_H = 4.6, 3.6
@@ -36,28 +37,15 @@ SYMBOL = {"rank": "r", "length": "ℓ"}
 
 
 @dataclass(frozen=True)
-class Fit:
-    """A fitted Parametric Memory Law ΔL = C·r^α·ℓ^(−β) + b with the fitter's R² and MAPE (%)."""
-
-    C: float
-    alpha: float
-    beta: float
-    b: float
-    r2: float | None = None
-    mape: float | None = None
-
-    def predict(self, rank, length) -> np.ndarray:
-        rank, length = np.asarray(rank, dtype=float), np.asarray(length, dtype=float)
-        return self.C * rank**self.alpha * length ** (-self.beta) + self.b
-
-
-@dataclass(frozen=True)
 class Panel:
-    """One group (model, benchmark, ratio, method): its label, ok cells (results rows) and fit."""
+    """One group (model, benchmark, ratio, method): its label, ok cells (results rows) and fitted law, if any.
+
+    The law is the fitter's own ParametricMemoryLaw (from law.json), so the curves drawn are its predict().
+    """
 
     label: str
     cells: pd.DataFrame
-    fit: Fit | None = None
+    law: ParametricMemoryLaw | None = None
 
 
 def _png(build):
@@ -132,12 +120,13 @@ def _span(values) -> np.ndarray:
     return np.geomspace(lo, hi, 60)
 
 
+def any_law(panels: list[Panel]) -> bool:
+    """Whether any panel has a fitted law (the legends and the predicted-vs-measured figure need one)."""
+    return any(p.law is not None for p in panels)
+
+
 def _note(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.3")
-
-
-def _law_label(fit: Fit) -> str:
-    return f"fit: C={fit.C:.3g}, α={fit.alpha:.3g}, β={fit.beta:.3g}, b={fit.b:.3g}"
 
 
 # ---------------------------------------------------------------------- ΔL and the law
@@ -155,9 +144,9 @@ def delta_loss_curves(panels: list[Panel], x: str) -> Figure:
             mean = d.groupby(x)["delta_loss"].mean()
             ax.scatter(d[x], d["delta_loss"], s=9, color=color, alpha=0.35, linewidths=0)
             ax.plot(mean.index, mean.to_numpy(), "o-", color=color, ms=3.5, lw=1.3)
-            if p.fit is not None:
+            if p.law is not None:
                 xs = _span(p.cells[x])
-                ys = p.fit.predict(xs, s) if x == "rank" else p.fit.predict(s, xs)
+                ys = p.law.predict(xs, s) if x == "rank" else p.law.predict(s, xs)
                 ax.plot(xs, np.where(ys > 0, ys, np.nan), "--", color=color, lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -166,7 +155,7 @@ def delta_loss_curves(panels: list[Panel], x: str) -> Figure:
         ax.set_xlabel(f"{x} {SYMBOL[x]}")
         ax.set_ylabel("ΔL (nats / answer token)")
         ax.set_title(p.label + (f"  ({hidden} cells with ΔL ≤ 0 not shown)" if hidden else ""))
-    fitted = [Line2D([], [], color="0.3", ls="--", label="fitted law")] if any(p.fit for p in panels) else []
+    fitted = [Line2D([], [], color="0.3", ls="--", label="fitted law")] if any_law(panels) else []
     _legend(fig, color_of, series, "line", fitted)
     return fig
 
@@ -181,25 +170,25 @@ def law_collapse(panels: list[Panel]) -> Figure:
     fig, axes = _facets(len(panels))
     for ax, p in zip(axes, panels):
         d = p.cells
-        if p.fit is not None:
-            y = (d["delta_loss"] - p.fit.b) / d["rank"].astype(float) ** p.fit.alpha
+        if p.law is not None:
+            y = (d["delta_loss"] - p.law.b_) / d["rank"].astype(float) ** p.law.alpha_
         else:
             y = d["delta_loss"]
         for r in sorted(d["rank"].unique()):
             keep = (d["rank"] == r) & (y > 0)
             ax.scatter(d["length"][keep], y[keep], s=16, color=color_of[r])
-        if p.fit is not None:
+        if p.law is not None:
             xs = _span(d["length"])
-            ax.plot(xs, p.fit.C * xs ** (-p.fit.beta), "k--", lw=1.2)
+            ax.plot(xs, p.law.C_ * xs ** (-p.law.beta_), "k--", lw=1.2)  # the law's C·ℓ^(−β) term, not a ΔL prediction
         ax.set_xscale("log")
         ax.set_yscale("log")
         _value_ticks(ax.xaxis, d["length"])
         _plain_log_labels(ax.yaxis)
         ax.set_xlabel("length ℓ (answer tokens)")
-        ax.set_ylabel(r"$(\Delta L - b)\,/\,r^{\alpha}$" if p.fit else "ΔL (no fitted law)")
+        ax.set_ylabel(r"$(\Delta L - b)\,/\,r^{\alpha}$" if p.law is not None else "ΔL (no fitted law)")
         dropped = int((y <= 0).sum())
         ax.set_title(p.label + (f"  ({dropped} points ≤ 0 not shown)" if dropped else ""))
-    line = [Line2D([], [], color="k", ls="--", label="C·ℓ^(−β)")] if any(p.fit for p in panels) else []
+    line = [Line2D([], [], color="k", ls="--", label="C·ℓ^(−β)")] if any_law(panels) else []
     _legend(fig, color_of, "rank", "markers", line)
     return fig
 
@@ -209,17 +198,18 @@ def predicted_vs_true(panels: list[Panel]) -> Figure:
     """Each ok cell's measured ΔL against its group's prediction, with the identity line."""
     fig = Figure(figsize=(6.4, 5.6), layout="constrained")
     ax = fig.subplots()
-    fitted = [p for p in panels if p.fit is not None]
+    fitted = [p for p in panels if p.law is not None]
     seen = []
     for color, p in zip(_colors(len(fitted)), fitted):
         true = p.cells["delta_loss"].to_numpy(dtype=float)
-        pred = p.fit.predict(p.cells["rank"], p.cells["length"])
+        pred = p.law.predict(p.cells["rank"], p.cells["length"])
         seen.extend([true, pred])
+        r2, mape = finite(p.law.r2_), finite(p.law.mape_)  # NaN (undefined, or absent from law.json): not shown
         stats = []
-        if p.fit.r2 is not None:
-            stats.append(f"R² {p.fit.r2:.3f}")
-        if p.fit.mape is not None:
-            stats.append(f"MAPE {p.fit.mape:.2f}%")
+        if r2 is not None:
+            stats.append(f"R² {r2:.3f}")
+        if mape is not None:
+            stats.append(f"MAPE {mape:.2f}%")
         ax.scatter(true, pred, s=16, color=color, alpha=0.8, label=f"{p.label}  ({', '.join(stats)})" if stats else p.label)
     values = np.concatenate(seen)
     lo, hi = float(values.min()), float(values.max())

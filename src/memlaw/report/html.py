@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from html import escape
 from pathlib import Path
 
 import pandas as pd
 
-from ..analysis.phase import GROUP_KEYS, PhaseAnalysis, format_p, load_or_analyze, load_results, ok_cells, split_by
+from ..analysis.phase import PhaseAnalysis, load_or_analyze, load_results, ok_cells
 from ..errors import MemlawError
 from ..io import atomic_write_text
-from . import figures
-from .figures import Fit, Panel
+from ..law.lawfile import GROUP_KEYS, LAW_FILE, entry_law, group_key, group_label, read_law
+from ..tables import finite, format_p, split_by
+from .figures import (  # by name: `from . import figures` would import this package, whose __init__ imports us
+    Panel,
+    any_law,
+    delta_loss_curves,
+    failure_histograms,
+    law_collapse,
+    metric_heatmaps,
+    predicted_vs_true,
+    probability_grids,
+    stubborn_vs_failure,
+)
 
 PARAMS = (("C", "C"), ("alpha", "α"), ("beta", "β"), ("b", "b"))
 FAILED_COLUMNS = ("cell", "method", "ratio", "rank", "length", "seed", "error")
@@ -46,10 +56,8 @@ def build_report(sweep_dir: str | Path, law_path: str | Path | None = None, out:
     sweep_dir = Path(sweep_dir)
     results = load_results(sweep_dir)
     ok = ok_cells(results, sweep_dir)
-    if law_path is not None and not Path(law_path).is_file():
-        raise MemlawError(f"no law file at {law_path}")
-    law_file = Path(law_path) if law_path is not None else sweep_dir / "law" / "law.json"
-    law = load_law(law_file) if law_file.is_file() else None
+    law_file = Path(law_path) if law_path is not None else sweep_dir / "law" / LAW_FILE
+    law = read_law(law_file) if law_path is not None or law_file.is_file() else None  # only the default is optional
     try:
         analysis: PhaseAnalysis | str = load_or_analyze(sweep_dir)
     except MemlawError as e:
@@ -60,54 +68,15 @@ def build_report(sweep_dir: str | Path, law_path: str | Path | None = None, out:
     return out
 
 
-# ---------------------------------------------------------------------- the law
-def load_law(path: Path) -> dict:
-    """law.json as written by `memlaw fit`; MemlawError if unreadable or without groups."""
-    try:
-        law = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MemlawError(f"cannot read the law {path}: {e}")
-    if not isinstance(law, dict) or not isinstance(law.get("groups"), list):
-        raise MemlawError(f"{path} is not a law.json (no 'groups' list)")
-    return law
-
-
-def finite(x) -> float | None:
-    """x as a float, or None when missing or not finite (the fitter writes NaN for an undefined R²)."""
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def fit_of(entry: dict) -> Fit:
-    try:
-        return Fit(*(float(entry[k]) for k, _ in PARAMS), r2=finite(entry.get("r2")), mape=finite(entry.get("mape")))
-    except (KeyError, TypeError, ValueError) as e:
-        raise MemlawError(f"law entry {entry.get('key', 'combined')} lacks a numeric parameter: {e}")
-
-
-def law_key(entry: dict) -> tuple:
-    key = entry.get("key") or {}
-    return tuple(key.get(k) for k in GROUP_KEYS)
-
-
 # ---------------------------------------------------------------------- groups
-def group_label(key: tuple, varying: set[str]) -> str:
-    """Method and ratio always; model and benchmark only when the sweep has more than one."""
-    parts = [str(v) for k, v in zip(GROUP_KEYS, key) if v is not None and (k in varying or k in ("ratio", "method"))]
-    return " · ".join(parts) or "all cells"
-
-
-def varying_keys(df: pd.DataFrame) -> set[str]:
-    return {k for k in GROUP_KEYS if df[k].nunique(dropna=False) > 1}
+def title(key: tuple, ok: pd.DataFrame) -> str:
+    """A panel's group label: method and ratio always; model and benchmark only when the sweep has several."""
+    return group_label(key, omit={k for k in ("model", "benchmark") if ok[k].nunique(dropna=False) <= 1}, named=False)
 
 
 def make_panels(ok: pd.DataFrame, law: dict | None) -> list[Panel]:
-    fits = {law_key(g): fit_of(g) for g in (law or {}).get("groups", [])}
-    varying = varying_keys(ok)
-    return [Panel(group_label(key, varying), cells, fits.get(key)) for key, cells in split_by(ok, GROUP_KEYS)]
+    laws = {group_key(g): entry_law(g) for g in (law or {}).get("groups", [])}
+    return [Panel(title(key, ok), cells, laws.get(key)) for key, cells in split_by(ok, GROUP_KEYS)]
 
 
 # ---------------------------------------------------------------------- HTML pieces
@@ -145,10 +114,10 @@ def with_ci(entry: dict, name: str) -> str:
     return f"{num(entry[name])} [{num(ci[0])}, {num(ci[1])}]" if ci else num(entry[name])
 
 
-def parameter_table(law: dict, varying: set[str]) -> str:
-    entries = [(group_label(law_key(g), varying | {"model", "benchmark"}), g) for g in law["groups"]]
-    if law.get("combined"):
-        entries.append(("combined (all groups)", law["combined"]))
+def parameter_table(law: dict) -> str:
+    """Every group named in full (model and benchmark too): the table may list groups this sweep lacks."""
+    entries = [(group_label(group_key(g), named=False), g) for g in law["groups"]]
+    entries.append(("combined (all groups)", law["combined"]))
     rows = [
         [label, str(e.get("n", "—")), *(with_ci(e, k) for k, _ in PARAMS), num(e.get("r2"), ".4f"),
          num(e.get("mape"), ".2f", "%")]
@@ -156,14 +125,14 @@ def parameter_table(law: dict, varying: set[str]) -> str:
     ]
     parts = [table(["group", "n", *(f"{sym} [95% CI]" for _, sym in PARAMS), "R²", "MAPE"], rows)]
     if law.get("skipped"):
-        parts.append(note("not fitted: " + "; ".join(skipped_text(s, varying) for s in law["skipped"])))
+        parts.append(note("not fitted: " + "; ".join(skipped_text(s) for s in law["skipped"])))
     return "".join(parts)
 
 
-def skipped_text(entry, varying: set[str]) -> str:
+def skipped_text(entry) -> str:
     """A group the fitter skipped: "label: reason" ({"key", "reason"} entries), else its JSON."""
     if isinstance(entry, dict) and "key" in entry:
-        return f"{group_label(law_key(entry), varying | {'model', 'benchmark'})}: {entry.get('reason', '')}"
+        return f"{group_label(group_key(entry), named=False)}: {entry.get('reason', '')}"
     return json.dumps(entry, ensure_ascii=False)
 
 
@@ -197,40 +166,40 @@ def render(sweep_dir: Path, results: pd.DataFrame, ok: pd.DataFrame, law: dict |
            analysis: PhaseAnalysis | str) -> str:
     """The whole HTML page."""
     panels = make_panels(ok, law)
-    fitted = any(p.fit for p in panels)
+    fitted = any_law(panels)
     parts = [header(sweep_dir, results, ok, law_file)]
     law_note = "" if fitted else note(NO_LAW if law is None else "the law has no group matching this sweep's cells; data only")
 
     parts.append(section(
         "Fitted parameters", "The Parametric Memory Law ΔL(r, ℓ) = C · r^α · ℓ^(−β) + b, one fit per group, "
         "with bootstrap 95% intervals; R² and MAPE are the fitter's, on the cells it fitted.",
-        parameter_table(law, varying_keys(ok)) if law else note(NO_LAW)))
+        parameter_table(law) if law else note(NO_LAW)))
     parts.append(section(
         "ΔL against rank", "Loss reduction per answer token (mean over seeds: line; single seeds: dots) on log-log "
         "axes, one line per length; the dashed curves are the fitted law. Higher rank stores more, so lines rise.",
-        law_note, img(figures.delta_loss_curves(panels, "rank"), "delta loss against rank")))
+        law_note, img(delta_loss_curves(panels, "rank"), "delta loss against rank")))
     parts.append(section(
         "ΔL against length", "The same cells, one line per rank, against the total answer length. A fixed capacity "
         "spread over more tokens lowers the per-token reduction, so lines fall with slope about −β.",
-        img(figures.delta_loss_curves(panels, "length"), "delta loss against length")))
+        img(delta_loss_curves(panels, "length"), "delta loss against length")))
     parts.append(section(
         "The law in log space", "Subtracting b and dividing by r^α should collapse every rank onto one straight line "
         "C · ℓ^(−β) on log-log axes (the plane log(ΔL − b) = log C + α log r − β log ℓ seen edge-on). Spread around "
         "the dashed line is what the law misses. Without a fit this shows plain ΔL against ℓ.",
-        img(figures.law_collapse(panels), "log-space collapse")))
+        img(law_collapse(panels), "log-space collapse")))
     if fitted:
         parts.append(section(
             "Predicted vs measured ΔL", "One point per cell: the fitted law's prediction against the measurement; "
             "points on the identity line are predicted exactly.",
-            img(figures.predicted_vs_true(panels), "predicted against measured delta loss")))
+            img(predicted_vs_true(panels), "predicted against measured delta loss")))
     parts.append(section(
         "Landscapes over rank × length", "Mean over seeds per (rank, length). Final loss is the teacher-forced "
         "answer loss after training; token accuracy the teacher-forced argmax accuracy; exact match the fraction "
         "of records reproduced verbatim by greedy free-run decoding (the memory landscape, one panel per method).",
-        img(figures.metric_heatmaps(panels, "final_loss", "final loss (nats / token)", vmin=0.0, cmap="magma_r"),
+        img(metric_heatmaps(panels, "final_loss", "final loss (nats / token)", vmin=0.0, cmap="magma_r"),
             "final loss heatmaps"),
-        img(figures.metric_heatmaps(panels, "token_accuracy", "token accuracy", 0.0, 1.0), "token accuracy heatmaps"),
-        img(figures.metric_heatmaps(panels, "exact_match", "exact match (EM)", 0.0, 1.0), "exact match heatmaps")))
+        img(metric_heatmaps(panels, "token_accuracy", "token accuracy", 0.0, 1.0), "token accuracy heatmaps"),
+        img(metric_heatmaps(panels, "exact_match", "exact match (EM)", 0.0, 1.0), "exact match heatmaps")))
     parts.append(phase_sections(analysis, ok))
     parts.append(failed_table(results))
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -244,14 +213,13 @@ def phase_sections(analysis: PhaseAnalysis | str, ok: pd.DataFrame) -> str:
         return section("Stubborn tokens and the phase transition", "Needs each cell's records.jsonl.",
                        note(f"no per-record data: {analysis}"))
     s = analysis.summary
-    varying = varying_keys(ok)
-    grids = [(group_label(key, varying), g) for key, g in split_by(analysis.grid, GROUP_KEYS)]
+    grids = [(title(key, ok), g) for key, g in split_by(analysis.grid, GROUP_KEYS)]
     grid_part = section(
         "Stubborn-token probability grids", "Rows: (length, rank) cells; columns: position within each target, "
         "relative to its length (tokens straddling a column count in proportion). Colour: mean teacher-forced "
         "probability p_t of the target token; red cells (p_t ≤ 0.5) hold stubborn tokens, which block the "
         "certificate, blue cells are safely memorised.",
-        img(figures.probability_grids(grids), "probability grids")) if grids else ""
+        img(probability_grids(grids), "probability grids")) if grids else ""
     c, rho = s["certificate"], s["spearman"]
     facts = [
         ["records", str(s["records"])], ["exact", str(s["exact"])], ["certified", str(s["certified"])],
@@ -272,6 +240,6 @@ def phase_sections(analysis: PhaseAnalysis | str, ok: pd.DataFrame) -> str:
         "a record's earliest stubborn position is reproduced, so failures sit on or above the dashed diagonal; "
         "the paper reports Spearman ρ = 0.908 (n = 155) between the two positions.",
         table(None, facts), *warnings,
-        img(figures.failure_histograms(s["failure_positions"]), "failure position histograms"),
-        img(figures.stubborn_vs_failure(analysis.records, rho), "earliest stubborn against first failure"))
+        img(failure_histograms(s["failure_positions"]), "failure position histograms"),
+        img(stubborn_vs_failure(analysis.records, rho), "earliest stubborn against first failure"))
     return grid_part + phase_part
