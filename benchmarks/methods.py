@@ -1,8 +1,8 @@
 """sft vs memft_ot vs memft_sw on the default model, at equal step budgets.
 
 PhoneBook at several ranks (EM, certified fraction, steps to certified) and the linear rule
-(memory EM on the trained pairs, generalisation EM on held-out pairs). Every run uses
-certified stopping within the same optimiser-step budget; memft_sw's curriculum gets as
+(memory EM on the trained pairs, generalization EM on held-out pairs). Every run uses
+certified stopping within the same optimizer-step budget; memft_sw's curriculum gets as
 many epochs as fit in that budget.
 
     .venv/bin/python benchmarks/methods.py --out runs/bench-methods
@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--records", type=int, default=16, help="PhoneBook records")
     p.add_argument("--ranks", default="1,2,4,8")
-    p.add_argument("--budget", type=int, default=120, help="optimiser steps per run")
+    p.add_argument("--budget", type=int, default=120, help="optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--dropout", type=float, default=0.0)
@@ -96,7 +96,7 @@ def main() -> None:
                 row = run(cfg, tr, args.linear_train, args.budget, run_dir)
                 held = evaluate_run(run_dir, data=str(ho))
                 record({"benchmark": "linear_rule", "rank": rank, "method": method, **row,
-                        "generalisation_em": held.exact_match})
+                        "generalization_em": held.exact_match})
     atomic_write_text(out / "table.md", markdown(results))
     print(markdown(results))
     print(f"total {time.perf_counter() - start:.0f}s; results in {results_path}")
@@ -114,9 +114,9 @@ def markdown(rows: list[dict]) -> str:
                          f"{r['token_accuracy']:.3f} | {r['final_loss']:.4f} | {r['train_seconds']:.0f} |")
     lin = [r for r in rows if r["benchmark"] == "linear_rule"]
     if lin:
-        lines += ["", "| rank | method | memory EM | generalisation EM | steps | final loss |", "|---|---|---|---|---|---|"]
+        lines += ["", "| rank | method | memory EM | generalization EM | steps | final loss |", "|---|---|---|---|---|---|"]
         for r in lin:
-            lines.append(f"| {r['rank']} | {r['method']} | {r['exact_match']:.3f} | {r['generalisation_em']:.3f} | "
+            lines.append(f"| {r['rank']} | {r['method']} | {r['exact_match']:.3f} | {r['generalization_em']:.3f} | "
                          f"{r['steps']} | {r['final_loss']:.4f} |")
     return "\n".join(lines) + "\n"
 

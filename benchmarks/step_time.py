@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (a, b, c each once per round)")
-    p.add_argument("--steps", type=int, default=4, help="optimiser steps per variant per round")
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps per variant per round")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     args = p.parse_args()

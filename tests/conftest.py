@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny randomly initialised Llama/Qwen models with a byte-level tokenizer.
+"""Shared fixtures: tiny randomly initialized Llama/Qwen models with a byte-level tokenizer.
 
 They are saved as ordinary Hugging Face model folders, so the whole pipeline (loading by
 path, CLI, adapters) runs on them in seconds without the network.

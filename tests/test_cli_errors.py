@@ -368,7 +368,7 @@ def test_successful_run_leaves_no_temp_files(tiny_model_dir, small_records, tmp_
     "batch_size, interrupt_on_call, steps_per_epoch",
     [
         (4, 3, 1),  # one batch per epoch: the interrupt comes as epoch 3 starts
-        (2, 6, 2),  # two batches per epoch: epoch 3 has already taken one optimiser step
+        (2, 6, 2),  # two batches per epoch: epoch 3 has already taken one optimizer step
     ],
     ids=["at-epoch-start", "mid-epoch"],
 )
@@ -440,7 +440,7 @@ def test_ctrl_c_keeps_last_completed_epoch(
     assert any(not torch.equal(saved[k], snapshots[1][k].cpu()) for k in saved)  # epoch 2 changed something
     assert len(live_at_save) == 1
     live = live_at_save[0]
-    if steps_per_epoch > 1:  # an optimiser step of epoch 3 had happened: the live state must differ
+    if steps_per_epoch > 1:  # an optimizer step of epoch 3 had happened: the live state must differ
         assert any(not torch.equal(saved[k], live[k].cpu()) for k in saved)
     else:
         assert all(torch.equal(saved[k], live[k].cpu()) for k in saved)
@@ -448,7 +448,7 @@ def test_ctrl_c_keeps_last_completed_epoch(
 
 def test_ctrl_c_train_state_counts_the_kept_steps(tiny_model_dir, small_records, tmp_path, capsys, monkeypatch):
     """After Ctrl-C mid-epoch, train_state.json describes the kept adapter (4 steps, as in train_log.csv),
-    not the optimiser step of the discarded partial epoch."""
+    not the optimizer step of the discarded partial epoch."""
     import memlaw.train.trainer as trainer
 
     calls = {"n": 0}

@@ -15,7 +15,7 @@ def test_default_model_memorizes_phonebook_at_rank_4(tmp_path, capsys):
     data = tmp_path / "pb.jsonl"
     assert main(["data", "phonebook", "--records", "10", "--out", str(data)]) == 0
     run = tmp_path / "run"
-    # A CPU-sized budget: 100 optimiser steps; no dropout and a higher lr than the 8B reference.
+    # A CPU-sized budget: 100 optimizer steps; no dropout and a higher lr than the 8B reference.
     rc = main(["train", "--data", str(data), "--out", str(run), "--rank", "4", "--lr", "0.05",
                "--dropout", "0", "--batch-size", "5", "--epochs", "50", "--quiet"])
     assert rc == 0

@@ -1,4 +1,4 @@
-"""Linear-rule benchmark: data, and memory vs generalisation EM from `memlaw eval`."""
+"""Linear-rule benchmark: data, and memory vs generalization EM from `memlaw eval`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_too_many_pairs_is_a_user_error():
         generate_linear_rule(90, 20, max_value=9)
 
 
-def test_eval_reports_memory_and_generalisation(tiny_model_dir, tmp_path, capsys):
+def test_eval_reports_memory_and_generalization(tiny_model_dir, tmp_path, capsys):
     tr, ho = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
     assert main(["data", "linear-rule", "--train", "6", "--heldout", "4", "--max-value", "9",
                  "--out-train", str(tr), "--out-heldout", str(ho)]) == 0
@@ -42,4 +42,4 @@ def test_eval_reports_memory_and_generalisation(tiny_model_dir, tmp_path, capsys
     trained = json.loads((run / "metrics.json").read_text())
     held = json.loads((run / "eval-heldout" / "metrics.json").read_text())
     assert held["n_records"] == 4 and held["train_exact_match"] == trained["exact_match"]
-    assert "memory EM (training data)" in out and "generalisation" in out
+    assert "memory EM (training data)" in out and "generalization" in out

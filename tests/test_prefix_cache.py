@@ -22,7 +22,7 @@ EQUAL_Q = ["Ann Lee:", "Bob Ray:", "Cyd Wux:", "Di Foxy:"]  # equal prompt and t
 
 def adapted(kind: str, component: str, layers: list[int], seed: int = 0, device: str = "cpu",
             dtype: torch.dtype = torch.float32):
-    """A tiny model with a memory unit whose output is non-zero (B / lora_B randomised)."""
+    """A tiny model with a memory unit whose output is non-zero (B / lora_B randomized)."""
     tok = make_tokenizer()
     model = make_model(kind, vocab_size=len(tok), layers=4, seed=seed).to(device=device, dtype=dtype)
     spec = AdapterSpec.for_model(model, component, layers, rank=4, target_modules=["q_proj", "v_proj", "down_proj"])

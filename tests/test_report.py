@@ -34,7 +34,7 @@ def assert_self_contained(html: str, figures: int) -> None:
     for image in images:
         h, w, _ = image.shape
         assert h > 150 and w > 250
-        assert len(np.unique(image.reshape(-1, 3), axis=0)) > 10  # not a blank or single-colour image
+        assert len(np.unique(image.reshape(-1, 3), axis=0)) > 10  # not a blank or single-color image
 
 
 @pytest.fixture(scope="module")

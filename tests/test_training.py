@@ -73,7 +73,7 @@ def test_tiny_model_memorizes_and_certificate_holds(memorized):
         assert r["stubborn_positions"] == [i for i, p in enumerate(r["target_probs"]) if p <= 0.5]
 
 
-def test_train_log_has_one_row_per_optimiser_step(memorized):
+def test_train_log_has_one_row_per_optimizer_step(memorized):
     run, _ = memorized
     with open(run / "train_log.csv") as f:
         rows = list(csv.DictReader(f))
@@ -151,9 +151,9 @@ def test_without_chat_template(tiny_model_dir, small_records, tmp_path):
     assert read_metrics(out)["certificate_violations"] == 0
 
 
-def test_grad_accum_counts_optimiser_steps(tiny_model_dir, small_records, tmp_path):
+def test_grad_accum_counts_optimizer_steps(tiny_model_dir, small_records, tmp_path):
     out = tmp_path / "accum"
-    # 4 records, batch 1 -> 4 micro-batches per epoch; accumulate 3 -> 2 optimiser steps per epoch
+    # 4 records, batch 1 -> 4 micro-batches per epoch; accumulate 3 -> 2 optimizer steps per epoch
     args = train_args(tiny_model_dir, small_records, out, "--epochs", "3", "--grad-accum", "3")
     args[args.index("--batch-size") + 1] = "1"
     assert main(args) == 0

@@ -72,18 +72,18 @@ class TrainConfig:
     sw_expand_max: float = _help("memft_sw sliding: maximum expansion.", default=4.0)
     stop_when: str = _help("never | certified: stop once every record has p_t > 0.5 at every target token.", default="never")
     check_every: int = _help(
-        "certified stopping: check every N optimiser steps (0: after each epoch whose training pass met no "
+        "certified stopping: check every N optimizer steps (0: after each epoch whose training pass met no "
         "stubborn token; with dropout > 0, after every epoch).",
         default=0,
     )
-    max_steps: int | None = _help("Step budget: stop after this many optimiser steps (default: epochs decide).", default=None)
+    max_steps: int | None = _help("Step budget: stop after this many optimizer steps (default: epochs decide).", default=None)
     lr: float = _help("Peak learning rate (AdamW, linear decay to 0, no warm-up).", default=1e-2)
     epochs: int = _help("Number of passes over the records.", default=200)
     batch_size: int = _help("Records per micro-batch.", default=16)
-    grad_accum: int = _help("Micro-batches per optimiser step.", default=1)
+    grad_accum: int = _help("Micro-batches per optimizer step.", default=1)
     weight_decay: float = _help("AdamW weight decay.", default=0.0)
     max_grad_norm: float = _help("Gradient-norm clipping (0 disables).", default=1.0)
-    seed: int = _help("Seed for initialisation, shuffling and dropout.", default=42)
+    seed: int = _help("Seed for initialization, shuffling and dropout.", default=42)
     chat_template: bool = _help("Wrap the query in the tokenizer's chat template (if it has one).", default=True)
     length: int | None = _help("Long-Context data: the target is the first LENGTH tokens of 'matching'.", default=None)
     eval_batch_size: int = _help("Records per batch in evaluation.", default=32)
@@ -212,7 +212,7 @@ LIST_ITEM_TYPES: dict[str, type] = {
 }
 
 
-def normalise_key(key: str) -> str:
+def normalize_key(key: str) -> str:
     return str(key).replace("-", "_")
 
 
@@ -220,7 +220,7 @@ def from_mapping(values: dict[str, Any], where: str) -> dict[str, Any]:
     """Turn a mapping with flag-style keys into TrainConfig keyword arguments."""
     out = {}
     for key, value in values.items():
-        name = normalise_key(key)
+        name = normalize_key(key)
         if name not in FIELD_NAMES:
             raise MemlawError(f"{where}: unknown key {key!r}")
         if name in LIST_ITEM_TYPES and value is not None:

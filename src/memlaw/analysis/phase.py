@@ -20,6 +20,7 @@ import pandas as pd
 from ..errors import MemlawError
 from ..io import write_csv, write_json
 from ..law.lawfile import GROUP_KEYS
+from ..rundir import RunDir
 from ..sweep.results import read_results
 from ..tables import cell_sort_key, csv_rows, finite, format_p, none_for_missing, plain_dtypes, py_value, row_keys, split_by
 
@@ -109,7 +110,7 @@ def analyze(sweep_dir: str | Path, bins: int = DEFAULT_BINS) -> PhaseAnalysis:
     profiles: list[tuple[np.ndarray, np.ndarray]] = []  # per record: p_t, stubborn mask
     skipped: list[str] = []
     for cell in cells.to_dict("records"):
-        path = sweep_dir / str(cell["run_dir"]) / "records.jsonl"
+        path = RunDir(sweep_dir / str(cell["run_dir"])).records_path
         if not path.is_file():
             skipped.append(f"cell {cell['cell']}: no records.jsonl at {path}")
             continue

@@ -1,4 +1,4 @@
-"""Linear-rule benchmark (generalisation check): f(x, y) = 3x + 5y + 7 on disjoint train / held-out pairs."""
+"""Linear-rule benchmark (generalization check): f(x, y) = 3x + 5y + 7 on disjoint train / held-out pairs."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def generate_long_context(tokenizer, ratio: str, length: int, seed: int = 42, te
         raise MemlawError("long-context: --length must be a positive integer")
     source = tokenizer(text if text is not None else natural_text(), add_special_tokens=False)["input_ids"]
     vocab = ordinary_token_ids(tokenizer)
-    span = length + max(16, length // 4)  # margin: re-tokenising noisy text can merge tokens
+    span = length + max(16, length // 4)  # margin: re-tokenizing noisy text can merge tokens
     while True:
         if len(source) < length:
             raise MemlawError(f"long-context: the source text has only {len(source)} tokens, fewer than --length {length}")

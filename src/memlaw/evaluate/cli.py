@@ -24,7 +24,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print_run_metrics(metrics, RunDir(args.out) if args.out else run if args.data is None else run.eval_dir(args.data))
     if metrics.train_exact_match is not None:
         print(f"memory EM (training data)  {metrics.train_exact_match:.4f}")
-        print(f"EM on {Path(args.data).name:<19} {metrics.exact_match:.4f}  (generalisation, if these records were not trained)")
+        print(f"EM on {Path(args.data).name:<19} {metrics.exact_match:.4f}  (generalization, if these records were not trained)")
     return 0
 
 

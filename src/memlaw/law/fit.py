@@ -7,7 +7,7 @@ Method. C and b enter linearly once the exponents (α, β) are fixed, so:
 2. the grid's best local minima start a joint refinement of all four parameters with
    ``scipy.optimize.least_squares`` (same robust loss and scale);
 3. the objective is the *summed* robust loss ½·Σ f²·ρ((res/f)²) in scipy's convention, not
-   the mean: same minimiser, but no stopping tolerance is met early on an n-times smaller loss;
+   the mean: same minimizer, but no stopping tolerance is met early on an n-times smaller loss;
 4. confidence intervals: resample rows (runs) with replacement, refit with the same
    procedure and scale, take percentile intervals.
 
@@ -335,7 +335,7 @@ def _grid_starts(cost: np.ndarray, k: int) -> np.ndarray:
 def _fit_points(
     rank: np.ndarray, length: np.ndarray, y: np.ndarray, loss: str, f: float, alpha_grid: np.ndarray, beta_grid: np.ndarray
 ) -> np.ndarray:
-    """(C, α, β, b) minimising the summed robust loss: grid + linear solve, then joint refinement."""
+    """(C, α, β, b) minimizing the summed robust loss: grid + linear solve, then joint refinement."""
     from scipy.optimize import least_squares
 
     r0, l0 = np.exp(np.log(rank).mean()), np.exp(np.log(length).mean())

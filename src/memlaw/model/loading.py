@@ -66,7 +66,7 @@ def default_gguf_path() -> Path:
 
 
 def default_model_dir() -> Path:
-    """Dequantise the embedded GGUF once into a normal HF checkpoint under the cache; return its folder."""
+    """Dequantize the embedded GGUF once into a normal HF checkpoint under the cache; return its folder."""
     gguf = default_gguf_path()
     stat = gguf.stat()
     target = cache_dir() / "models" / f"{DEFAULT_NAME}-{stat.st_size}"
@@ -78,12 +78,12 @@ def default_model_dir() -> Path:
 
     print(f"memlaw: converting the embedded {DEFAULT_NAME} (GGUF) once into {target}", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = quantised.config
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantized.config
     if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the weights are dequantised already
+        del config.quantization_config  # the weights are dequantized already
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantised.state_dict())
+    model.load_state_dict(quantized.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

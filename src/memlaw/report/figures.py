@@ -77,7 +77,7 @@ def _colors(n: int) -> np.ndarray:
 
 
 def _color_of(panels: list[Panel], column: str) -> dict:
-    """One colour per value of `column` across all panels, so a value looks the same everywhere."""
+    """One color per value of `column` across all panels, so a value looks the same everywhere."""
     values = sorted({v for p in panels for v in p.cells[column].tolist()})
     return dict(zip(values, _colors(len(values))))
 
@@ -234,7 +234,7 @@ def predicted_vs_true(panels: list[Panel]) -> Figure:
 @_png
 def metric_heatmaps(panels: list[Panel], column: str, label: str, vmin: float | None = None,
                     vmax: float | None = None, cmap: str = "viridis") -> Figure:
-    """`column` (mean over seeds) over rank × length, one panel per group, one colour scale."""
+    """`column` (mean over seeds) over rank × length, one panel per group, one color scale."""
     tables = [p.cells.pivot_table(index="rank", columns="length", values=column, aggfunc="mean", dropna=False)
               for p in panels]
     every = np.concatenate([t.to_numpy(dtype=float).ravel() for t in tables])
@@ -269,7 +269,7 @@ def metric_heatmaps(panels: list[Panel], column: str, label: str, vmin: float | 
 def probability_grids(grids: list[tuple[str, pd.DataFrame]]) -> Figure:
     """Mean teacher-forced p_t over relative target position (columns) for each (length, rank) (rows).
 
-    `grids` holds one (label, prob_grid rows) per group. Colour: red below 0.5 (stubborn), blue above.
+    `grids` holds one (label, prob_grid rows) per group. Color: red below 0.5 (stubborn), blue above.
     """
     tables = [g.pivot_table(index=["length", "rank"], columns="bin", values="mean_p") for _, g in grids]
     rows = max(len(t) for t in tables)

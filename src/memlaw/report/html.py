@@ -216,7 +216,7 @@ def phase_sections(analysis: PhaseAnalysis | str, ok: pd.DataFrame) -> str:
     grids = [(title(key, ok), g) for key, g in split_by(analysis.grid, GROUP_KEYS)]
     grid_part = section(
         "Stubborn-token probability grids", "Rows: (length, rank) cells; columns: position within each target, "
-        "relative to its length (tokens straddling a column count in proportion). Colour: mean teacher-forced "
+        "relative to its length (tokens straddling a column count in proportion). Color: mean teacher-forced "
         "probability p_t of the target token; red cells (p_t ≤ 0.5) hold stubborn tokens, which block the "
         "certificate, blue cells are safely memorised.",
         img(probability_grids(grids), "probability grids")) if grids else ""

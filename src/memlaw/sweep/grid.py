@@ -80,7 +80,7 @@ class Grid:
     ratios: list[str] | None = None
     layer: list[int] | None = None
     data_seed: int | None = None
-    heldout: int | None = None  # linear-rule: held-out pairs for generalisation EM
+    heldout: int | None = None  # linear-rule: held-out pairs for generalization EM
     description: str = ""
     train: dict[str, Any] = field(default_factory=dict)
     by_method: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -192,7 +192,7 @@ def parse_grid(values: dict[str, Any], where: str, model: str | None = None) -> 
         by_method_length[method] = _keyed(per_length, f"by_method_length.{method}", lengths, "length", bad)
 
     grid = Grid(
-        name=name.strip(), model=_normalise_model(v["model"].strip()), benchmark=benchmark, methods=methods,
+        name=name.strip(), model=_normalize_model(v["model"].strip()), benchmark=benchmark, methods=methods,
         ranks=ranks, lengths=lengths, seeds=seeds, ratios=ratios, layer=layer, data_seed=data_seed,
         heldout=heldout, description=description, train=train, by_method=by_method, by_length=by_length,
         by_method_length=by_method_length,
@@ -278,7 +278,7 @@ def _keyed(value: Any, name: str, allowed: list, what: str, bad) -> dict:
     return out
 
 
-def _normalise_model(model: str) -> str:
+def _normalize_model(model: str) -> str:
     """Local model folders become absolute paths, so every worker finds them from any directory."""
     path = Path(os.path.expanduser(model))
     return str(path.resolve()) if model != "default" and path.exists() else model

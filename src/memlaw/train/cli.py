@@ -13,7 +13,7 @@ from ..evaluate.cli import print_run_metrics
 from ..rundir import RunDir
 
 # `memlaw memorize`: MemFT-OT until every record is certified, within a step budget.
-# No dropout: it is the reference recipe's regulariser, and here it only delays certification
+# No dropout: it is the reference recipe's regularizer, and here it only delays certification
 # and turns off the shared-prompt and check-skipping shortcuts (docs/benchmarks.md).
 MEMORIZE_DEFAULTS = {"method": "memft_ot", "stop_when": "certified", "max_steps": 2000, "epochs": 10000, "dropout": 0.0}
 
