@@ -26,37 +26,37 @@ def adapted(kind: str, component: str, layers: list[int], seed: int = 0, device:
     tok = make_tokenizer()
     model = make_model(kind, vocab_size=len(tok), layers=4, seed=seed).to(device=device, dtype=dtype)
     spec = AdapterSpec.for_model(model, component, layers, rank=4, target_modules=["q_proj", "v_proj", "down_proj"])
-    memory = attach_adapter(model, spec, seed=seed)
+    adapter = attach_adapter(model, spec, seed=seed)
     torch.manual_seed(seed + 1)
     with torch.no_grad():
-        for name, p in memory.named_parameters():
+        for name, p in adapter.named_parameters():
             if name.endswith(".B") or "lora_B" in name:
                 p.normal_(0, 0.2)
-    return tok, memory
+    return tok, adapter
 
 
-def losses_and_grads(forward: AnswerForward, memory) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    memory.model.zero_grad(set_to_none=True)
+def losses_and_grads(forward: AnswerForward, adapter) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    adapter.model.zero_grad(set_to_none=True)
     tokens = forward(list(range(len(forward))))
     mask = tokens.batch.target_mask
     (tokens.losses[mask] * torch.linspace(0.5, 1.5, int(mask.sum()), device=mask.device)).sum().backward()  # unequal token weights
-    grads = {name: p.grad.clone() for name, p in memory.named_parameters()}
+    grads = {name: p.grad.clone() for name, p in adapter.named_parameters()}
     return tokens.losses.detach(), mask, grads
 
 
-def full_and_cached(memory, encoded, pad_id, start: int, device: str = "cpu", store: str = "cpu", batch_size: int = 3):
+def full_and_cached(adapter, encoded, pad_id, start: int, device: str = "cpu", store: str = "cpu", batch_size: int = 3):
     """The full forward, a cache of layer `start`'s inputs, and the forward through that cache."""
-    full = AnswerForward(memory.model, encoded, pad_id, device)
-    cache = PrefixCache.build(memory.model, start, encoded, pad_id, torch.device(device), batch_size, torch.device(store))
-    return full, cache, AnswerForward(memory.model, encoded, pad_id, device, cache)
+    full = AnswerForward(adapter.model, encoded, pad_id, device)
+    cache = PrefixCache.build(adapter.model, start, encoded, pad_id, torch.device(device), batch_size, torch.device(store))
+    return full, cache, AnswerForward(adapter.model, encoded, pad_id, device, cache)
 
 
-def assert_cache_matches_full(memory, encoded, pad_id, start: int, device: str = "cpu", store: str = "cpu",
+def assert_cache_matches_full(adapter, encoded, pad_id, start: int, device: str = "cpu", store: str = "cpu",
                               atol: float = 1e-5, grad_rtol: float = 1e-4) -> PrefixCache:
     """Per-token losses and every adapter gradient through the cache equal the full forward's."""
-    full, cache, cached = full_and_cached(memory, encoded, pad_id, start, device, store)
-    loss_full, mask, grads_full = losses_and_grads(full, memory)
-    loss_cached, mask_cached, grads_cached = losses_and_grads(cached, memory)
+    full, cache, cached = full_and_cached(adapter, encoded, pad_id, start, device, store)
+    loss_full, mask, grads_full = losses_and_grads(full, adapter)
+    loss_cached, mask_cached, grads_cached = losses_and_grads(cached, adapter)
     assert torch.equal(mask, mask_cached)
     assert torch.allclose(loss_full[mask], loss_cached[mask], atol=atol, rtol=atol)
     assert grads_full.keys() == grads_cached.keys() and grads_full
@@ -70,14 +70,14 @@ def assert_cache_matches_full(memory, encoded, pad_id, start: int, device: str =
 @pytest.mark.parametrize("component,layers", [("mlp", [2]), ("lora", [1, 3])])
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 def test_cache_equals_full_forward(kind, component, layers, padded):
-    tok, memory = adapted(kind, component, layers)
+    tok, adapter = adapted(kind, component, layers)
     queries, targets = (QUERIES, MIXED) if padded else (EQUAL_Q, ["12345678"] * 4)
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(queries, targets)]
     total = {len(e.prompt_ids) + len(e.target_ids) for e in encoded}
     assert (len(total) > 1) == padded
-    assert unsupported_reason(memory.model) is None
+    assert unsupported_reason(adapter.model) is None
 
-    cache = assert_cache_matches_full(memory, encoded, tok.pad_token_id, min(layers))
+    cache = assert_cache_matches_full(adapter, encoded, tok.pad_token_id, min(layers))
     assert len(cache.hidden) == len(encoded) and cache.hidden[0].shape[-1] == 64
     assert cache.prefix_len > 0  # the chat template's opening runs once per batch
 
@@ -90,9 +90,9 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.mark.parametrize("store", ["cuda", "cpu"])
 def test_cache_equals_full_forward_on_cuda(kind, store):
     """On a GPU, with the cache on the GPU or in CPU memory (copied per batch), float32."""
-    tok, memory = adapted(kind, "lora", [1, 3], device="cuda")
+    tok, adapter = adapted(kind, "lora", [1, 3], device="cuda")
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
-    cache = assert_cache_matches_full(memory, encoded, tok.pad_token_id, 1, "cuda", store, atol=1e-4, grad_rtol=1e-3)
+    cache = assert_cache_matches_full(adapter, encoded, tok.pad_token_id, 1, "cuda", store, atol=1e-4, grad_rtol=1e-3)
     assert cache.prefix_len > 0 and cache.hidden[0].device.type == store
 
 
@@ -100,12 +100,12 @@ def test_cache_equals_full_forward_on_cuda(kind, store):
 @pytest.mark.parametrize("kind", ["llama", "qwen2-sliding"])
 def test_cache_matches_full_forward_in_bfloat16(kind, device):
     """bfloat16 base model, float32 memory: the two paths round differently, so they agree to bfloat16 precision."""
-    tok, memory = adapted(kind, "mlp", [2], device=device, dtype=torch.bfloat16)
+    tok, adapter = adapted(kind, "mlp", [2], device=device, dtype=torch.bfloat16)
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
-    full, cache, cached = full_and_cached(memory, encoded, tok.pad_token_id, 2, device, device)
+    full, cache, cached = full_and_cached(adapter, encoded, tok.pad_token_id, 2, device, device)
     assert cache.hidden[0].dtype == torch.bfloat16 and cache.prefix_len > 0
-    loss_full, mask, grads_full = losses_and_grads(full, memory)
-    loss_cached, _, grads_cached = losses_and_grads(cached, memory)
+    loss_full, mask, grads_full = losses_and_grads(full, adapter)
+    loss_cached, _, grads_cached = losses_and_grads(cached, adapter)
     assert torch.allclose(loss_full[mask], loss_cached[mask], atol=0.05, rtol=0.02)
     for name, g in grads_full.items():
         assert g.dtype == torch.float32 and g.abs().max() > 0, name
@@ -116,58 +116,58 @@ def test_cache_matches_full_forward_in_bfloat16(kind, device):
 @pytest.mark.parametrize("kind", ["llama", "qwen2-sliding", "mistral"])
 def test_shared_prefix_with_eager_attention(kind):
     """The explicit masks of the shared-prefix path also serve the eager implementation (additive masks)."""
-    tok, memory = adapted(kind, "mlp", [1])
-    memory.model.config._attn_implementation = "eager"
+    tok, adapter = adapted(kind, "mlp", [1])
+    adapter.model.config._attn_implementation = "eager"
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
-    assert assert_cache_matches_full(memory, encoded, tok.pad_token_id, 1).prefix_len > 0
+    assert assert_cache_matches_full(adapter, encoded, tok.pad_token_id, 1).prefix_len > 0
 
 
 def test_records_sharing_most_of_their_prompt():
     """A long shared prefix (system text) and records that differ only near the end; sliding window 6."""
-    tok, memory = adapted("qwen2-sliding", "lora", [1, 2])
+    tok, adapter = adapted("qwen2-sliding", "lora", [1, 2])
     queries = ["Phone book entry number seven: " + q for q in QUERIES]
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(queries, MIXED)]
-    cache = assert_cache_matches_full(memory, encoded, tok.pad_token_id, 1)
+    cache = assert_cache_matches_full(adapter, encoded, tok.pad_token_id, 1)
     assert cache.prefix_len > 30 and min(len(e.prompt_ids) for e in encoded) - cache.prefix_len >= 1
 
 
 def test_no_shared_prefix_runs_the_plain_path():
     """Raw prompts that differ at the first token, and a single record, share nothing."""
-    tok, memory = adapted("llama", "mlp", [2])
+    tok, adapter = adapted("llama", "mlp", [2])
     encoded = [encode_record(tok, Record(q, t), chat_template=False) for q, t in zip(QUERIES, MIXED)]
-    assert assert_cache_matches_full(memory, encoded, tok.pad_token_id, 2).prefix_len == 0
-    assert assert_cache_matches_full(memory, encoded[:1], tok.pad_token_id, 2).prefix_len == 0
+    assert assert_cache_matches_full(adapter, encoded, tok.pad_token_id, 2).prefix_len == 0
+    assert assert_cache_matches_full(adapter, encoded[:1], tok.pad_token_id, 2).prefix_len == 0
 
 
 def test_active_dropout_gives_each_record_its_own_prefix():
     """With dropout on, the cache draws the same dropout masks as the full forward (same seed)."""
     tok = make_tokenizer()
     model = make_model("llama", vocab_size=len(tok), layers=4)
-    memory = attach_adapter(model, AdapterSpec.for_model(model, "mlp", [2], rank=4, dropout=0.5), seed=0)
+    adapter = attach_adapter(model, AdapterSpec.for_model(model, "mlp", [2], rank=4, dropout=0.5), seed=0)
     with torch.no_grad():
-        for name, p in memory.named_parameters():
+        for name, p in adapter.named_parameters():
             if name.endswith(".B"):
                 p.normal_(0, 0.2)
-    memory.set_training(True)
+    adapter.set_training(True)
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
-    full, cache, cached = full_and_cached(memory, encoded, tok.pad_token_id, 2, batch_size=4)
+    full, cache, cached = full_and_cached(adapter, encoded, tok.pad_token_id, 2, batch_size=4)
     assert cache.prefix_len > 0
     torch.manual_seed(7)
-    loss_full, mask, grads_full = losses_and_grads(full, memory)
+    loss_full, mask, grads_full = losses_and_grads(full, adapter)
     torch.manual_seed(7)
-    loss_cached, _, grads_cached = losses_and_grads(cached, memory)
+    loss_cached, _, grads_cached = losses_and_grads(cached, adapter)
     assert torch.allclose(loss_full[mask], loss_cached[mask], atol=1e-5, rtol=1e-5)
     for name, g in grads_full.items():
         assert torch.allclose(g, grads_cached[name], atol=1e-5, rtol=1e-4), name
     torch.manual_seed(8)  # another draw gives other losses: the dropout really is on
-    assert not torch.allclose(losses_and_grads(cached, memory)[0][mask], loss_full[mask])
+    assert not torch.allclose(losses_and_grads(cached, adapter)[0][mask], loss_full[mask])
 
 
 def test_subset_batches_read_the_right_records():
     """A batch of some records (in any order) gets their cached states, not its neighbours'."""
-    tok, memory = adapted("llama", "mlp", [1])
+    tok, adapter = adapted("llama", "mlp", [1])
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
-    full, _, cached = full_and_cached(memory, encoded, tok.pad_token_id, 1, batch_size=4)
+    full, _, cached = full_and_cached(adapter, encoded, tok.pad_token_id, 1, batch_size=4)
     with torch.no_grad():
         for idx in ([2, 0], [3], [1, 3, 0]):
             a, b = full(idx), cached(idx)
@@ -179,8 +179,8 @@ def test_subset_batches_read_the_right_records():
 def test_unsupported_architecture_is_named():
     tok = make_tokenizer()
     model = make_model("gemma", vocab_size=len(tok))
-    memory = attach_adapter(model, AdapterSpec.for_model(model, "mlp", [1], rank=2))
-    assert "gemma" in unsupported_reason(memory.model)
+    adapter = attach_adapter(model, AdapterSpec.for_model(model, "mlp", [1], rank=2))
+    assert "gemma" in unsupported_reason(adapter.model)
 
 
 def pb_rows(n: int = 6) -> list[dict]:
@@ -231,12 +231,12 @@ def test_fallbacks_print_one_notice_and_still_train(tmp_path, capsys):
 
 
 def test_cache_size_is_what_the_bound_checks():
-    tok, memory = adapted("llama", "mlp", [1])
+    tok, adapter = adapted("llama", "mlp", [1])
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
-    cache = PrefixCache.build(memory.model, 1, encoded, tok.pad_token_id, torch.device("cpu"), 2, torch.device("cpu"))
+    cache = PrefixCache.build(adapter.model, 1, encoded, tok.pad_token_id, torch.device("cpu"), 2, torch.device("cpu"))
     held = sum(h.numel() * h.element_size() for h in [cache.shared, *cache.hidden])
     assert cache.prefix_len > 0  # the chat template's opening is stored once
-    assert PrefixCache.size_bytes(memory.model, encoded) == held
+    assert PrefixCache.size_bytes(adapter.model, encoded) == held
 
 
 def test_sweep_cell_same_rows_with_and_without_cache(tiny_model_dir, tmp_path):

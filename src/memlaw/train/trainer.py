@@ -161,6 +161,7 @@ def train_loop(
     progress: bool = True,
     on_check: Callable[[Check], None] | None = None,
 ) -> TrainState:
+    """Train the session's adapter on the records of `forward`; the train log goes to `out` after every epoch."""
     cfg, adapter = session.cfg, session.adapter
     method = Method(cfg, len(forward))  # active records per epoch, token weights, planned steps
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
