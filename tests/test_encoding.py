@@ -20,7 +20,8 @@ def test_prompt_is_chat_template_or_raw(chat):
     ids = prompt_ids(tok, "Ann Lee:", chat_template=chat)
     text = tok.decode(ids)
     if chat:
-        assert text == "<|im_start|>user\nAnn Lee:<|im_end|>\n<|im_start|>assistant\n"
+        assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                        "<|im_start|>user\nAnn Lee:<|im_end|>\n<|im_start|>assistant\n")
     else:
         assert text.endswith("Ann Lee:") and "<|im_start|>" not in text
 

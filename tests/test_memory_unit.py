@@ -57,7 +57,7 @@ def test_mlp_unit_shapes_init_and_param_count():
     assert isinstance(unit, LowRankMemory)
     assert unit.A.shape == (d, 5) and unit.B.shape == (5, d)
     assert torch.count_nonzero(unit.B) == 0
-    bound = 1 / d**0.5  # Kaiming-uniform(a=sqrt 5) with fan_in = d
+    bound = 1 / 5**0.5  # Kaiming-uniform(a=sqrt 5) on the d×r tensor: fan_in = r (the reference's scale)
     assert unit.A.abs().max() <= bound and unit.A.abs().max() > 0.5 * bound
     # only the unit trains; the base model is frozen
     assert all(not p.requires_grad for n, p in model.named_parameters() if ".memory." not in n)

@@ -105,14 +105,25 @@ def test_memft_ot_masks_recalled_tokens(tiny_model_dir, data, tmp_path):
 
 
 def test_zero_bp_skips_update(tiny_model_dir, data, tmp_path):
-    """With a threshold no token exceeds, every step has zero weight: no backward, adapter unchanged."""
+    """--zero-bp, with a threshold no token exceeds: every step has zero weight: no backward, adapter unchanged."""
     run = tmp_path / "zero"
-    assert main(args(tiny_model_dir, data, run, "--epochs", "3", "--method", "memft_ot", "--threshold-p", "1e-12")) == 0
+    assert main(args(tiny_model_dir, data, run, "--epochs", "3", "--method", "memft_ot", "--threshold-p", "1e-12",
+                     "--zero-bp")) == 0
     rows = log_rows(run)
     assert rows and all(r["updated"] == "0" and r["active_tokens"] == "0" for r in rows)
     adapter = load_file(str(run / "adapter.safetensors"))
     assert all(float(t.abs().sum()) == 0 for k, t in adapter.items() if k.endswith(".B"))  # B still zero
     assert metrics(run)["final_loss"] == pytest.approx(metrics(run)["initial_loss"])
+
+
+def test_memft_ot_without_hard_tokens_trains_on_the_plain_mean(tiny_model_dir, data, tmp_path):
+    """The reference's memft_ot (the default): a step with no token above the threshold keeps training,
+    on the plain mean over all target tokens."""
+    run = tmp_path / "fallback"
+    assert main(args(tiny_model_dir, data, run, "--epochs", "3", "--method", "memft_ot", "--threshold-p", "1e-12")) == 0
+    rows = log_rows(run)
+    assert rows and all(r["updated"] == "1" and r["masked_tokens"] == "0" for r in rows)
+    assert metrics(run)["final_loss"] < metrics(run)["initial_loss"]
 
 
 def test_memft_sw_curriculum_on_many_records(tiny_model_dir, data, tmp_path):

@@ -102,12 +102,14 @@ def test_sliding_window_without_error_keeps_base_and_ignores_padding():
     assert w[0, 0] == 0 and w[0, 1:].tolist() == pytest.approx((base[0, 1:] * T([1.0, math.exp(-1 / 20)])).tolist())
 
 
-def test_window_patience_expansion_and_reset():
+def test_window_grows_every_step_after_patience_and_resets():
+    """DESIGN §3: anchor stuck from step 1 -> e = 1, 1, 1, 1.5, 2, 2.5, 3, 3.5, 4 (then capped); a moved
+    anchor or a sample without an error resets e to 1 and the patience to 0."""
     state, seen = WindowState(), []
-    for anchor in [4, 4, 4, 4, 4, 4, 7, 7, None, 2]:
+    for anchor in [4] * 10 + [7, 7, 7, 7, None, 2]:
         state = update_window(state, anchor, patience=3, step=0.5, max_expansion=4.0)
         seen.append(state.expansion)
-    assert seen == [1.0, 1.0, 1.5, 1.5, 1.5, 2.0, 1.0, 1.0, 1.0, 1.0]
+    assert seen == [1.0, 1.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0]
 
 
 def test_window_expansion_is_capped():

@@ -20,7 +20,8 @@ from memlaw.sweep.grid import ensure_data
 SCHEMA = [
     "cell", "status", "error", "model", "benchmark", "ratio", "method", "rank", "length", "seed", "data_seed",
     "layer", "component", "lr", "epochs", "batch_size", "n_records", "target_tokens", "exact_match",
-    "token_accuracy", "free_run_token_accuracy", "initial_loss", "final_loss", "delta_loss", "stubborn_tokens",
+    "token_accuracy", "free_run_token_accuracy", "initial_loss", "final_loss", "delta_loss", "initial_answer_loss",
+    "final_answer_loss", "delta_answer_loss", "stubborn_tokens",
     "certified_fraction", "certificate_violations", "bits_stored", "trainable_params", "bits_per_param", "steps",
     "train_seconds", "stopped", "steps_to_certified", "seconds_to_certified", "heldout_exact_match", "run_dir",
 ]

@@ -18,6 +18,7 @@ import yaml
 from .errors import MemlawError
 
 COMPONENTS = ("mlp", "lora")
+A_INITS = ("reference", "linear")
 METHODS = ("sft", "memft_ot", "memft_sw")
 SW_MODES = ("auto", "curriculum", "sliding")
 STOP_WHEN = ("never", "certified")
@@ -44,6 +45,11 @@ class TrainConfig:
     layer: list[int] | None = _help("Decoder layer index(es) of the memory unit; default about 2/3 of the depth.", default=None)
     rank: int = _help("Rank r of the low-rank memory.", default=8)
     dropout: float = _help("Dropout on the memory unit's output (lora: lora_dropout).", default=0.1)
+    a_init: str = _help(
+        "mlp: initial scale of A. reference: kaiming_uniform_(a=√5) on the d×r tensor, A ~ U(±1/√r), as the "
+        "paper's code; linear: an nn.Linear(d, r) weight's U(±1/√d).",
+        default="reference",
+    )
     target_modules: list[str] = _help(
         "lora only: linear modules to adapt in the chosen layers.", default_factory=lambda: list(LORA_MODULES)
     )
@@ -52,7 +58,11 @@ class TrainConfig:
     threshold_p: float = _help("MemFT: target probability threshold (L_crit = -ln p).", default=0.5)
     position_weighting: bool = _help("memft_ot: weight a record's hard tokens by exp(-λ·i/(n-1)).", default=False)
     position_lambda: float = _help("memft_ot: λ of the position weighting.", default=2.0)
-    zero_bp: bool = _help("MemFT: skip backward and update when no token is above the threshold.", default=True)
+    zero_bp: bool = _help(
+        "memft_ot: skip backward and update when no token of a step is above the threshold (the reference "
+        "instead trains that step on the plain mean, the default). memft_sw's curriculum always skips.",
+        default=False,
+    )
     sw_mode: str = _help(
         "memft_sw: auto (curriculum for many records, sliding for one long record) | curriculum | sliding.", default="auto"
     )
@@ -112,6 +122,8 @@ class TrainConfig:
             raise bad("device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise bad("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.a_init not in A_INITS:
+            raise bad("a_init", f"must be one of {', '.join(A_INITS)}, got {self.a_init!r}")
         if self.component not in COMPONENTS:
             raise bad("component", f"unknown component {self.component!r}; choose from {', '.join(COMPONENTS)}")
         if self.sw_mode not in SW_MODES:

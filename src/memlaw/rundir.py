@@ -59,6 +59,10 @@ class RunMetrics:
     initial_loss: float = _metric()
     final_loss: float = _metric()
     delta_loss: float = _metric()
+    # The same over the answer's own tokens (the losses above include the template's end-of-turn suffix).
+    initial_answer_loss: float = _metric(shown=False)
+    final_answer_loss: float = _metric(shown=False)
+    delta_answer_loss: float = _metric(shown=False)
     stubborn_tokens: int = _metric()
     certified_fraction: float = _metric()
     # A certified record that is not an exact match would contradict the certificate: must be 0.

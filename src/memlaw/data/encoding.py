@@ -3,6 +3,17 @@
 Training, teacher-forced evaluation and greedy generation all take ``prompt_ids`` from
 :func:`encode_record`, so the boundary is the same everywhere by construction.
 
+The prompt is the reference's (DESIGN §1): with the tokenizer's chat template, a system turn
+"You are a helpful assistant." (when the template has one), the user turn with the query and
+the generation prompt, rendered with ``enable_thinking=False`` (templates that take it, such as
+Qwen3's, then close the thinking block, so the first answer position does not compete with
+``<think>``); a leading BOS that the template writes is dropped and the tokenizer adds its own
+special tokens, as the reference's tokenization does. The target is the answer followed by the
+template's end-of-turn suffix (e.g. ``<|im_end|>\n``), which is trained and counted in the
+reported losses, while lengths, EM, bits and the certificate count the answer's own tokens.
+Without a template (or with ``--no-chat-template``) the prompt is the raw query and there is
+no suffix.
+
 Batches are **left-padded**: every sequence ends at the last column, so the target tokens
 of all records are right-aligned and the logits that predict them are the last
 ``max_target_len + 1`` positions (minus the very last). Position ids count real tokens
@@ -12,32 +23,86 @@ only, so a padded row computes exactly what the unpadded one would.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 from .records import Record
 
 IGNORE = -100
+SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 @dataclass(frozen=True)
 class Encoded:
     prompt_ids: list[int]
-    target_ids: list[int]
+    target_ids: list[int]  # the answer's own tokens, then `suffix_len` end-of-turn tokens
+    suffix_len: int = 0
+
+    @property
+    def answer_len(self) -> int:
+        """The answer's own tokens: what lengths, EM, bits and the certificate count."""
+        return len(self.target_ids) - self.suffix_len
+
+    @property
+    def answer_ids(self) -> list[int]:
+        return self.target_ids[: self.answer_len]
 
 
 def uses_chat_template(tokenizer, chat_template: bool) -> bool:
     return bool(chat_template and getattr(tokenizer, "chat_template", None))
 
 
+def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    # enable_thinking is a template variable: templates that do not use it ignore it
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt, enable_thinking=False
+    )
+
+
+def supports_system_turn(tokenizer) -> bool:
+    """Whether the chat template renders a system message (some raise, some drop it silently)."""
+    return _system_turn(tokenizer, tokenizer.chat_template)
+
+
+@lru_cache(maxsize=16)
+def _system_turn(tokenizer, template: str) -> bool:
+    marker = "memlaw-system-probe"
+    try:
+        text = _render(tokenizer, [{"role": "system", "content": marker}, {"role": "user", "content": "q"}], True)
+    except Exception:  # noqa: BLE001 - jinja raises its own errors ("System role not supported")
+        return False
+    return marker in text
+
+
 def prompt_ids(tokenizer, query: str, chat_template: bool = True) -> list[int]:
-    """Token ids of the prompt: the chat-templated user turn + generation prompt, or the raw query."""
-    if uses_chat_template(tokenizer, chat_template):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True
-        )
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(query)["input_ids"])  # the tokenizer's own BOS handling applies
+    """Token ids of the prompt: [system turn] + user turn + generation prompt, or the raw query."""
+    if not uses_chat_template(tokenizer, chat_template):
+        return list(tokenizer(query)["input_ids"])  # the tokenizer's own BOS handling applies
+    system = [{"role": "system", "content": SYSTEM_PROMPT}] if supports_system_turn(tokenizer) else []
+    text = _render(tokenizer, system + [{"role": "user", "content": query}], True)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos):
+        text = text[len(bos) :]  # the template's BOS; the tokenizer adds its own if it has the habit
+    return list(tokenizer(text)["input_ids"])
+
+
+def suffix_ids(tokenizer, chat_template: bool = True) -> list[int]:
+    """The template's end-of-turn suffix (what follows a turn's content, e.g. <|im_end|>\n): the
+    common tail of two renderings that differ only in the user's content; [] without a template."""
+    if not uses_chat_template(tokenizer, chat_template):
+        return []
+    return list(_suffix(tokenizer, tokenizer.chat_template))
+
+
+@lru_cache(maxsize=16)
+def _suffix(tokenizer, template: str) -> tuple[int, ...]:
+    a, b = (tokenizer(_render(tokenizer, [{"role": "user", "content": c}], False), add_special_tokens=False)["input_ids"]
+            for c in ("1", "2"))
+    n = 0
+    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
+        n += 1
+    return tuple(a[len(a) - n :])
 
 
 def target_ids(tokenizer, record: Record) -> list[int]:
@@ -47,7 +112,8 @@ def target_ids(tokenizer, record: Record) -> list[int]:
 
 
 def encode_record(tokenizer, record: Record, chat_template: bool = True) -> Encoded:
-    return Encoded(prompt_ids(tokenizer, record.query, chat_template), target_ids(tokenizer, record))
+    suffix = suffix_ids(tokenizer, chat_template)
+    return Encoded(prompt_ids(tokenizer, record.query, chat_template), target_ids(tokenizer, record) + suffix, len(suffix))
 
 
 def encode_records(tokenizer, records: list[Record], chat_template: bool = True) -> list[Encoded]:
@@ -60,10 +126,11 @@ class Batch:
     attention_mask: torch.Tensor  # (B, T) 1 on real tokens
     position_ids: torch.Tensor  # (B, T) 0.. over real tokens
     labels: torch.Tensor  # (B, L) right-aligned target ids, IGNORE where a row's target is shorter
+    answer_mask: torch.Tensor  # (B, L) bool: the answer's own tokens (the target without its suffix)
     target_lens: list[int]
 
     @property
-    def target_mask(self) -> torch.Tensor:  # (B, L) bool
+    def target_mask(self) -> torch.Tensor:  # (B, L) bool: every trained token, suffix included
         return self.labels != IGNORE
 
     def to(self, device: torch.device) -> "Batch":
@@ -72,6 +139,7 @@ class Batch:
             self.attention_mask.to(device),
             self.position_ids.to(device),
             self.labels.to(device),
+            self.answer_mask.to(device),
             self.target_lens,
         )
 
@@ -92,7 +160,10 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 def collate(items: list[Encoded], pad_id: int) -> Batch:
     ids, mask, positions = left_pad([e.prompt_ids + e.target_ids for e in items], pad_id)
     lens = [len(e.target_ids) for e in items]
-    labels = torch.full((len(items), max(lens)), IGNORE, dtype=torch.long)
+    L = max(lens)
+    labels = torch.full((len(items), L), IGNORE, dtype=torch.long)
+    answer = torch.zeros((len(items), L), dtype=torch.bool)
     for i, e in enumerate(items):
-        labels[i, labels.shape[1] - lens[i] :] = torch.tensor(e.target_ids, dtype=torch.long)
-    return Batch(ids, mask, positions, labels, lens)
+        labels[i, L - lens[i] :] = torch.tensor(e.target_ids, dtype=torch.long)
+        answer[i, L - lens[i] : L - e.suffix_len] = True
+    return Batch(ids, mask, positions, labels, answer, lens)

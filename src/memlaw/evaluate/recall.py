@@ -21,14 +21,20 @@ P_THRESHOLD = 0.5
 
 @dataclass
 class TokenStats:
-    """Teacher-forced statistics of one record's target tokens."""
+    """Teacher-forced statistics of one record's target tokens: the answer's own, then its suffix."""
 
-    losses: np.ndarray  # (len,) float64 per-token cross-entropy
+    losses: np.ndarray  # (len,) float64 per-token cross-entropy, suffix included
     correct: np.ndarray  # (len,) bool: argmax == target
+    suffix_len: int = 0  # trailing end-of-turn tokens (trained and in the reported loss, not in the certificate)
+
+    @property
+    def answer_losses(self) -> np.ndarray:
+        return self.losses[: len(self.losses) - self.suffix_len]
 
     @property
     def probs(self) -> np.ndarray:
-        return np.exp(-self.losses)
+        """p_t of the answer's own tokens."""
+        return np.exp(-self.answer_losses)
 
     @property
     def stubborn(self) -> list[int]:
@@ -54,19 +60,21 @@ def teacher_forced(forward: AnswerForward, batch_size: int) -> list[TokenStats]:
         losses = tokens.losses.double().cpu().numpy()  # (B, L)
         correct = tokens.correct.cpu().numpy()
         L = tokens.batch.labels.shape[1]
-        for row, n in enumerate(tokens.batch.target_lens):
-            out.append(TokenStats(losses[row, L - n :], correct[row, L - n :]))
+        for row, n in zip(idx, tokens.batch.target_lens):
+            i = row - idx[0]
+            out.append(TokenStats(losses[i, L - n :], correct[i, L - n :], forward.encoded[row].suffix_len))
     return out
 
 
 @torch.no_grad()
 def greedy_decode(model, encoded: list[Encoded], pad_id: int, batch_size: int, device) -> list[list[int]]:
-    """Generate len(target) tokens greedily from each prompt (KV cache, left-padded batches)."""
+    """Generate as many tokens as each answer has (its own, without the suffix) greedily from each prompt
+    (KV cache, left-padded batches)."""
     model.eval()
     results: list[list[int]] = []
     for idx in _chunks(len(encoded), batch_size):
         items = [encoded[i] for i in idx]
-        n_new = max(len(e.target_ids) for e in items)
+        n_new = max(e.answer_len for e in items)
         ids, mask, positions = (t.to(device) for t in left_pad([e.prompt_ids for e in items], pad_id))
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         steps = [out.logits[:, -1].argmax(-1)]  # (B,)
@@ -82,7 +90,7 @@ def greedy_decode(model, encoded: list[Encoded], pad_id: int, batch_size: int, d
             )
             steps.append(out.logits[:, -1].argmax(-1))
         generated = torch.stack(steps, dim=1).cpu().tolist()  # (B, n_new)
-        results.extend(g[: len(e.target_ids)] for g, e in zip(generated, items))
+        results.extend(g[: e.answer_len] for g, e in zip(generated, items))
     return results
 
 
@@ -99,13 +107,21 @@ def summarize(
     initial: list[TokenStats],
     generated: list[list[int]],
 ) -> tuple[dict, list[dict]]:
-    """Aggregate metrics and per-record rows (without text fields)."""
+    """Aggregate metrics and per-record rows (without text fields).
+
+    The reported losses (initial/final/delta_loss) average over every trained token, the
+    template's suffix included, as the reference reports them; the *_answer_loss ones, the
+    token counts, EM, accuracies, bits and the certificate count the answer's own tokens.
+    """
     rows = []
-    n_tokens = sum(len(e.target_ids) for e in encoded)
+    n_tokens = sum(e.answer_len for e in encoded)
+    n_trained = sum(len(e.target_ids) for e in encoded)
     init_sum = sum(float(s.losses.sum()) for s in initial)
     final_sum = sum(float(s.losses.sum()) for s in final)
+    init_answer = sum(float(s.answer_losses.sum()) for s in initial)
+    final_answer = sum(float(s.answer_losses.sum()) for s in final)
     for e, s, g in zip(encoded, final, generated):
-        fail = first_failure(g, e.target_ids)
+        fail = first_failure(g, e.answer_ids)
         rows.append(
             {
                 "exact": fail is None,
@@ -116,20 +132,23 @@ def summarize(
                 "generated_ids": g,
             }
         )
-    free_run_correct = sum(sum(a == b for a, b in zip(g, e.target_ids)) for e, g in zip(encoded, generated))
+    free_run_correct = sum(sum(a == b for a, b in zip(g, e.answer_ids)) for e, g in zip(encoded, generated))
     metrics = {
         "n_records": len(encoded),
         "target_tokens": n_tokens,
         "exact_match": sum(r["exact"] for r in rows) / len(rows),
-        "token_accuracy": sum(int(s.correct.sum()) for s in final) / n_tokens,
+        "token_accuracy": sum(int(s.correct[: len(s.answer_losses)].sum()) for s in final) / n_tokens,
         "free_run_token_accuracy": free_run_correct / n_tokens,
-        "initial_loss": init_sum / n_tokens,
-        "final_loss": final_sum / n_tokens,
-        "delta_loss": (init_sum - final_sum) / n_tokens,
+        "initial_loss": init_sum / n_trained,
+        "final_loss": final_sum / n_trained,
+        "delta_loss": (init_sum - final_sum) / n_trained,
+        "initial_answer_loss": init_answer / n_tokens,
+        "final_answer_loss": final_answer / n_tokens,
+        "delta_answer_loss": (init_answer - final_answer) / n_tokens,
         "stubborn_tokens": sum(len(s.stubborn) for s in final),
         "certified_fraction": sum(r["certified"] for r in rows) / len(rows),
         # A certified record that is not an exact match would contradict the certificate.
         "certificate_violations": sum(r["certified"] and not r["exact"] for r in rows),
-        "bits_stored": (init_sum - final_sum) / math.log(2),
+        "bits_stored": (init_answer - final_answer) / math.log(2),
     }
     return metrics, rows

@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from ..config import LORA_MODULES
+from ..config import A_INITS, LORA_MODULES
 from ..errors import MemlawError
 from ..io import save_tensors, write_json
 from .loading import decoder_layers
@@ -46,6 +46,7 @@ class AdapterSpec:
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ()
     lora_alpha: float | None = None
+    a_init: str = "reference"  # mlp: the initial scale of A (LowRankMemory)
     base_model: str = ""
     model_type: str = ""
     hidden_size: int = 0
@@ -63,6 +64,7 @@ class AdapterSpec:
         target_modules: Sequence[str] = (),
         lora_alpha: float | None = None,
         base_model: str = "",
+        a_init: str = "reference",
     ) -> AdapterSpec:
         """The spec of a `component` adapter of `rank` at `layers` of `model`; MemlawError if it does not fit."""
         blocks = decoder_layers(model)
@@ -80,9 +82,11 @@ class AdapterSpec:
             params = sum(rank * (m.in_features + m.out_features) for m in _lora_targets(blocks, layers, modules))
         else:
             raise MemlawError(f"unknown component {component!r}; choose from mlp, lora")
+        if a_init not in A_INITS:
+            raise MemlawError(f"config field 'a-init': must be one of {', '.join(A_INITS)}, got {a_init!r}")
         return cls(
             component=component, layers=tuple(layers), rank=rank, dropout=dropout, target_modules=modules,
-            lora_alpha=lora_alpha, base_model=base_model, model_type=str(getattr(model.config, "model_type", "")),
+            lora_alpha=lora_alpha, a_init=a_init, base_model=base_model, model_type=str(getattr(model.config, "model_type", "")),
             hidden_size=d, num_layers=len(blocks), trainable_params=params,
         )
 
@@ -103,14 +107,18 @@ def _lora_targets(blocks: nn.ModuleList, layers: Sequence[int], modules: Sequenc
 
 
 class LowRankMemory(nn.Module):
-    """x (…, d) -> dropout(x · A · B) (…, d), with A: d×r (Kaiming-uniform), B: r×d (zeros)."""
+    """x (…, d) -> dropout(x · A · B) (…, d), with A: d×r (Kaiming-uniform), B: r×d (zeros).
 
-    def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0):
+    `a_init`: "reference" applies kaiming_uniform_(a=√5) to the d×r tensor itself, as the paper's
+    code does, so PyTorch takes fan_in = r and A ~ U(±1/√r); "linear" gives A the law of an
+    nn.Linear(d, r) weight, U(±1/√d) (memlaw before 2026-11-24: √(d/r) times smaller).
+    """
+
+    def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, a_init: str = "reference"):
         super().__init__()
         self.A = nn.Parameter(torch.empty(hidden_size, rank))
         self.B = nn.Parameter(torch.zeros(rank, hidden_size))
-        # Same law as nn.Linear(d, r).weight (fan_in = d): U(-1/sqrt(d), 1/sqrt(d)).
-        nn.init.kaiming_uniform_(self.A.T, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.A if a_init == "reference" else self.A.T, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +260,7 @@ def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None)
         for k in spec.layers:
             if isinstance(blocks[k].mlp, MemoryMLP):
                 raise MemlawError(f"layer {k} already has a memory unit")
-            blocks[k].mlp = MemoryMLP(blocks[k].mlp, LowRankMemory(spec.hidden_size, spec.rank, spec.dropout).to(device))
+            blocks[k].mlp = MemoryMLP(blocks[k].mlp, LowRankMemory(spec.hidden_size, spec.rank, spec.dropout, spec.a_init).to(device))
         handle = Adapter(model, spec)
     else:
         handle = Adapter(_attach_lora(model, spec), spec)
@@ -303,7 +311,7 @@ def load_adapter(model: nn.Module, folder: str | Path) -> Adapter:
     try:  # the saved spec must be what this model makes of the same settings
         resolved = AdapterSpec.for_model(
             model, spec.component, spec.layers, spec.rank, spec.dropout, spec.target_modules, spec.lora_alpha,
-            spec.base_model,
+            spec.base_model, spec.a_init,
         )
     except MemlawError as e:
         raise MemlawError(f"{folder}: {e}") from None

@@ -78,6 +78,9 @@ class Method:
         self.boundaries = curriculum_boundaries(cfg)
         self.planned_steps = planned_steps(cfg, n)
         self.windows: dict[int, WindowState] = {}  # sliding window state per record id
+        # A step whose weights are all zero: skipped (zero-bp) for the curriculum, as the reference requires,
+        # and for memft_ot with --zero-bp; memft_ot otherwise falls back to the plain mean (see weights).
+        self.zero_bp = self.curriculum or (cfg.method == "memft_ot" and cfg.zero_bp)
 
     def active(self, epoch: int) -> list[int]:
         """The records trained at `epoch`."""
@@ -86,9 +89,10 @@ class Method:
         return curriculum_indices(self.order, epoch, self.cfg.batch_size, self.cfg.curriculum_ratios, self.boundaries)
 
     def batches(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
-        """The epoch's micro-batches: its active records in a fresh random order, batch_size at a time."""
+        """The epoch's micro-batches, batch_size records at a time: the active records in a fresh random
+        order, or for the curriculum in its fixed once-shuffled order (the reference does not reshuffle)."""
         indices = self.active(epoch)
-        order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+        order = indices if self.curriculum else [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
         size = self.cfg.batch_size
         return [order[i : i + size] for i in range(0, len(order), size)]
 
@@ -98,7 +102,9 @@ class Method:
         if cfg.method == "sft":
             return sft_weights(losses, mask), {}
         if not self.sliding:  # memft_ot, and memft_sw inside curriculum batches
-            return ot_weights(losses, mask, cfg.threshold_p, cfg.position_weighting, cfg.position_lambda), {}
+            weights = ot_weights(losses, mask, cfg.threshold_p, cfg.position_weighting, cfg.position_lambda)
+            # No token above the threshold: the reference's memft_ot trains on the plain mean; zero-bp skips.
+            return (weights if self.zero_bp else with_fallback(weights, mask)), {}
         anchors = first_errors(tokens.correct, mask)
         states = [
             update_window(self.windows.get(i, WindowState()), a, cfg.sw_patience, cfg.sw_expand_step, cfg.sw_expand_max)

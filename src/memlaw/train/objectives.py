@@ -50,10 +50,10 @@ def ot_weights(
 
 @dataclass
 class WindowState:
-    """Per-sample state of the sliding window: last anchor, steps it stayed, expansion."""
+    """Per-sample state of the sliding window: last step's anchor, patience counter, expansion e."""
 
     anchor: int = -1
-    stay: int = 0
+    patience: int = 0
     expansion: float = 1.0
 
 
@@ -98,20 +98,20 @@ def sliding_window_weights(
 def update_window(
     state: WindowState, anchor: int | None, patience: int = 3, step: float = 0.5, max_expansion: float = 4.0
 ) -> WindowState:
-    """Grow the expansion by `step` once the anchor stayed put `patience` consecutive steps; reset when it moves."""
+    """The reference's window growth (DESIGN §3): a step whose anchor equals the previous step's adds 1 to
+    the patience counter, any other step resets it to 0; at every step with patience >= `patience` the
+    expansion grows by `step` (capped), at every other step it is 1. With the anchor stuck from step 1,
+    e = 1, 1, 1, 1.5, 2, … up to the cap. A sample without an error has no anchor (and resets)."""
     if anchor is None:
         return WindowState(-1, 0, 1.0)
-    if anchor != state.anchor:
-        return WindowState(anchor, 1, 1.0)
-    stay = state.stay + 1
-    if stay >= patience:
-        return WindowState(anchor, 0, min(state.expansion + step, max_expansion))
-    return WindowState(anchor, stay, state.expansion)
+    count = state.patience + 1 if anchor == state.anchor else 0
+    expansion = min(state.expansion + step, max_expansion) if count >= patience else 1.0
+    return WindowState(anchor, count, expansion)
 
 
 def with_fallback(weights: torch.Tensor, mask: torch.Tensor, min_total: float = 1e-5) -> torch.Tensor:
-    """Plain mean when the soft weights (nearly) vanish."""
-    return mask.to(weights.dtype) if float(weights.sum()) < min_total else weights
+    """Plain mean when the weights (nearly) vanish. Decided on the device: no host sync."""
+    return torch.where(weights.sum() < min_total, mask.to(weights.dtype), weights)
 
 
 def weighted_loss(losses: torch.Tensor, weights: torch.Tensor, eps: float = EPS) -> torch.Tensor:

@@ -243,10 +243,10 @@ def optimizer_step(session: Session, forward: AnswerForward, group: list[list[in
         loss = weighted_loss(losses, weights)
         with torch.no_grad():  # the numbers go to the host in one transfer: one GPU sync per micro-batch
             probs = torch.exp(-losses) * mask  # (B, L), 0 at padding
-            numbers = torch.stack([(weights > 0).sum(), mask.sum(), ((probs <= P_THRESHOLD) & mask).sum(),
-                                   loss.detach(), probs.sum()]).tolist()
+            stubborn = (probs <= P_THRESHOLD) & tokens.batch.answer_mask  # the certificate's tokens
+            numbers = torch.stack([(weights > 0).sum(), mask.sum(), stubborn.sum(), loss.detach(), probs.sum()]).tolist()
         n_active, n_mask, n_stubborn = map(int, numbers[:3])
-        if n_active or not cfg.zero_bp:
+        if n_active or not method.zero_bp:
             (loss / len(group)).backward()
             stats.backwards += 1
         stats.active += n_active
