@@ -77,6 +77,20 @@ def local_sweep(tiny_model_dir, tmp_path_factory):
     ({"by_length": {999: {"epochs": 3}}}, "by_length"),
     ({"by_length": {20: {"epochs": 0}}}, "by_length.20"),
     ({"by_method_length": {"memft_ot": {40: {"batch_size": -2}}}}, "by_method_length.memft_ot.40"),
+    ({"blocks": []}, "blocks"),
+    ({"blocks": {"ranks": [1]}}, "blocks"),
+    ({"blocks": [{"ranks": [1]}, {}]}, r"blocks\[1\]"),
+    ({"blocks": [{"rank": [1]}]}, r"blocks\[0\]"),
+    ({"blocks": [{"ranks": [8]}]}, r"blocks\[0\]\.ranks"),
+    ({"blocks": [{"ranks": [1, 1]}]}, r"blocks\[0\]\.ranks"),
+    ({"blocks": [{"lengths": "20"}]}, r"blocks\[0\]\.lengths"),
+    ({"blocks": [{"ratios": ["r0"]}]}, r"blocks\[0\]\.ratios"),
+    ({"blocks": [{"ranks": [1]}, {"ranks": [1], "lengths": [20]}]}, "blocks"),  # rank 4 is in no block
+    ({"methods": ["sft", "memft_ot"], "blocks": [{"methods": ["sft"], "lengths": [20]}, {"methods": ["memft_ot"]}],
+      "by_method_length": {"sft": {40: {"epochs": 3}}}}, "by_method_length.sft.40"),
+    ({"source": "text.txt"}, "source"),
+    ({"benchmark": "long-context", "ratios": ["r0"], "source": "/no/such/file.txt"}, "source"),
+    ({"benchmark": "long-context", "ratios": ["r0"], "source": 3}, "source"),
 ])
 def test_grid_errors_name_the_field(tmp_path, change, field):
     path = write_grid(tmp_path / "grid.yaml", tiny_grid("/m", **change))
@@ -118,6 +132,55 @@ def test_cells_names_and_override_precedence(tmp_path):
     assert parse_grid({**values, "data_seed": 7}, "g").cells()[-1].data_seed == 7
 
 
+def test_blocks_select_a_union_of_partial_grids_in_product_order():
+    values = tiny_grid("/m", benchmark="long-context", ratios=["r0", "r100"], methods=["sft", "memft_ot"],
+                       ranks=[1, 2, 64], lengths=[20, 40, 80], seeds=[1, 2])
+    full = [c.name for c in parse_grid(values, "g").cells()]
+    blocks = [
+        {"ratios": ["r100"], "lengths": [40, 20]},               # every method and rank on r100, two lengths
+        {"methods": ["sft"], "ranks": [2, 1], "seeds": [1]},    # sft, low ranks, seed 1, every ratio and length
+        {"ratios": ["r100"], "methods": ["sft"], "ranks": [64]},  # overlaps the first block: kept once
+    ]
+    grid = parse_grid({**values, "blocks": blocks}, "g")
+    names = [c.name for c in grid.cells()]
+    expected = [
+        n for n in full  # the product's order, whichever block selects a cell
+        if ("-r100-" in n and ("-L20-" in n or "-L40-" in n))
+        or ("-sft-" in n and ("-r1-" in n or "-r2-" in n) and n.endswith("-s1"))
+        or n.startswith("long-context-r100-sft-r64-")
+    ]
+    # 24 + 12 + 6 cells, less the 4 the first block shares with each of the others
+    assert names == expected and len(set(names)) == len(names) == 24 + 12 + 6 - 4 - 4
+    assert grid.blocks[0] == {"ratios": ["r100"], "lengths": [20, 40]}  # kept in the grid's order
+    assert "long-context-r0-memft_ot-r1-L20-s1" not in names and "long-context-r100-sft-r64-L80-s2" in names
+    # the grid file round trip (DIR/grid.yaml) keeps the blocks; a grid without them is the whole product
+    assert [c.name for c in parse_grid(grid.to_dict(), "g").cells()] == names
+    assert "blocks" not in parse_grid(values, "g").to_dict() and "source" not in parse_grid(values, "g").to_dict()
+    assert [c.name for c in parse_grid({**values, "blocks": [{"seeds": [1, 2]}]}, "g").cells()] == full
+
+
+def test_source_is_absolute_names_the_data_and_reaches_data_generation(tmp_path, monkeypatch):
+    text = tmp_path / "My Text.txt"
+    text.write_text("Some natural text.", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    values = tiny_grid("/m", benchmark="long-context", ratios=["r20"], lengths=[40])
+    plain, custom = parse_grid(values, "g"), parse_grid({**values, "source": "My Text.txt"}, "g")
+    assert custom.source == str(text.resolve()) and plain.source is None
+    assert plain.cells()[0].data_name == "long-context-r20-L40-d42"  # unchanged without a source
+    tag = custom.cells()[0].data_name
+    assert tag.startswith("long-context-r20-L40-d42-My_Text-") and len(tag) == len("long-context-r20-L40-d42-My_Text-") + 8
+    other = tmp_path / "b" / "My Text.txt"
+    other.parent.mkdir()
+    other.write_text("Other text.", encoding="utf-8")
+    assert parse_grid({**values, "source": str(other)}, "g").cells()[0].data_name != tag
+    assert [c.name for c in custom.cells()] == [c.name for c in plain.cells()]  # cell names do not change
+
+    seen = []
+    monkeypatch.setattr("memlaw.sweep.grid.generate", lambda spec, *a: (seen.append(spec), ([{"q": 1}], None))[1])
+    path, _ = ensure_data(custom, custom.cells()[0], tmp_path / "data")
+    assert seen[0].source == str(text.resolve()) and path.name == f"{tag}.jsonl"
+
+
 def test_data_is_deterministic_and_shared(local_sweep, tmp_path):
     grid, out, _ = local_sweep
     assert sorted(p.name for p in (out / "data").iterdir()) == ["phonebook-L20-d42.jsonl", "phonebook-L40-d42.jsonl"]
@@ -145,7 +208,80 @@ def test_presets_load_and_list(capsys, tmp_path):
     sw = qwen["phonebook-memft_sw-r8-L32000-s42"].train_config("d")
     assert (sw.lr, sw.epochs, sw.batch_size, sw.grad_accum, sw.curriculum_boundaries) == (5e-3, 700, 40, 2, [100, 200, 300, 400, 700])
     assert qwen["phonebook-sft-r8-L32000-s42"].train_config("d").batch_size == 16
-    assert len(load_preset("llama3.1-8b-long-context", model="/m").cells()) == 6 * 3 * 10 * 8
+
+
+# ---------------------------------------------------------------------- parity with the paper's sweeps
+# DESIGN §8 (the reference scripts' defaults), written out as lists; the expected cells are computed from them.
+PB_LENGTHS = [1000, 2000, 4000, 8000, 12000, 16000, 24000, 32000]
+PB_RANKS = [1, 2, 4, 8, 16, 32, 64]
+METHODS = ["sft", "memft_ot", "memft_sw"]
+LC_RATIOS = ["r0", "r20", "r40", "r60", "r80", "r100"]
+LC_RANKS_R100 = [1, 2, 4, 6, 8, 10, 12, 14, 16, 24, 32, 48, 64, 128, 256, 512]
+LC_RANKS_LOW = [1, 2, 4, 6, 8, 10, 12, 14, 16]  # r0-r80
+LC_LENGTHS = [50, 100, 200, 500, 1000, 2000, 3000, 4000, 5000, 6000, 7000]
+LC_EXTRA = [8000, 10000]  # SFT on r0-r80, and Qwen SFT on r100
+
+
+def paper_cells(preset: str) -> set[tuple]:
+    """(ratio, method, rank, length) of every run of the paper's sweep for a preset, from DESIGN §8."""
+    if preset.endswith("phonebook"):
+        return {(None, m, r, n) for m in METHODS for r in PB_RANKS for n in PB_LENGTHS}
+    qwen = preset.startswith("qwen")
+    out = set()
+    for ratio in LC_RATIOS:
+        methods = METHODS if ratio == "r100" else ["sft"]  # MemFT on r100 only
+        ranks = LC_RANKS_R100 if ratio == "r100" else LC_RANKS_LOW
+        for m in methods:
+            extra = m == "sft" and (ratio != "r100" or qwen)
+            out |= {(ratio, m, r, n) for r in ranks for n in LC_LENGTHS + (LC_EXTRA if extra else [])}
+    return out
+
+
+@pytest.mark.parametrize("preset, count, layer", [
+    ("qwen3-8b-phonebook", 168, 24), ("llama3.1-8b-phonebook", 168, 18),
+    ("qwen3-8b-long-context", 1145, 24), ("llama3.1-8b-long-context", 1113, 18),
+])
+def test_presets_are_the_papers_sweeps(preset, count, layer):
+    cells = load_preset(preset, model="/m").cells()
+    expected = paper_cells(preset)
+    got = [(c.ratio, c.method, c.rank, c.length) for c in cells]
+    assert len(got) == len(set(got)) == len(expected) == count and set(got) == expected
+    assert {c.seed for c in cells} == {42} and all(c.train_config("d").layer == [layer] for c in cells)
+    per = {}
+    for ratio, method, rank, length in got:
+        entry = per.setdefault((method, ratio), [0, set(), set()])
+        entry[0] += 1
+        entry[1].add(rank)
+        entry[2].add(length)
+    if preset.endswith("long-context"):
+        assert "memft_ot" not in {m for (m, r) in per if r == "r40"}  # MemFT only on r100
+        assert {ratio for (ratio, _, rank, _) in got if rank == 512} == {"r100"}
+        assert {m for (_, m, _, n) in got if n == 10000} == {"sft"}
+        for (method, ratio), (n, ranks, lengths) in per.items():
+            assert ranks == set(LC_RANKS_R100 if ratio == "r100" else LC_RANKS_LOW)
+            assert n == len(ranks) * len(lengths)
+        assert per[("sft", "r100")][2] == set(LC_LENGTHS + (LC_EXTRA if preset.startswith("qwen") else []))
+        assert per[("memft_sw", "r100")][2] == set(LC_LENGTHS)
+        for c in cells:  # DESIGN §3: lr 1e-2, 2000 epochs, batch 1
+            cfg = c.train_config("d")
+            assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum) == (1e-2, 2000, 1, 1)
+    else:
+        assert all(n == len(PB_RANKS) * len(PB_LENGTHS) for n, _, _ in per.values())
+        sizes = {c.train_config("d").batch_size for c in cells if c.method != "memft_sw"}
+        assert (min(sizes), max(sizes)) == ((4, 16) if preset.startswith("qwen") else (10, 20))  # DESIGN §3
+
+
+def test_qwen_phonebook_memft_sw_settings_by_length():
+    """DESIGN §3: Qwen memft_sw at 1000-2000 answer tokens and at 32000."""
+    qwen = {c.name: c.train_config("d") for c in load_preset("qwen3-8b-phonebook", model="/m").cells()}
+    for length in (1000, 2000):
+        sw = qwen[f"phonebook-memft_sw-r1-L{length}-s42"]
+        assert (sw.lr, sw.epochs, sw.batch_size, sw.grad_accum, sw.curriculum_boundaries) == (1e-2, 300, 10, 1, [20, 40, 60, 80, 300])
+    sw = qwen["phonebook-memft_sw-r64-L32000-s42"]
+    assert (sw.lr, sw.epochs, sw.batch_size, sw.grad_accum, sw.curriculum_boundaries) == (5e-3, 700, 40, 2, [100, 200, 300, 400, 700])
+    assert sw.curriculum_ratios == [0.2, 0.4, 0.6, 0.8, 1.0] and sw.sw_mode == "curriculum" and sw.zero_bp
+    sft = qwen["phonebook-sft-r1-L1000-s42"]
+    assert (sft.lr, sft.epochs, sft.batch_size, sft.curriculum_boundaries) == (1e-2, 200, 4, None)
 
 
 # ---------------------------------------------------------------------- local engine

@@ -64,7 +64,7 @@ def check_data_readable(path: str) -> None:
 
 def resolve(cfg: TrainConfig, loaded: LoadedModel) -> TrainConfig:
     """Fill in what 'auto'/None stood for, so config.yaml says exactly what ran."""
-    layers = cfg.layer if cfg.layer is not None else default_layers(len(decoder_layers(loaded.model)))
+    layers = cfg.layer if cfg.layer is not None else default_layers(loaded.model.config, len(decoder_layers(loaded.model)))
     dtype = str(loaded.dtype).replace("torch.", "")
     return replace(cfg, layer=list(layers), device=loaded.device.type, dtype=dtype, data=str(Path(cfg.data).resolve()))
 

@@ -26,6 +26,7 @@ class DataSpec:
     seed: int = 42
     ratio: str | None = None  # long-context: r0 … r100
     text: str | None = None  # long-context: source text (default: the built-in one)
+    source: str | None = None  # long-context: source text file (default: the built-in one)
     heldout: int | None = None  # linear-rule: held-out pairs
     max_value: int = 99  # linear-rule: x and y range over 0..max_value
 

@@ -167,6 +167,26 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return layers
 
 
-def default_layers(num_layers: int) -> list[int]:
-    """About two thirds of the depth (Qwen3-8B: 24 of 36; SmolLM2-135M: 20 of 30)."""
-    return [min(num_layers - 1, round(2 * num_layers / 3))]
+# The paper's layer for the models it studies, keyed by (model_type, num_hidden_layers, hidden_size) of the
+# (text) config (DESIGN §2; the reference scripts' LAYER defaults). Llama-3.1-8B's 18 is not two thirds (21).
+PAPER_LAYERS = {
+    ("qwen3", 36, 4096): 24,  # Qwen3-8B
+    ("llama", 32, 4096): 18,  # Llama-3.1-8B(-Instruct); Llama-3-8B and Llama-2-7B share these dims
+}
+
+
+def default_layers(config, num_layers: int | None = None) -> list[int]:
+    """The memory unit's default layer for a model config: the paper's layer for a model it studies
+    (Qwen3-8B: 24 of 36; Llama-3.1-8B: 18 of 32), else about two thirds of the depth (SmolLM2-135M: 20 of 30).
+
+    `num_layers` is the loaded model's decoder-block count (the range the adapter indexes); it
+    defaults to the config's num_hidden_layers. Multimodal configs are read through their text config.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    depth = getattr(text, "num_hidden_layers", None) if num_layers is None else num_layers
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth <= 0:
+        raise MemlawError(f"cannot choose a default layer: the model config has no num_hidden_layers ({depth!r}); pass --layer")
+    key = (getattr(text, "model_type", None), depth, getattr(text, "hidden_size", None))
+    if key in PAPER_LAYERS:
+        return [PAPER_LAYERS[key]]
+    return [min(depth - 1, round(2 * depth / 3))]

@@ -1,21 +1,28 @@
 """Sweep grids: a typed YAML description of many training runs, expanded into named cells.
 
 A grid is the product ``ratios × methods × ranks × lengths × seeds`` (ratios: Long-Context
-only). Every cell's TrainConfig is built from, in increasing priority:
+only). Optional ``blocks`` narrow it: each block is a partial grid (some of those five
+axes, each a subset of the grid's list; an axis it omits means all of the grid's values)
+and the grid's cells are the product's cells that at least one block selects, in product
+order. So "these ranks only on r100" or "MemFT only on r100" is one block each, a cell two
+blocks select appears once, and a grid without blocks is the whole product.
+Every cell's TrainConfig is built from, in increasing priority:
 
     TrainConfig defaults < train < by_method[method] < by_length[length]
                          < by_method_length[method][length] < the cell's own axes
 
 The axes (model, method, rank, seed, layer, and length for Long-Context) cannot be set in
-the override sections. Data depends only on (benchmark, ratio, length, data seed), so the
-ranks and methods of a grid share their data files.
+the override sections. Data depends only on (benchmark, ratio, length, data seed and the
+Long-Context ``source`` file, if any), so the ranks and methods of a grid share their data files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -34,6 +41,7 @@ AXIS_KEYS = {
     "data": "the sweep", "model": "model", "method": "methods", "rank": "ranks", "seed": "seeds", "layer": "layer",
     "length": "lengths",
 }
+BLOCK_AXES = ("ratios", "methods", "ranks", "lengths", "seeds")  # a block's keys, in product order
 DATA_PLACEHOLDER = "(generated per cell)"
 DEFAULT_HELDOUT = 100
 FLOAT_FIELDS = {  # YAML reads 1e-2 as a string; these fields accept it as a number
@@ -55,12 +63,18 @@ class Cell:
     seed: int
     data_seed: int
     overrides: dict[str, Any]  # TrainConfig field -> value (everything but `data`)
+    source: str | None = None  # long-context: the grid's source text file (absolute path)
 
     @property
     def data_name(self) -> str:
-        """Stem of the cell's data file; shared by every cell with the same data."""
+        """Stem of the cell's data file; shared by every cell with the same data.
+
+        A custom source adds its file stem and a hash of its path, so different sources never
+        share a data file while grids without one keep their names.
+        """
         ratio = f"-{self.ratio}" if self.ratio else ""
-        return f"{self.benchmark}{ratio}-L{self.length}-d{self.data_seed}"
+        source = f"-{source_tag(self.source)}" if self.source else ""
+        return f"{self.benchmark}{ratio}-L{self.length}-d{self.data_seed}{source}"
 
     def train_config(self, data: str | Path) -> TrainConfig:
         return TrainConfig(data=str(data), **self.overrides).validate()
@@ -86,20 +100,37 @@ class Grid:
     by_method: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_length: dict[int, dict[str, Any]] = field(default_factory=dict)
     by_method_length: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    blocks: list[dict[str, list]] | None = None  # partial grids whose cells are kept (None: the whole product)
+    source: str | None = None  # long-context: source text file (None: the built-in text)
 
     @property
     def device(self) -> str:
         return self.train.get("device", "auto")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The grid as written to DIR/grid.yaml; unset blocks/source are left out, so a sweep folder
+        made before they existed still holds the same grid."""
+        values = dataclasses.asdict(self)
+        for name in ("blocks", "source"):
+            if values[name] is None:
+                del values[name]
+        return values
+
+    def selects(self, ratio: str | None, method: str, rank: int, length: int, seed: int) -> bool:
+        """Whether this point of the product is a cell: always without blocks, else if some block has it."""
+        if self.blocks is None:
+            return True
+        point = dict(zip(BLOCK_AXES, (ratio, method, rank, length, seed)))
+        return any(all(point[axis] in values for axis, values in block.items()) for block in self.blocks)
 
     def cells(self) -> list[Cell]:
-        """Every cell, in grid order (ratio, method, rank, length, seed)."""
+        """Every cell, in grid order (ratio, method, rank, length, seed), each once."""
         out = []
         for ratio, method, rank, length, seed in itertools.product(
             self.ratios or [None], self.methods, self.ranks, self.lengths, self.seeds
         ):
+            if not self.selects(ratio, method, rank, length, seed):
+                continue
             overrides = {
                 **self.train,
                 **self.by_method.get(method, {}),
@@ -113,7 +144,7 @@ class Grid:
             out.append(Cell(
                 name=f"{prefix}-{method}-r{rank}-L{length}-s{seed}",
                 benchmark=self.benchmark, ratio=ratio, method=method, rank=rank, length=length, seed=seed,
-                data_seed=seed if self.data_seed is None else self.data_seed, overrides=overrides,
+                data_seed=seed if self.data_seed is None else self.data_seed, overrides=overrides, source=self.source,
             ))
         return out
 
@@ -190,19 +221,94 @@ def parse_grid(values: dict[str, Any], where: str, model: str | None = None) -> 
         if method not in methods:
             raise bad("by_method_length", f"method {method!r} is not in methods")
         by_method_length[method] = _keyed(per_length, f"by_method_length.{method}", lengths, "length", bad)
+    axes = {"ratios": ratios, "methods": methods, "ranks": ranks, "lengths": lengths, "seeds": seeds}
+    blocks = _blocks(v.get("blocks"), axes, bad)
+    source = _source(v.get("source"), benchmark, bad)
 
     grid = Grid(
         name=name.strip(), model=_normalize_model(v["model"].strip()), benchmark=benchmark, methods=methods,
         ranks=ranks, lengths=lengths, seeds=seeds, ratios=ratios, layer=layer, data_seed=data_seed,
         heldout=heldout, description=description, train=train, by_method=by_method, by_length=by_length,
-        by_method_length=by_method_length,
+        by_method_length=by_method_length, blocks=blocks, source=source,
     )
-    for cell in grid.cells():  # the merged settings must make a valid TrainConfig too
+    cells = grid.cells()
+    if blocks is not None:
+        _check_blocks_cover(cells, axes, by_method_length, bad)
+    for cell in cells:  # the merged settings must make a valid TrainConfig too
         try:
             cell.train_config(DATA_PLACEHOLDER)
         except MemlawError as e:
             raise MemlawError(f"{where}: cell {cell.name}: {e}")
     return grid
+
+
+def _blocks(value: Any, axes: dict[str, list | None], bad) -> list[dict[str, list]] | None:
+    """null, or a non-empty list of partial grids: mappings from some of BLOCK_AXES to a non-empty
+    subset of the grid's list for that axis (kept in the grid's order)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise bad("blocks", f"must be null or a non-empty list of partial grids (mappings of {', '.join(BLOCK_AXES)})")
+    blocks = []
+    for i, block in enumerate(value):
+        where = f"blocks[{i}]"
+        if not isinstance(block, dict) or not block:
+            raise bad(where, f"must be a mapping that sets some of {', '.join(BLOCK_AXES)}, got {block!r}")
+        unknown = sorted(set(block) - set(BLOCK_AXES), key=str)
+        if unknown:
+            raise bad(where, f"unknown key {unknown[0]!r}; a block sets some of {', '.join(BLOCK_AXES)}")
+        out = {}
+        for axis in BLOCK_AXES:
+            if axis not in block:
+                continue
+            if axes[axis] is None:
+                raise bad(f"{where}.{axis}", "only for benchmark long-context")
+            kind = (lambda x: isinstance(x, str)) if axis in ("ratios", "methods") else _is_int
+            values = _unique_list(block[axis], kind, f"a non-empty list from the grid's {axis}", bad, f"{where}.{axis}")
+            missing = [x for x in values if x not in axes[axis]]
+            if missing:
+                raise bad(f"{where}.{axis}", f"{missing[0]!r} is not in the grid's {axis} {axes[axis]!r}")
+            out[axis] = [x for x in axes[axis] if x in values]
+        blocks.append(out)
+    return blocks
+
+
+def _check_blocks_cover(cells: list[Cell], axes: dict[str, list | None], by_method_length: dict, bad) -> None:
+    """With blocks, every listed axis value and every by_method_length entry must reach a cell:
+    a value no block selects would be a silent no-op (usually a typo in a block)."""
+    used = {
+        "ratios": {c.ratio for c in cells}, "methods": {c.method for c in cells}, "ranks": {c.rank for c in cells},
+        "lengths": {c.length for c in cells}, "seeds": {c.seed for c in cells},
+    }
+    for axis, values in axes.items():
+        for x in values or []:
+            if x not in used[axis]:
+                raise bad("blocks", f"{axis[:-1]} {x!r} is listed in {axis} but no block selects it")
+    pairs = {(c.method, c.length) for c in cells}
+    for method, per_length in by_method_length.items():
+        for length in per_length:
+            if (method, length) not in pairs:
+                raise bad(f"by_method_length.{method}.{length}", f"no block selects method {method} at length {length}")
+
+
+def _source(value: Any, benchmark: str, bad) -> str | None:
+    """null (the built-in text) or an existing text / reference-format JSONL file, made absolute."""
+    if value is None:
+        return None
+    if benchmark != "long-context":
+        raise bad("source", "only for benchmark long-context")
+    if not isinstance(value, str) or not value.strip():
+        raise bad("source", f"must be the path of a text or reference-format JSONL file, got {value!r}")
+    path = Path(os.path.expanduser(value.strip()))
+    if not path.is_file():
+        raise bad("source", f"file {value.strip()!r} does not exist")
+    return str(path.resolve())
+
+
+def source_tag(source: str) -> str:
+    """A file-name-safe tag for a source path: its stem and 8 hex digits of the path's SHA-1."""
+    stem = re.sub(r"[^A-Za-z0-9_.]+", "_", Path(source).stem)[:40] or "source"
+    return f"{stem}-{hashlib.sha1(source.encode('utf-8')).hexdigest()[:8]}"
 
 
 def _layers(value: Any, bad) -> list[int] | None:
@@ -323,7 +429,8 @@ def ensure_data(grid: Grid, cell: Cell, data_dir: Path) -> tuple[Path, Path | No
     train, heldout = data_paths(cell, data_dir)
     if train.is_file() and (heldout is None or heldout.is_file()):
         return train, heldout
-    spec = DataSpec(cell.benchmark, length=cell.length, seed=cell.data_seed, ratio=cell.ratio, heldout=grid.heldout)
+    spec = DataSpec(cell.benchmark, length=cell.length, seed=cell.data_seed, ratio=cell.ratio, heldout=grid.heldout,
+                    source=grid.source)
     train_rows, heldout_rows = generate(spec, grid.model, bool(grid.train.get("trust_remote_code", False)))
     if heldout is not None:
         write_jsonl(heldout, heldout_rows)
