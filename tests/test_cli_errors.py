@@ -348,6 +348,46 @@ def test_long_context_with_length_trains(tiny_model_dir, tmp_path, capsys):
     assert metrics["n_records"] == 1 and metrics["target_tokens"] == 9  # byte-level tokenizer: 9 tokens
 
 
+def test_long_context_matching_ids_not_a_list_of_ids(tiny_model_dir, tmp_path, capsys):
+    data = write_records(tmp_path / "lc.jsonl", [dict(LONG_CONTEXT, matching_ids=[84, "104", 101])])
+    rc = main(train_argv(tiny_model_dir, data, tmp_path / "run", "--length", "9"))
+    assert_user_error(rc, capsys, f"{shown(data)}:1:", "'matching_ids'", "list of token ids")
+
+
+# ---------------------------------------------------------------------- 15b: `memlaw data long-context --source`
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [
+        ("missing.txt", None, "cannot read it (No such file or directory)"),
+        ("folder", "dir", "cannot read it (Is a directory)"),
+        ("latin1.txt", b"caf\xe9 au lait", "not UTF-8 text"),
+        ("binary.txt", b"\x00\x01\x02 text", "not text"),
+        ("blank.txt", b"  \n\n", "empty"),
+        ("paper.jsonl", b'{"question": "q", "text": "no matching"}\n', ":1: no string field 'matching'"),
+        ("broken.jsonl", b'\n{"matching": \n', ":2: malformed JSON"),
+    ],
+)
+def test_bad_long_context_source(tiny_model_dir, tmp_path, capsys, name, content, needle):
+    source = tmp_path / name
+    if content == "dir":
+        source.mkdir()
+    elif content is not None:
+        source.write_bytes(content)
+    out = tmp_path / "lc.jsonl"
+    rc = main(["data", "long-context", "--ratio", "r20", "--length", "10", "--source", str(source),
+               "--model", str(tiny_model_dir), "--out", str(out)])
+    assert_user_error(rc, capsys, f"long-context source {source}", needle)
+    assert not out.exists()
+
+
+def test_long_context_source_shorter_than_length(tiny_model_dir, tmp_path, capsys):
+    source = tmp_path / "short.txt"
+    source.write_text("Too short.", encoding="utf-8")
+    rc = main(["data", "long-context", "--ratio", "r20", "--length", "50", "--source", str(source),
+               "--model", str(tiny_model_dir), "--out", str(tmp_path / "lc.jsonl")])
+    assert_user_error(rc, capsys, str(source), "only 10 tokens", "--length 50")
+
+
 # ---------------------------------------------------------------------- 16: atomic writes
 @pytest.mark.parametrize("component", ["mlp", "lora"])
 def test_successful_run_leaves_no_temp_files(tiny_model_dir, small_records, tmp_path, capsys, component):

@@ -25,8 +25,7 @@ class DataSpec:
     records: int | None = None  # phonebook: a record count instead of `length`
     seed: int = 42
     ratio: str | None = None  # long-context: r0 … r100
-    text: str | None = None  # long-context: source text (default: the built-in one)
-    source: str | None = None  # long-context: source text file (default: the built-in one)
+    source: str | None = None  # long-context: a text or reference .jsonl file (default: the built-in text)
     heldout: int | None = None  # linear-rule: held-out pairs
     max_value: int = 99  # linear-rule: x and y range over 0..max_value
 
@@ -52,10 +51,12 @@ def generate(spec: DataSpec, model: str = "default", trust_remote_code: bool = F
         return generate_phonebook(_tokenizer(model, trust_remote_code), seed=spec.seed, length=spec.length,
                                   records=spec.records), None
     if spec.benchmark == "long-context":
-        from .long_context import generate_long_context
+        from .long_context import generate_long_context, read_source
 
         if spec.ratio is None or spec.length is None:
             raise MemlawError("long-context: needs a ratio and a length")
+        text = read_source(spec.source) if spec.source is not None else None
         tokenizer = _tokenizer(model, trust_remote_code)
-        return [generate_long_context(tokenizer, spec.ratio, spec.length, seed=spec.seed, text=spec.text)], None
+        row = generate_long_context(tokenizer, spec.ratio, spec.length, seed=spec.seed, text=text, source=spec.source)
+        return [row], None
     raise MemlawError(f"unknown benchmark {spec.benchmark!r}; choose from {', '.join(BENCHMARKS)}")

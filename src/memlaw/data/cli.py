@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -21,7 +20,10 @@ def register(subparsers) -> None:
     p.add_argument("--ratio", required=True, help="r0 | r20 | r40 | r60 | r80 | r100")
     p.add_argument("--length", type=int, required=True, help="target length in tokens")
     p.add_argument("--out", required=True, help="output JSONL")
-    p.add_argument("--text", default=None, help="natural text file to use instead of the built-in source")
+    p.add_argument("--source", default=None, metavar="FILE",
+                   help="natural text: a UTF-8 text file, or a reference Long-Context .jsonl (its first line's "
+                        "'matching'); default: Python's own documentation text")
+    p.add_argument("--text", dest="source", help=argparse.SUPPRESS)  # deprecated alias of --source
     p.add_argument("--model", default="default", help="model whose tokenizer defines tokens (default: default)")
     p.add_argument("--seed", type=int, default=42, help="seed (default: 42)")
     p.set_defaults(func=cmd_long_context)
@@ -47,17 +49,11 @@ def cmd_phonebook(args: argparse.Namespace) -> int:
 
 
 def cmd_long_context(args: argparse.Namespace) -> int:
-    from ..errors import MemlawError
     from ..io import write_jsonl
     from .benchmarks import DataSpec, generate
 
-    text = None
-    if args.text:
-        try:
-            text = Path(args.text).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise MemlawError(f"cannot read --text {args.text}: {e}")
-    (row,), _ = generate(DataSpec("long-context", length=args.length, seed=args.seed, ratio=args.ratio, text=text), args.model)
+    spec = DataSpec("long-context", length=args.length, seed=args.seed, ratio=args.ratio, source=args.source)
+    (row,), _ = generate(spec, args.model)
     write_jsonl(args.out, [row])
     print(f"wrote a {args.ratio} sequence ({row['noise_count']} random tokens), target length {args.length} -> {args.out}")
     return 0

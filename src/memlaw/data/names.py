@@ -1,31 +1,37 @@
-"""Common given names and surnames for PhoneBook keys (public, generic US census-style names)."""
+"""PhoneBook name pools: the static first- and last-name lists of Faker's English-language locales.
 
-FIRST_NAMES = """
-James Mary Robert Patricia John Jennifer Michael Linda David Elizabeth William Barbara Richard Susan
-Joseph Jessica Thomas Sarah Charles Karen Christopher Lisa Daniel Nancy Matthew Betty Anthony Margaret
-Mark Sandra Donald Ashley Steven Kimberly Paul Emily Andrew Donna Joshua Michelle Kenneth Carol Kevin
-Amanda Brian Dorothy George Melissa Timothy Deborah Ronald Stephanie Edward Rebecca Jason Sharon Jeffrey
-Laura Ryan Cynthia Jacob Kathleen Gary Amy Nicholas Angela Eric Shirley Jonathan Anna Stephen Brenda
-Larry Pamela Justin Emma Scott Nicole Brandon Helen Benjamin Samantha Samuel Katherine Gregory Christine
-Alexander Debra Frank Rachel Patrick Carolyn Raymond Janet Jack Catherine Dennis Maria Jerry Heather
-Tyler Diane Aaron Ruth Jose Julie Adam Olivia Nathan Joyce Henry Virginia Douglas Victoria Zachary Kelly
-Peter Lauren Kyle Christina Ethan Joan Walter Evelyn Noah Judith Jeremy Megan Christian Andrea Keith
-Cheryl Roger Hannah Terry Jacqueline Gerald Martha Harold Gloria Sean Teresa Austin Ann Carl Sara Arthur
-Madison Lawrence Frances Dylan Kathryn Jesse Janice Jordan Jean Bryan Abigail Billy Alice Joe Judy Bruce
-Sophia Gabriel Grace Logan Denise Albert Amber Willie Doris Alan Marilyn Juan Danielle Wayne Beverly
-""".split()
+The reference's keys rarely repeat a first or last name (about 1 200 first and 2 700 last names
+over 3 200 records), which needs pools of thousands; a maintained library's lists give them
+(about 8 600 first × 5 300 last names) where a hand-written list gave 178 of each. Only Faker's
+static data are read, never its random generator, so memlaw's seeded RNG alone decides the
+draws. The lists are data: a Faker release that edits them changes every generated PhoneBook,
+hence the version bound in pyproject.toml and the fingerprint test in tests/test_data.py.
+"""
 
-LAST_NAMES = """
-Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez Gonzalez Wilson
-Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris Sanchez Clark Ramirez Lewis
-Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill Flores Green Adams Nelson Baker Hall
-Rivera Campbell Mitchell Carter Roberts Gomez Phillips Evans Turner Diaz Parker Cruz Edwards Collins Reyes
-Stewart Morris Morales Murphy Cook Rogers Gutierrez Ortiz Morgan Cooper Peterson Bailey Reed Kelly Howard
-Ramos Kim Cox Ward Richardson Watson Brooks Chavez Wood James Bennett Gray Mendoza Ruiz Hughes Price
-Alvarez Castillo Sanders Patel Myers Long Ross Foster Jimenez Powell Jenkins Perry Russell Sullivan Bell
-Coleman Butler Henderson Barnes Gonzales Fisher Vasquez Simmons Romero Jordan Patterson Alexander Hamilton
-Graham Reynolds Griffin Wallace Moreno West Cole Hayes Bryant Herrera Gibson Ellis Tran Medina Aguilar
-Stevens Murray Ford Castro Marshall Owens Harrison Fernandez McDonald Woods Washington Kennedy Wells
-Vargas Henry Chen Freeman Webb Tucker Guzman Burns Crawford Olson Simpson Porter Hunter Gordon Mendez
-Silva Shaw Snyder Mason Dixon Munoz Hunt Hicks Holmes Palmer Wagner Black Robertson Boyd Rose Stone
-""".split()
+from __future__ import annotations
+
+import importlib
+import re
+from functools import lru_cache
+
+from ..errors import MemlawError
+
+LOCALES = ("en", "en_GB", "en_IE", "en_IN", "en_KE", "en_NG", "en_NZ", "en_PK", "en_TH", "en_US")
+# Plain ASCII letters only, so keys stay "First Last:" (no O'Brien, Clunies-Ross or accents).
+FIRST_NAME = re.compile(r"[A-Z][a-z]+")
+LAST_NAME = re.compile(r"[A-Z][a-zA-Z]+")  # McDonald, MacArthur
+
+
+@lru_cache(maxsize=1)
+def name_pools() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(first names, last names): deduplicated and sorted, so the order does not depend on Faker's."""
+    first: set[str] = set()
+    last: set[str] = set()
+    for locale in LOCALES:
+        try:
+            provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        except ImportError as e:
+            raise MemlawError(f"PhoneBook names come from the faker package ({e}); install it: pip install 'faker>=40.63,<41'")
+        first.update(name for name in provider.first_names if FIRST_NAME.fullmatch(name))
+        last.update(name for name in provider.last_names if LAST_NAME.fullmatch(name))
+    return tuple(sorted(first)), tuple(sorted(last))

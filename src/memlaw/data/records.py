@@ -2,8 +2,12 @@
 
 Accepted line formats
 * records / PhoneBook: ``{"query": str, "target": str, "id"?: any, "target_len"?: int}``
-* Long-Context:        ``{"question": str, "matching": str, ...}`` — the target is the first
-  ``length`` tokens of ``matching`` (needs a tokenizer and a length).
+* Long-Context:        ``{"question": str, "matching": str, "matching_ids"?: [int], ...}`` — the
+  target is the first ``length`` tokens of ``matching`` (needs a tokenizer and a length). memlaw's
+  generator also stores the exact ids (``matching_ids``, made for the tokenizer named in
+  ``tokenizer``): they are the target whenever they decode to ``matching`` with the model's
+  tokenizer, since re-tokenizing noisy text can merge or split tokens; with another tokenizer, as
+  for the reference's files, the text is tokenized.
 """
 
 from __future__ import annotations
@@ -36,6 +40,18 @@ def _require_strings(obj: dict, keys: tuple[str, ...], where: str, note: str = "
             raise MemlawError(f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}")
 
 
+def _matching_ids(obj: dict, where: str, tokenizer) -> list[int] | None:
+    """The stored ``matching_ids`` if they were made for `tokenizer` (they decode to ``matching``)."""
+    ids = obj.get("matching_ids")
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not all(type(i) is int and i >= 0 for i in ids):
+        raise MemlawError(f"{where}: field 'matching_ids' must be a list of token ids")
+    if any(i >= len(tokenizer) for i in ids) or tokenizer.decode(ids) != obj["matching"]:
+        return None  # made for another tokenizer: only the text carries over
+    return ids
+
+
 def parse_line(obj: Any, where: str, tokenizer=None, length: int | None = None) -> Record:
     if not isinstance(obj, dict):
         raise MemlawError(f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -51,7 +67,10 @@ def parse_line(obj: Any, where: str, tokenizer=None, length: int | None = None) 
             raise MemlawError(f"{where}: Long-Context data needs --length (the number of target tokens)")
         if tokenizer is None:  # pragma: no cover - callers always pass one
             raise MemlawError(f"{where}: Long-Context data needs the model's tokenizer")
-        ids = tokenizer(obj["matching"], add_special_tokens=False)["input_ids"][: int(length)]
+        ids = _matching_ids(obj, where, tokenizer)
+        if ids is None:
+            ids = tokenizer(obj["matching"], add_special_tokens=False)["input_ids"]
+        ids = ids[: int(length)]
         if not ids:
             raise MemlawError(f"{where}: empty target ('matching' has no tokens)")
         if len(ids) < int(length):
