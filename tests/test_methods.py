@@ -167,7 +167,7 @@ def test_memorize_exits_0_when_every_record_is_certified(tiny_model_dir, data, t
     m = metrics(run)
     assert m["stopped"] == "certified" and m["exact_match"] == 1.0
     cfg = (run / "config.yaml").read_text()
-    assert "method: memft_ot" in cfg and "stop-when: certified" in cfg and "max-steps: 2000" in cfg
+    assert "method: sft" in cfg and "stop-when: certified" in cfg and "max-steps: 2000" in cfg
 
 
 def test_memorize_defaults_to_no_dropout(tiny_model_dir, data, tmp_path):
