@@ -17,11 +17,10 @@ def register(subparsers) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .run import evaluate_run
+    from .run import evaluate_run, evaluation_dir
 
     metrics = evaluate_run(args.run, data=args.data, out=args.out)
-    run = RunDir(args.run)
-    print_run_metrics(metrics, RunDir(args.out) if args.out else run if args.data is None else run.eval_dir(args.data))
+    print_run_metrics(metrics, evaluation_dir(args.run, args.data, args.out))
     if metrics.train_exact_match is not None:
         print(f"memory EM (training data)  {metrics.train_exact_match:.4f}")
         print(f"EM on {Path(args.data).name:<19} {metrics.exact_match:.4f}  (generalization, if these records were not trained)")

@@ -32,6 +32,10 @@ class TokenStats:
         return self.losses[: len(self.losses) - self.suffix_len]
 
     @property
+    def answer_correct(self) -> np.ndarray:
+        return self.correct[: len(self.correct) - self.suffix_len]
+
+    @property
     def probs(self) -> np.ndarray:
         """p_t of the answer's own tokens."""
         return np.exp(-self.answer_losses)
@@ -60,8 +64,7 @@ def teacher_forced(forward: AnswerForward, batch_size: int) -> list[TokenStats]:
         losses = tokens.losses.double().cpu().numpy()  # (B, L)
         correct = tokens.correct.cpu().numpy()
         L = tokens.batch.labels.shape[1]
-        for row, n in zip(idx, tokens.batch.target_lens):
-            i = row - idx[0]
+        for i, (row, n) in enumerate(zip(idx, tokens.batch.target_lens)):
             out.append(TokenStats(losses[i, L - n :], correct[i, L - n :], forward.encoded[row].suffix_len))
     return out
 
@@ -137,7 +140,7 @@ def summarize(
         "n_records": len(encoded),
         "target_tokens": n_tokens,
         "exact_match": sum(r["exact"] for r in rows) / len(rows),
-        "token_accuracy": sum(int(s.correct[: len(s.answer_losses)].sum()) for s in final) / n_tokens,
+        "token_accuracy": sum(int(s.answer_correct.sum()) for s in final) / n_tokens,
         "free_run_token_accuracy": free_run_correct / n_tokens,
         "initial_loss": init_sum / n_trained,
         "final_loss": final_sum / n_trained,

@@ -54,6 +54,12 @@ def evaluate_session(
     return metrics
 
 
+def evaluation_dir(run_dir: str | Path, data: str | None = None, out: str | Path | None = None) -> RunDir:
+    """Where `memlaw eval` writes: `out`, else the run itself, or RUN/eval-<data> for another records file."""
+    run = RunDir(run_dir)
+    return RunDir(out) if out is not None else run if data is None else run.eval_dir(data)
+
+
 def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path | None = None) -> RunMetrics:
     """Re-evaluate a saved run, on its training data (default) or another records file."""
     run = RunDir(run_dir)
@@ -61,7 +67,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path |
     session = saved_session(run.path, cfg)
     records, encoded = session.load_data(data)
     forward = session.answer_forward(encoded)
-    target = RunDir(out) if out is not None else run if data is None else run.eval_dir(data)
+    target = evaluation_dir(run_dir, data, out)
     # memory EM (the run's own data) beside the EM on the other data
     train_em = run.read_metrics().exact_match if data is not None and run.metrics_path.is_file() else None
     return evaluate_session(session, records, forward, target, run.read_state(), train_exact_match=train_em)
