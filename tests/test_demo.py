@@ -29,10 +29,13 @@ def test_demo_pipeline_fits_a_law_and_writes_a_report(tiny_model_dir, tmp_path, 
     law = run_demo(out, main, preset=str(path))
 
     stored = json.loads((out / "law" / "law.json").read_text())
-    assert stored["combined"]["n"] == 6 == law["n"]
-    assert all(k in law for k in ("C", "alpha", "beta", "b", "r2", "ci"))
+    assert stored["combined"][0]["n"] == 6 == law["n"] and stored["holdout"] == "rank>=max"
+    assert all(k in law["laws"]["paper"] for k in ("C", "alpha", "beta", "b", "r2", "ci", "aic"))
+    assert set(law["laws"]) == set(law["holdout"]) == {"paper", "bounded"}
+    assert all(s["n_heldout"] == 2 for s in law["holdout"].values())  # rank 4 at both lengths
     assert (out / "analysis" / "phase.json").is_file()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6
     printed = capsys.readouterr().out
     assert "R² = " in printed and str((out / "report.html").resolve()) in printed
+    assert "paper " in printed and "bounded " in printed and "held-out MAPE" in printed

@@ -11,8 +11,11 @@ import pytest
 
 from memlaw.cli import main
 from memlaw.errors import MemlawError
-from memlaw.law.fit import PARAMS, ParametricMemoryLaw, fit_groups, next_power_of_two
-from memlaw.law.lawfile import GROUP_KEYS, LAW_FILE, entry_law, group_key, group_label, pick_group, read_law, write_law
+from memlaw.law.fit import PARAMS, ParametricMemoryLaw, next_power_of_two
+from memlaw.law.groups import Holdout, fit_groups, saturated_cells
+from memlaw.law.lawfile import (
+    GROUP_KEYS, LAW_FILE, default_group, group_key, group_label, group_law, pick_group, read_law, write_law,
+)
 
 TRUE = {"C": 2.0, "alpha": 0.5, "beta": 0.6, "b": 0.05}
 RANKS = 2 ** np.arange(7)  # 1 … 64
@@ -148,13 +151,31 @@ def test_fit_groups_one_law_per_method_plus_combined():
     assert by_method["sft"]["key"] == {"model": "default", "benchmark": "phonebook", "ratio": None, "method": "sft"}
     n = len(RANKS) * len(LENGTHS)
     assert by_method["sft"]["n"] == by_method["memft_ot"]["n"] == n  # failed and NaN rows ignored
-    assert by_method["sft"]["C"] == pytest.approx(1.0, rel=0.15) and by_method["memft_ot"]["C"] == pytest.approx(3.0, rel=0.15)
+    paper = {m: g["laws"]["paper"] for m, g in by_method.items()}
+    assert paper["sft"]["C"] == pytest.approx(1.0, rel=0.15) and paper["memft_ot"]["C"] == pytest.approx(3.0, rel=0.15)
     for g in law["groups"]:
-        assert g["r2"] > 0.98 and len(g["bootstrap"]) == 20 and set(g["ci"]) == set(PARAMS)
-    assert law["combined"]["n"] == 2 * n + 3
-    assert "key" not in law["combined"]
+        assert set(g["laws"]) == {"paper", "bounded"} and g["preferred"] == "paper" and "holdout" not in g
+        e = g["laws"]["paper"]
+        assert e["r2"] > 0.98 and len(e["bootstrap"]) == 20 and set(e["ci"]) == set(PARAMS)
+        assert set(g["laws"]["bounded"]["ci"]) == {"C", "alpha", "beta", "L0"}
+    # the combined law: one per (model, benchmark), over every method's rows
+    assert [c["key"] for c in law["combined"]] == [{"model": "default", "benchmark": "phonebook"}]
+    assert law["combined"][0]["n"] == 2 * n + 3
     assert [s["key"]["method"] for s in law["skipped"]] == ["memft_sw"]
     assert "distinct" in law["skipped"][0]["reason"]
+
+
+def test_fit_groups_by_chosen_columns_and_combined_per_model_and_benchmark():
+    table = pd.concat([results_table(), results_table().assign(model="other")], ignore_index=True)
+    law = fit_groups(table, ["model"], forms=["paper"], n_bootstrap=0)
+    assert [g["key"] for g in law["groups"]] == [{"model": "default"}, {"model": "other"}]
+    assert law["group_cols"] == ["model"] and law["forms"] == {"paper": law["forms"]["paper"]}
+    assert [c["key"]["model"] for c in law["combined"]] == ["default", "other"]
+    assert law["groups"][0]["laws"]["paper"]["C"] == law["combined"][0]["laws"]["paper"]["C"]  # the same rows
+    with pytest.raises(MemlawError, match="--by: unknown column"):
+        fit_groups(table, ["seed"])
+    with pytest.raises(MemlawError, match="unknown law form"):
+        fit_groups(table, forms=["cubic"])
 
 
 def test_fit_groups_rejects_unusable_tables():
@@ -172,10 +193,25 @@ def test_write_law_then_read_law(tmp_path):
     assert path == tmp_path / "out" / LAW_FILE and read_law(path) == json.loads(json.dumps(law))
     assert [p.name for p in path.parent.iterdir()] == [LAW_FILE]  # no temp files left
     assert write_law(tmp_path / "mine.json", law) == tmp_path / "mine.json"  # a .json path: the file itself
-    entry = read_law(path)["groups"][0]
-    assert group_key(entry) == ("default", "phonebook", None, "memft_ot")
-    np.testing.assert_allclose(entry_law(entry).predict([1, 8], [100, 1000]),
-                               ParametricMemoryLaw.from_dict(entry).predict([1, 8], [100, 1000]))
+    group = read_law(path)["groups"][0]
+    assert group_key(group) == ("default", "phonebook", None, "memft_ot")
+    for form in ("paper", "bounded"):
+        np.testing.assert_allclose(group_law(group, form).predict([1, 8], [100, 1000]),
+                                   ParametricMemoryLaw.from_dict(group["laws"][form]).predict([1, 8], [100, 1000]))
+    assert group_law(group).form == "paper"  # the preferred form
+
+
+def test_read_law_upgrades_a_version_1_file(tmp_path):
+    """law.json from before the bounded form: one paper-form law per group and one combined law."""
+    entry = {"n": 8, "C": 2.0, "alpha": 0.5, "beta": 0.6, "b": 0.05, "ci": {}, "r2": 0.99, "mape": 1.0}
+    v1 = {"formula": "…", "group_cols": ["method"], "groups": [{"key": {"method": "sft"}, **entry}],
+          "combined": entry, "skipped": []}
+    (tmp_path / "law.json").write_text(json.dumps(v1))
+    law = read_law(tmp_path / "law.json")
+    assert law["version"] == 2 and law["groups"][0]["preferred"] == "paper" and law["excluded"] == []
+    assert group_law(law["groups"][0]).predict(8, 1000) == pytest.approx(2.0 * 8**0.5 * 1000**-0.6 + 0.05)
+    label, combined = default_group(law, "law.json")
+    assert label == "combined all cells" and group_law(combined).b_ == 0.05
 
 
 @pytest.mark.parametrize(
@@ -207,14 +243,19 @@ def test_group_label_named_for_the_cli_plain_for_the_report():
     assert group_label((None,) * 4) == group_label(()) == "all cells"
 
 
-def test_pick_group_and_entry_law_name_the_group():
+def test_pick_group_and_group_law_name_the_group():
     law = fit_groups(results_table(), n_bootstrap=0)
     label, entry = pick_group(law, "method=sft", "law.json")
     assert label == "model=default,benchmark=phonebook,method=sft" and entry is law["groups"][1]
+    label, entry = pick_group(law, "model=default,benchmark=phonebook", "law.json")  # exactly the combined key
+    assert label == "combined model=default,benchmark=phonebook" and entry is law["combined"][0]
     with pytest.raises(MemlawError, match="no group matches in law.json"):
         pick_group(law, "method=lora", "law.json")
-    with pytest.raises(MemlawError, match=re.escape("law group model=default,benchmark=phonebook,method=sft: law entry lacks C")):
-        entry_law({k: v for k, v in entry.items() if k != "C"})
+    broken = {**entry, "laws": {"paper": {k: v for k, v in entry["laws"]["paper"].items() if k != "C"}}}
+    with pytest.raises(MemlawError, match=re.escape("law group model=default,benchmark=phonebook (paper): law entry lacks C")):
+        group_law(broken)
+    with pytest.raises(MemlawError, match=re.escape("no 'cubic' law (fitted: paper, bounded)")):
+        group_law(entry, "cubic")
 
 
 # ---------------------------------------------------------------------- CLI
@@ -239,24 +280,28 @@ def test_cli_fit_then_plan(results_file, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "method=sft" in printed and "combined" in printed and "skipped model=default,benchmark=phonebook,method=memft_sw: need at least 4" in printed
     law = json.loads((out / "law.json").read_text())
-    assert law["source"] == str(results_file) and len(law["groups"]) == 2 and len(law["combined"]["bootstrap"]) == 10
+    assert law["source"] == str(results_file) and len(law["groups"]) == 2
+    assert len(law["combined"][0]["laws"]["bounded"]["bootstrap"]) == 10
 
     assert main(["plan", "--law", str(out / "law.json"), "--length", "1000", "--delta-loss", "0.3",
                  "--group", "method=memft_ot"]) == 0
     printed = capsys.readouterr().out
-    expected = ParametricMemoryLaw.from_dict(law["groups"][0]).rank_for(1000, 0.3)
-    assert "method=memft_ot" in printed and f"choose   rank {expected.power_of_two} " in printed
+    expected = ParametricMemoryLaw.from_dict(law["groups"][0]["laws"]["paper"]).rank_for(1000, 0.3)
+    assert "method=memft_ot, paper form" in printed and f"choose   rank {expected.power_of_two} " in printed
     assert f"{expected.rank:.4g}" in printed
 
-    assert main(["plan", "--law", str(out / "law.json"), "--length", "1000", "--delta-loss", "0.3"]) == 0
-    assert "law      combined" in capsys.readouterr().out
+    assert main(["plan", "--law", str(out / "law.json"), "--length", "1000", "--delta-loss", "0.3", "--form", "bounded"]) == 0
+    printed = capsys.readouterr().out
+    expected = ParametricMemoryLaw.from_dict(law["combined"][0]["laws"]["bounded"]).rank_for(1000, 0.3)
+    assert "law      combined model=default,benchmark=phonebook, bounded form" in printed
+    assert f"choose   rank {expected.power_of_two} " in printed
 
 
 def test_cli_fit_reads_csv(tmp_path, capsys):
     path = tmp_path / "results.csv"
     results_table().to_csv(path, index=False)
     assert main(["fit", str(path), "--out", str(tmp_path / "law"), "--bootstrap", "0"]) == 0
-    assert json.loads((tmp_path / "law" / "law.json").read_text())["combined"]["ci"] == {}
+    assert json.loads((tmp_path / "law" / "law.json").read_text())["combined"][0]["laws"]["paper"]["ci"] == {}
     capsys.readouterr()
 
 
@@ -274,6 +319,125 @@ def test_cli_errors_are_one_line(results_file, tmp_path, capsys):
     capsys.readouterr()
     plan = ["plan", "--law", str(law), "--length", "1000", "--delta-loss"]
     user_error(main([*plan, "0.3", "--group", "method=lora"]), capsys, "groups: model=default,benchmark=phonebook,method=memft_ot;")
-    user_error(main([*plan, "0.3", "--group", "benchmark=phonebook"]), capsys, "2 groups match")
+    user_error(main([*plan, "0.3", "--group", "benchmark=phonebook"]), capsys, "3 groups match")
     user_error(main([*plan, "0.01"]), capsys, "floor b")
     user_error(main(["plan", "--law", str(tmp_path / "none.json"), "--length", "9", "--delta-loss", "1"]), capsys, "law file not found")
+
+
+# ---------------------------------------------------------------------- the bounded form, model choice, holdout
+BOUNDED = {"C": 3.0, "alpha": 0.7, "beta": 0.5, "L0": 2.5}
+
+
+def bounded_points(seed: int = 0, seeds: int = 3):
+    """Every (rank, length) pair from the bounded form ΔL = L0·h/(1+h), h = C·r^α·ℓ^(−β), with 3% noise."""
+    rng = np.random.default_rng(seed)
+    rank, length = (np.tile(a.ravel(), seeds).astype(float) for a in np.meshgrid(RANKS, LENGTHS))
+    h = BOUNDED["C"] * rank ** BOUNDED["alpha"] * length ** (-BOUNDED["beta"])
+    return rank, length, BOUNDED["L0"] * h / (1 + h) * (1 + 0.03 * rng.standard_normal(len(h)))
+
+
+def test_bounded_form_recovers_known_parameters_within_bootstrap_intervals():
+    law = ParametricMemoryLaw(form="bounded", n_bootstrap=50).fit(*bounded_points())
+    assert law.form_.params == ("C", "alpha", "beta", "L0")
+    for p, true in BOUNDED.items():
+        lo, hi = law.ci_[p]
+        assert lo <= true <= hi, f"{p}: true {true} outside CI [{lo}, {hi}]"
+    assert law.r2_ > 0.99 and not hasattr(law, "b_")
+    h = law.C_ * 8**law.alpha_ * 1000 ** (-law.beta_)
+    assert law.predict(8, 1000) == pytest.approx(law.L0_ * h / (1 + h))
+    # the ceiling: no rank reaches L0, and the inverse meets a reachable target exactly
+    with pytest.raises(MemlawError, match="ceiling L0"):
+        law.rank_for(1000, law.L0_ * 1.01)
+    plan = law.rank_for(1000, float(law.predict(10, 1000)))
+    assert plan.rank == pytest.approx(10, rel=1e-9) and plan.interval[0] <= 10 <= plan.interval[1]
+    restored = ParametricMemoryLaw.from_dict(json.loads(json.dumps(law.to_dict())))
+    assert restored.form == "bounded" and restored.rank_for(1000, 1.0) == law.rank_for(1000, 1.0)
+    # collapse: under the law (ΔL/(L0−ΔL))/r^α is C·ℓ^(−β) whatever the rank
+    exact = law.predict([1, 4, 64], 500)
+    np.testing.assert_allclose(law.collapse([1, 4, 64], exact), law.C_ * 500 ** (-law.beta_), rtol=1e-9)
+
+
+def points_table(rank, length, y) -> pd.DataFrame:
+    return pd.DataFrame({"model": "m", "benchmark": "phonebook", "ratio": None, "method": "sft",
+                         "rank": rank.astype(int), "length": length.astype(int), "delta_loss": y, "status": "ok"})
+
+
+@pytest.mark.parametrize("source, winner", [("paper", "paper"), ("bounded", "bounded")])
+def test_the_form_that_made_the_data_wins_by_aic_bic_and_held_out_error(source, winner):
+    points = law_points(seed=4) if source == "paper" else bounded_points(seed=4)
+    law = fit_groups(points_table(*points), holdout=Holdout.parse("rank>=32"), n_bootstrap=0)
+    group = law["combined"][0]
+    loser = "bounded" if winner == "paper" else "paper"
+    assert group["laws"][winner]["aic"] < group["laws"][loser]["aic"]
+    assert group["laws"][winner]["bic"] < group["laws"][loser]["bic"]
+    assert group["holdout"][winner]["mape"] < group["holdout"][loser]["mape"]
+    assert group["preferred"] == winner and law["holdout"] == "rank>=32"
+
+
+def test_holdout_scores_exactly_the_held_out_rows():
+    rank, length, y = law_points(seed=5, seeds=1)
+    table = points_table(rank, length, y)
+    law = fit_groups(table, forms=["paper"], holdout=Holdout.parse("rank>=32, length<=200"), n_bootstrap=0)
+    held = (rank >= 32) & (length <= 200)
+    score = law["groups"][0]["holdout"]["paper"]
+    assert (score["n_heldout"], score["n_train"]) == (held.sum(), (~held).sum()) == (6, len(y) - 6)
+    rest = ParametricMemoryLaw(n_bootstrap=0).fit(rank[~held], length[~held], y[~held])
+    pred = rest.predict(rank[held], length[held])
+    assert score["mape"] == pytest.approx(100 * np.mean(np.abs(y[held] - pred) / np.abs(y[held])))
+    assert score["r2"] == pytest.approx(1 - np.sum((y[held] - pred) ** 2) / np.sum((y[held] - y[held].mean()) ** 2))
+    # the stored law is still fitted on every row
+    assert law["groups"][0]["laws"]["paper"]["n"] == len(y)
+    # max/min name the column's extremes
+    np.testing.assert_array_equal(Holdout.parse("rank>=max").mask(table), rank == rank.max())
+    np.testing.assert_array_equal(Holdout.parse("length==min").mask(table), length == length.min())
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rank", "expected COLUMN OP VALUE"), ("rank>=big", "not a number, max or min"), (" , ", "empty"),
+])
+def test_holdout_syntax_errors(text, message):
+    with pytest.raises(MemlawError, match=message):
+        Holdout.parse(text)
+    with pytest.raises(MemlawError, match="no column 'steps'"):
+        Holdout.parse("steps>3").mask(points_table(*law_points(seeds=1)))
+
+
+def test_saturation_rule_excludes_exactly_the_planted_cells():
+    """Full: ΔL ≥ 95% of the initial loss. Floor: a length where no record is recalled and ΔL is flat over ranks."""
+    rank, length, y = law_points(seed=6, seeds=1)
+    table = points_table(rank, length, y).assign(initial_loss=10.0, exact_match=0.5, cell=[f"c{i}" for i in range(len(y))])
+    full = (rank == 64) & (length == 50)
+    table.loc[full, "delta_loss"] = 9.8  # everything stored
+    floor = length == 10000
+    table.loc[floor, "exact_match"] = 0.0
+    table.loc[floor, "delta_loss"] = 0.07 + 0.0005 * np.log2(rank[floor])  # 0.070 … 0.073: spread 4.2% ≤ 5%
+    near = length == 5000  # recalled nothing but still grows with rank: not saturated
+    table.loc[near, "exact_match"] = 0.0
+    assert sorted(saturated_cells(table)) == sorted(np.flatnonzero(full | floor))
+    law = fit_groups(table, forms=["paper"], exclude_saturated=True, n_bootstrap=0)
+    assert sorted(e["cell"] for e in law["excluded"]) == sorted(table["cell"][full | floor])
+    reasons = {e["cell"]: e["reason"] for e in law["excluded"]}
+    assert reasons[table["cell"][full].item()].startswith("full: ΔL 9.8 ≥ 95% of the initial loss 10")
+    assert all(reasons[c].startswith("floor: ") and "at length 10000" in reasons[c] for c in table["cell"][floor])
+    assert law["groups"][0]["n"] == len(y) - (full | floor).sum() and law["saturation"] == {"excluded": True, "margin": 0.05}
+    assert fit_groups(table, forms=["paper"], n_bootstrap=0)["excluded"] == []  # off by default
+    with pytest.raises(MemlawError, match="needs the column"):
+        fit_groups(table.drop(columns="initial_loss"), exclude_saturated=True)
+
+
+def test_cli_fit_holdout_and_saturation_flags(tmp_path, capsys):
+    rank, length, y = law_points(seed=7, seeds=1)
+    table = points_table(rank, length, y).assign(initial_loss=10.0, exact_match=0.5)
+    table.loc[(rank == 64) & (length == 50), "delta_loss"] = 9.9
+    path = tmp_path / "results.csv"
+    table.to_csv(path, index=False)
+    out = tmp_path / "law.json"
+    assert main(["fit", str(path), "--out", str(out), "--bootstrap", "0", "--holdout", "rank>=max",
+                 "--exclude-saturated", "--by", "model,method"]) == 0
+    printed = capsys.readouterr().out
+    law = read_law(out)
+    assert law["groups"][0]["key"] == {"model": "m", "method": "sft"} and law["holdout"] == "rank>=max"
+    assert "held out (rank>=max)" in printed and "excluded 1 saturated cell(s)" in printed
+    assert f"{law['groups'][0]['holdout']['paper']['mape']:.2f}" in printed
+    user_error(main(["fit", str(path), "--out", str(out), "--holdout", "rank=>3"]), capsys, "--holdout: expected")
+    user_error(main(["fit", str(path), "--out", str(out), "--by", "colour"]), capsys, "--by: unknown column(s) colour")

@@ -56,7 +56,7 @@ def test_report_with_law(sweep_with_law, capsys):
         assert f"tiny-llama · phonebook · {method}" in html
         for v in params.values():
             assert f"{v:.4g} [{v * 0.9:.4g}, {v * 1.1:.4g}]" in html
-    assert "0.9870" in html and "1.25%" in html and "combined (all groups)" in html
+    assert "0.9870" in html and "1.25%" in html and "combined all cells" in html  # a version-1 law file, upgraded
     assert "no fitted law" not in html
     assert "47 ok, 1 failed" in html and cell_name("sft", 8, 400, 1) in html  # the failed-cells table
     assert "CUDA out of memory" in html

@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MemlawError
-from .lawfile import LAW_FILE, entry_law, group_key, group_label, pick_group, read_law, write_law
+from .forms import FORMS
+from .groups import GROUP_KEYS, SATURATION_MARGIN
+from .lawfile import LAW_FILE, default_group, group_key, group_label, group_law, law_rows, pick_group, read_law, write_law
+
+MAX_LISTED_EXCLUDED = 10
 
 
 def register(subparsers: Any) -> None:
@@ -16,33 +20,54 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "fit",
         help="fit the Parametric Memory Law per group of a sweep's results; write law.json",
-        description="Fits dL = C * rank^alpha * length^(-beta) + b per (model, benchmark, ratio, method) "
-        "and over all rows, with a robust loss and bootstrap confidence intervals.",
+        description="Fits the law in two forms, the paper's dL = C * rank^alpha * length^(-beta) + b and the "
+        "bounded dL = L0 * h/(1+h) with h = C * rank^alpha * length^(-beta), per group (--by) and per "
+        "(model, benchmark), with a robust loss, bootstrap confidence intervals, AIC/BIC and, with --holdout, "
+        "the error on held-out cells.",
     )
     p.add_argument("results", help="results.parquet or results.csv, or a sweep folder holding one")
     p.add_argument("--out", required=True, help=f"folder for {LAW_FILE} (a path ending in .json is the file itself)")
     p.add_argument("--loss", default="soft_l1", help="robust loss: soft_l1, huber, cauchy or linear (default: soft_l1)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits for the intervals (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--by", default=",".join(GROUP_KEYS), metavar="COL,...",
+                   help=f"columns that define a group (default: {','.join(GROUP_KEYS)}); "
+                   "a combined law per model and benchmark is always fitted too")
+    p.add_argument("--holdout", default=None, metavar="COND,...",
+                   help="hold these cells out of a second fit and report its error on them, e.g. 'rank>=16' or "
+                   "'length>=max' (all conditions must hold; max/min: the column's extreme value)")
+    p.add_argument("--exclude-saturated", action="store_true",
+                   help="leave out saturated cells (everything stored, or only what every rank stores); "
+                   "listed in law.json with the reason")
+    p.add_argument("--saturation-margin", type=float, default=SATURATION_MARGIN,
+                   help=f"how close to the initial loss, or how flat over ranks, counts as saturated (default: {SATURATION_MARGIN})")
     p.set_defaults(func=cmd_fit)
 
     p = subparsers.add_parser("plan", help="smallest rank the fitted law predicts reaches a loss reduction")
     p.add_argument("--law", required=True, help=f"{LAW_FILE} written by `memlaw fit`")
     p.add_argument("--length", type=int, required=True, help="answer tokens to memorize")
     p.add_argument("--delta-loss", type=float, required=True, help="target loss reduction, nats per answer token")
-    p.add_argument("--group", default=None, metavar="KEY=VALUE,...", help="use this group's law (default: the combined fit)")
+    p.add_argument("--group", default=None, metavar="KEY=VALUE,...",
+                   help="use this group's law (default: the combined law, when the file has one)")
+    p.add_argument("--form", default=None, choices=sorted(FORMS),
+                   help="law form (default: the group's preferred form: the lower held-out error if the fit "
+                   "had --holdout, else the paper's)")
     p.set_defaults(func=cmd_plan)
 
 
 # ---------------------------------------------------------------------- fit
 def cmd_fit(args: argparse.Namespace) -> int:
     from ..sweep.results import read_results, results_path
-    from .fit import fit_groups
+    from .groups import Holdout, fit_groups
 
     path = results_path(Path(args.results))
     table = read_results(path)
+    by = [c.strip() for c in args.by.split(",") if c.strip()]
+    holdout = Holdout.parse(args.holdout) if args.holdout is not None else None
     try:
-        law = fit_groups(table, loss=args.loss, n_bootstrap=args.bootstrap, random_state=args.seed)
+        law = fit_groups(table, by, holdout=holdout, exclude_saturated=args.exclude_saturated,
+                         saturation_margin=args.saturation_margin, loss=args.loss, n_bootstrap=args.bootstrap,
+                         random_state=args.seed)
     except MemlawError as e:
         raise MemlawError(f"{path}: {e}") from None
     law = {"source": str(path), **law}
@@ -53,29 +78,47 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def print_law_table(law: dict) -> None:
-    """One line per fitted group, then the combined fit, then the skipped groups."""
-    entries = [(group_label(group_key(g)), g) for g in law["groups"]] + [("combined", law["combined"])]
-    width = max(len(label) for label, _ in entries)
-    header = ["n", "C", "alpha", "beta", "b"]
-    print(f"{'group':<{width}}  {header[0]:>5}  " + "  ".join(f"{h:<26}" for h in header[1:]) + "  R²      MAPE %")
-    for label, e in entries:
-        cells = [_with_ci(e, p) for p in ("C", "alpha", "beta", "b")]
-        print(f"{label:<{width}}  {e['n']:>5}  " + "  ".join(f"{c:<26}" for c in cells) + f"  {e['r2']:<6.4f}  {e['mape']:.2f}")
+    """One line per group and form (* the preferred form), then the excluded cells and the skipped groups."""
+    rows = law_rows(law)
+    width = max(len(r["group"]) for r in rows)
+    holdout = law.get("holdout")
+    print(f"{'group':<{width}}  {'form':<8} {'n':>5}  " + "  ".join(f"{h:<26}" for h in ("C", "alpha", "beta", "b | L0"))
+          + "  R²      MAPE %  AIC       BIC" + (f"       held out ({holdout}): n  MAPE %  R²" if holdout else ""))
+    for r in rows:
+        cells = "  ".join(f"{_with_ci(*p):<26}" for p in r["params"])
+        line = (f"{r['group']:<{width}}  {r['form'] + ('*' if r['preferred'] else ''):<8} {r['n']:>5}  {cells}  "
+                f"{_num(r['r2'], '.4f'):<6}  {_num(r['mape'], '.2f'):<6}  {_num(r['aic'], '.1f'):<8}  {_num(r['bic'], '.1f'):<8}")
+        if holdout:
+            line += (f"  {r['heldout_error']}" if r["heldout_error"] else
+                     f"  {r['heldout_n']:>4}  {_num(r['heldout_mape'], '.2f'):<6}  {_num(r['heldout_r2'], '.4f')}")
+        print(line)
+    print("* preferred form: " + ("the lower held-out MAPE" if holdout else "the paper's (no --holdout given)"))
+    excluded = law.get("excluded", [])
+    if excluded:
+        print(f"excluded {len(excluded)} saturated cell(s):")
+        for e in excluded[:MAX_LISTED_EXCLUDED]:
+            print(f"  {e.get('cell') or group_label(group_key(e))} (rank {e.get('rank')}, length {e.get('length')}): {e['reason']}")
+        if len(excluded) > MAX_LISTED_EXCLUDED:
+            print(f"  … {len(excluded) - MAX_LISTED_EXCLUDED} more in law.json")
     for s in law["skipped"]:
-        print(f"skipped {group_label(group_key(s))}: {s['reason']}")
+        print(f"skipped {'combined ' if s.get('combined') else ''}{group_label(group_key(s))}: {s['reason']}")
 
 
-def _with_ci(entry: dict, param: str) -> str:
-    ci = entry["ci"].get(param)
-    return f"{entry[param]:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
+def _with_ci(param: str, value: float, ci: list | None) -> str:
+    return f"{value:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "—" if value is None or not math.isfinite(value) else format(value, spec)
 
 
 # ---------------------------------------------------------------------- plan
 def cmd_plan(args: argparse.Namespace) -> int:
     law = read_law(args.law)
-    label, entry = ("combined", law["combined"]) if args.group is None else pick_group(law, args.group, args.law)
-    plan = entry_law(entry).rank_for(args.length, args.delta_loss)
-    print(f"law      {label} (n={entry['n']}, R² {entry['r2']:.4f})")
+    label, group = default_group(law, args.law) if args.group is None else pick_group(law, args.group, args.law)
+    fitted = group_law(group, args.form)
+    plan = fitted.rank_for(args.length, args.delta_loss)
+    print(f"law      {label}, {fitted.form} form (n={fitted.n_}, R² {_num(fitted.r2_, '.4f')})")
     print(f"target   ΔL ≥ {plan.delta_loss:g} nats per answer token at length {plan.length:g}")
     if plan.interval is None:
         print(f"rank     {plan.rank:.4g}")

@@ -1,9 +1,13 @@
-"""Robust fit of the Parametric Memory Law ΔL(r, ℓ) = C · r^α · ℓ^(−β) + b, with bootstrap CIs.
+"""Robust fit of the Parametric Memory Law, in either of its forms (memlaw.law.forms), with bootstrap CIs.
 
-Method. C and b enter linearly once the exponents (α, β) are fixed, so:
+    paper     ΔL(r, ℓ) = C · r^α · ℓ^(−β) + b
+    bounded   ΔL(r, ℓ) = L0 · h / (1 + h),  h = C · r^α · ℓ^(−β)
 
-1. grid search over (α, β); at each grid point (C, b) come from iteratively reweighted
-   least squares (IRLS) on the robust loss, all grid points at once;
+Method (the same for both forms):
+
+1. grid search over the exponents (α, β); at each grid point the parameters that enter
+   linearly (paper: C and b; bounded: L0, with ln C searched on a grid too) come from
+   iteratively reweighted least squares (IRLS) on the robust loss, all grid points at once;
 2. the grid's best local minima start a joint refinement of all four parameters with
    ``scipy.optimize.least_squares`` (same robust loss and scale);
 3. the objective is the *summed* robust loss ½·Σ f²·ρ((res/f)²) in scipy's convention, not
@@ -12,7 +16,8 @@ Method. C and b enter linearly once the exponents (α, β) are fixed, so:
    procedure and scale, take percentile intervals.
 
 Rank and length are divided by their geometric means inside the fit for conditioning; the
-reported C is in the original units.
+reported C is in the original units. AIC and BIC use the Gaussian likelihood of the
+residuals (n·ln(RSS/n) + 2k, + k·ln n), so the two forms (k = 4 each) compare on equal terms.
 """
 
 from __future__ import annotations
@@ -25,16 +30,12 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import MemlawError
+from .forms import DEFAULT_FORM, FORMS, LawForm
 
-PARAMS = ("C", "alpha", "beta", "b")
+PARAMS = FORMS[DEFAULT_FORM].params  # the paper's form: C, alpha, beta, b
 LOSSES = ("soft_l1", "huber", "cauchy", "linear")
-# The columns law.json keys its groups by. Defined here, beside fit_groups, because memlaw.law.lawfile
-# (which re-exports it for every reader of law.json) imports this module and never the reverse.
-GROUP_KEYS = ("model", "benchmark", "ratio", "method")
-FORMULA = "delta_loss = C * rank**alpha * length**(-beta) + b"
 DEFAULT_EXPONENT_GRID = tuple(float(v) for v in np.linspace(-1.0, 3.0, 21))
 RELATIVE_F_SCALE = 0.05  # default robust scale: 5% of the median |ΔL| of the data
-IRLS_STEPS = 10  # enough to rank grid points; the refinement does the exact solve
 MAX_STARTS = 3  # grid local minima refined per fit, at most ...
 START_TOLERANCE = 0.1  # ... and only those within 10% of the best grid cost (a worse one sits in a worse basin)
 MAX_DRAWS_PER_SAMPLE = 100  # bootstrap redraws a degenerate resample at most this often on average
@@ -58,9 +59,10 @@ def next_power_of_two(rank: float) -> int:
 
 
 class ParametricMemoryLaw:
-    """Estimator of ΔL(r, ℓ) = C · r^α · ℓ^(−β) + b (scikit-learn style).
+    """Estimator of ΔL(r, ℓ) in one of the law's forms (scikit-learn style).
 
     Parameters (stored unchanged):
+        form: "paper" (default; C · r^α · ℓ^(−β) + b) or "bounded" (L0 · h/(1+h), h = C · r^α · ℓ^(−β)).
         loss: robust loss, one of "soft_l1" (default), "huber", "cauchy", "linear" (plain least squares).
         f_scale: residual scale where the robust loss turns from quadratic to robust, in nats.
             None (default): 5% of the median |ΔL| of the fitted data, so the fit does not depend
@@ -72,14 +74,16 @@ class ParametricMemoryLaw:
         confidence: level of the percentile intervals.
         random_state: seed of the bootstrap resampling.
 
-    Fitted attributes: C_, alpha_, beta_, b_, r2_, mape_ (percent, over points with ΔL ≠ 0),
-    n_, f_scale_, ci_ ({param: (lo, hi)}), bootstrap_params_ (n_bootstrap × 4: C, α, β, b),
-    residuals_ (ΔL − prediction on the fitted data; not restored by from_dict).
+    Fitted attributes: one per parameter of the form (C_, alpha_, beta_ and b_ or L0_), params_,
+    r2_, mape_ (percent, over points with ΔL ≠ 0), aic_, bic_, n_, f_scale_, ci_ ({param: (lo, hi)}),
+    bootstrap_params_ (n_bootstrap × 4, in the form's parameter order), residuals_ (ΔL − prediction
+    on the fitted data; not restored by from_dict).
     """
 
     def __init__(
         self,
         *,
+        form: str = DEFAULT_FORM,
         loss: str = "soft_l1",
         f_scale: float | None = None,
         alpha_grid: Sequence[float] | None = None,
@@ -88,6 +92,7 @@ class ParametricMemoryLaw:
         confidence: float = 0.95,
         random_state: int | None = 0,
     ) -> None:
+        self.form = form
         self.loss = loss
         self.f_scale = f_scale
         self.alpha_grid = alpha_grid
@@ -96,12 +101,16 @@ class ParametricMemoryLaw:
         self.confidence = confidence
         self.random_state = random_state
 
+    @property
+    def form_(self) -> LawForm:
+        return FORMS[self.form]
+
     # ------------------------------------------------------------------ fitting
     def fit(self, rank: ArrayLike, length: ArrayLike, delta_loss: ArrayLike) -> ParametricMemoryLaw:
-        """Fit C, α, β, b to runs (one point each: rank, answer-token length, ΔL), then bootstrap."""
+        """Fit the form's four parameters to runs (one point each: rank, answer-token length, ΔL), then bootstrap."""
         self._check_params()
         r, ell, y = _check_points(rank, length, delta_loss)
-        problem = _data_problem(r, ell, y)
+        problem = data_problem(r, ell, y)
         if problem:
             raise MemlawError(f"cannot fit the memory law: {problem}")
         abs_y = np.abs(y)
@@ -110,15 +119,20 @@ class ParametricMemoryLaw:
             np.asarray(DEFAULT_EXPONENT_GRID if self.alpha_grid is None else self.alpha_grid, dtype=float),
             np.asarray(DEFAULT_EXPONENT_GRID if self.beta_grid is None else self.beta_grid, dtype=float),
         )
-        self.C_, self.alpha_, self.beta_, self.b_ = (float(v) for v in _fit_points(r, ell, y, self.loss, f, *grids))
+        self._set_params(_fit_points(self.form_, r, ell, y, self.loss, f, *grids))
         self.n_ = int(len(y))
         self.f_scale_ = f
         self.residuals_ = y - self.predict(r, ell)
         self.r2_ = r2_score(y, y - self.residuals_)
         self.mape_ = mape(y, y - self.residuals_)
+        self.aic_, self.bic_ = information_criteria(self.residuals_, len(self.form_.params))
         self.bootstrap_params_ = self._bootstrap(r, ell, y, f, grids)
         self.ci_ = self._intervals()
         return self
+
+    def _set_params(self, values: Sequence[float]) -> None:
+        for name, v in zip(self.form_.params, values):
+            setattr(self, f"{name}_", float(v))
 
     def _bootstrap(self, r: np.ndarray, ell: np.ndarray, y: np.ndarray, f: float, grids: tuple) -> np.ndarray:
         """Refits on n_bootstrap row resamples (a resample that cannot identify the law is redrawn)."""
@@ -128,13 +142,15 @@ class ParametricMemoryLaw:
             if len(samples) == self.n_bootstrap:
                 break
             idx = rng.integers(0, len(y), len(y))
-            if _data_problem(r[idx], ell[idx], y[idx]) is None:
-                samples.append(_fit_points(r[idx], ell[idx], y[idx], self.loss, f, *grids))
+            if data_problem(r[idx], ell[idx], y[idx]) is None:
+                samples.append(_fit_points(self.form_, r[idx], ell[idx], y[idx], self.loss, f, *grids))
         if len(samples) < self.n_bootstrap:
             raise MemlawError(f"bootstrap: too few resamples of the {len(y)} points can identify the law; use more points")
         return np.array(samples, dtype=float).reshape(-1, 4)
 
     def _check_params(self) -> None:
+        if self.form not in FORMS:
+            raise MemlawError(f"unknown law form {self.form!r}; choose one of {', '.join(FORMS)}")
         if self.loss not in LOSSES:
             raise MemlawError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.f_scale is not None and not (np.isfinite(self.f_scale) and self.f_scale > 0):
@@ -148,14 +164,14 @@ class ParametricMemoryLaw:
         if len(self.bootstrap_params_) == 0:
             return {}
         lo, hi = _percentiles(self.bootstrap_params_, self.confidence)
-        return {p: (float(lo[i]), float(hi[i])) for i, p in enumerate(PARAMS)}
+        return {p: (float(lo[i]), float(hi[i])) for i, p in enumerate(self.form_.params)}
 
     # ------------------------------------------------------------------ using a fitted law
     @property
     def params_(self) -> np.ndarray:
-        """(C, α, β, b) as an array."""
+        """The form's four parameters as an array, in its order (paper: C, α, β, b; bounded: C, α, β, L0)."""
         self._check_fitted()
-        return np.array([self.C_, self.alpha_, self.beta_, self.b_])
+        return np.array([getattr(self, f"{p}_") for p in self.form_.params])
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "C_"):
@@ -163,11 +179,14 @@ class ParametricMemoryLaw:
 
     def predict(self, rank: ArrayLike, length: ArrayLike) -> np.ndarray:
         """Predicted ΔL (nats per answer token); rank and length broadcast."""
-        self._check_fitted()
         r, ell = np.asarray(rank, dtype=float), np.asarray(length, dtype=float)
         if np.any(r <= 0) or np.any(ell <= 0):
             raise MemlawError("rank and length must be positive")
-        return self.C_ * r**self.alpha_ * ell ** (-self.beta_) + self.b_
+        return self.form_.predict(self.params_, r, ell)
+
+    def collapse(self, rank: ArrayLike, delta_loss: ArrayLike) -> np.ndarray:
+        """What equals C·ℓ^(−β) under the law, from measured ΔL (paper: (ΔL − b)/r^α; bounded: (ΔL/(L0 − ΔL))/r^α)."""
+        return self.form_.collapse(self.params_, np.asarray(rank, dtype=float), np.asarray(delta_loss, dtype=float))
 
     def score(self, rank: ArrayLike, length: ArrayLike, delta_loss: ArrayLike) -> float:
         """R² of the law's predictions on these points."""
@@ -176,35 +195,31 @@ class ParametricMemoryLaw:
 
     def rank_for(self, length: float, delta_loss: float) -> RankPlan:
         """The smallest rank the law predicts reaches ΔL ≥ delta_loss at this length, with its bootstrap interval."""
-        self._check_fitted()
+        params = self.params_
         if not (np.isfinite(length) and length > 0 and np.isfinite(delta_loss)):
             raise MemlawError(f"length must be positive and delta_loss finite, got length={length}, delta_loss={delta_loss}")
-        if self.C_ <= 0 or self.alpha_ <= 0:
-            raise MemlawError(
-                f"the fitted law does not grow with rank (C={self.C_:.4g}, alpha={self.alpha_:.4g}): no rank reaches a target"
-            )
-        if delta_loss <= self.b_:
-            raise MemlawError(
-                f"target ΔL {delta_loss:g} is at or below the law's floor b={self.b_:.4g}: "
-                "the law predicts every rank reaches it, so it sets no minimum rank"
-            )
-        rank = float(_required_rank(self.params_[None], length, delta_loss)[0])
+        problem = self.form_.target_problem(params, delta_loss)
+        if problem:
+            raise MemlawError(problem)
+        rank = float(self.form_.required_rank(params[None], length, delta_loss)[0])
         interval = None
         if len(self.bootstrap_params_):
-            lo, hi = _percentiles(_required_rank(self.bootstrap_params_, length, delta_loss), self.confidence)
+            lo, hi = _percentiles(self.form_.required_rank(self.bootstrap_params_, length, delta_loss), self.confidence)
             interval = (float(lo), float(hi))
         return RankPlan(float(length), float(delta_loss), rank, next_power_of_two(rank), interval, self.confidence)
 
     # ------------------------------------------------------------------ law.json
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready entry: parameters, CIs, fit quality, settings and the bootstrap parameter sets."""
-        self._check_fitted()
+        """A JSON-ready entry: form, parameters, CIs, fit quality, settings and the bootstrap parameter sets."""
         return {
+            "form": self.form,
             "n": self.n_,
-            **{p: float(v) for p, v in zip(PARAMS, self.params_)},
+            **{p: float(v) for p, v in zip(self.form_.params, self.params_)},
             "ci": {p: list(v) for p, v in self.ci_.items()},
             "r2": self.r2_,
             "mape": self.mape_,
+            "aic": self.aic_,
+            "bic": self.bic_,
             "loss": self.loss,
             "f_scale": self.f_scale_,
             "confidence": self.confidence,
@@ -213,25 +228,31 @@ class ParametricMemoryLaw:
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any]) -> ParametricMemoryLaw:
-        """Rebuild a fitted law from a to_dict() entry (e.g. one group of law.json)."""
-        missing = [p for p in PARAMS if p not in entry]
+        """Rebuild a fitted law from a to_dict() entry (one form of one group of law.json)."""
+        form = entry.get("form", DEFAULT_FORM)
+        if form not in FORMS:
+            raise MemlawError(f"law entry has unknown form {form!r}")
+        params = FORMS[form].params
+        missing = [p for p in params if p not in entry]
         if missing:
             raise MemlawError(f"law entry lacks {', '.join(missing)}")
         try:
             boot = np.array(entry.get("bootstrap", []), dtype=float).reshape(-1, 4)
             law = cls(
+                form=form,
                 loss=entry.get("loss", "soft_l1"),
                 f_scale=entry.get("f_scale"),
                 n_bootstrap=len(boot),
                 confidence=float(entry.get("confidence", 0.95)),
             )
-            law.C_, law.alpha_, law.beta_, law.b_ = (float(entry[p]) for p in PARAMS)
+            law._set_params([float(entry[p]) for p in params])
             law.n_ = int(entry.get("n", 0))
             law.f_scale_ = entry.get("f_scale")
-            law.r2_ = float(entry.get("r2", math.nan))
-            law.mape_ = float(entry.get("mape", math.nan))
+            for attr in ("r2", "mape", "aic", "bic"):
+                value = entry.get(attr)
+                setattr(law, f"{attr}_", math.nan if value is None else float(value))
             law.bootstrap_params_ = boot
-            law.ci_ = {p: tuple(map(float, entry["ci"][p])) for p in PARAMS} if entry.get("ci") else law._intervals()
+            law.ci_ = {p: tuple(map(float, entry["ci"][p])) for p in params} if entry.get("ci") else law._intervals()
         except (TypeError, ValueError, KeyError) as e:
             raise MemlawError(f"malformed law entry: {e!r}") from None
         return law
@@ -248,6 +269,17 @@ def mape(y: np.ndarray, pred: np.ndarray) -> float:
     """Mean absolute percentage error over the points with y ≠ 0."""
     nz = y != 0
     return float(100.0 * np.mean(np.abs(y[nz] - pred[nz]) / np.abs(y[nz]))) if nz.any() else math.nan
+
+
+def information_criteria(residuals: np.ndarray, k: int) -> tuple[float, float]:
+    """(AIC, BIC) of a k-parameter fit under Gaussian errors: n·ln(RSS/n) + 2k and n·ln(RSS/n) + k·ln n.
+
+    Constants common to every model fitted to the same points are dropped: compare, do not read alone.
+    """
+    n = len(residuals)
+    rss = max(float(np.sum(residuals**2)), np.finfo(float).tiny)  # an exact fit: very negative, not -inf
+    base = n * math.log(rss / n)
+    return base + 2 * k, base + k * math.log(n)
 
 
 # ---------------------------------------------------------------------- input checks
@@ -274,7 +306,7 @@ def _check_points(rank: ArrayLike, length: ArrayLike, delta_loss: ArrayLike) -> 
     return arrays["rank"], arrays["length"], arrays["delta_loss"]
 
 
-def _data_problem(rank: np.ndarray, length: np.ndarray, delta_loss: np.ndarray) -> str | None:
+def data_problem(rank: np.ndarray, length: np.ndarray, delta_loss: np.ndarray) -> str | None:
     """Why these points cannot identify (C, α, β, b), or None when they can."""
     distinct = len(set(zip(rank.tolist(), length.tolist())))
     if distinct < 4:
@@ -302,22 +334,6 @@ def _rho_and_weight(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
     return z, np.ones_like(z)
 
 
-def _robust_linear(x: np.ndarray, y: np.ndarray, loss: str, f: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each row of x (G × n): robust fit y ≈ c·x + b by IRLS; returns c, b and the summed robust cost."""
-    w = np.ones_like(x)
-    for _ in range(1 if loss == "linear" else IRLS_STEPS):
-        s1, sx, sy = w.sum(1), (w * x).sum(1), w @ y
-        sxx, sxy = (w * x * x).sum(1), (w * x) @ y
-        det = sxx * s1 - sx**2
-        ok = det > 1e-12 * sxx * s1  # x not constant under these weights
-        safe = np.where(ok, det, 1.0)
-        c = np.where(ok, (s1 * sxy - sx * sy) / safe, 0.0)
-        b = np.where(ok, (sxx * sy - sx * sxy) / safe, sy / s1)
-        rho, w = _rho_and_weight(((y - c[:, None] * x - b[:, None]) / f) ** 2, loss)
-    cost = 0.5 * f * f * rho.sum(1)
-    return c, b, np.where(np.isfinite(cost), cost, np.inf)
-
-
 def _grid_starts(cost: np.ndarray, k: int) -> np.ndarray:
     """Flat indices of the k lowest local minima (8-neighbourhood) of a 2-D cost grid within START_TOLERANCE of the best."""
     padded = np.pad(cost, 1, constant_values=np.inf)
@@ -333,36 +349,25 @@ def _grid_starts(cost: np.ndarray, k: int) -> np.ndarray:
 
 
 def _fit_points(
-    rank: np.ndarray, length: np.ndarray, y: np.ndarray, loss: str, f: float, alpha_grid: np.ndarray, beta_grid: np.ndarray
+    form: LawForm, rank: np.ndarray, length: np.ndarray, y: np.ndarray, loss: str, f: float,
+    alpha_grid: np.ndarray, beta_grid: np.ndarray,
 ) -> np.ndarray:
-    """(C, α, β, b) minimizing the summed robust loss: grid + linear solve, then joint refinement."""
+    """The form's parameters minimizing the summed robust loss: grid + linear solve, then joint refinement."""
     from scipy.optimize import least_squares
 
     r0, l0 = np.exp(np.log(rank).mean()), np.exp(np.log(length).mean())
     lr, ll = np.log(rank / r0), np.log(length / l0)
     a, be = (g.ravel() for g in np.meshgrid(alpha_grid, beta_grid, indexing="ij"))
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = np.exp(a[:, None] * lr - be[:, None] * ll)
-        top = x.max(axis=1)
-        c, b, cost = _robust_linear(x / top[:, None], y, loss, f)
-
-    def residuals(p: np.ndarray) -> np.ndarray:
-        return p[0] * np.exp(p[1] * lr - p[2] * ll) + p[3] - y
-
-    def jacobian(p: np.ndarray) -> np.ndarray:
-        e = np.exp(p[1] * lr - p[2] * ll)
-        return np.column_stack([e, p[0] * e * lr, -p[0] * e * ll, np.ones_like(e)])
-
+    starts, cost = form.grid(lr, ll, y, lambda z: _rho_and_weight(z, loss), f, a, be)  # (G, 4), (G,)
     best = None
     for i in _grid_starts(cost.reshape(len(alpha_grid), len(beta_grid)), MAX_STARTS):
-        start = np.array([c[i] / top[i], a[i], be[i], b[i]])
-        res = least_squares(residuals, start, jac=jacobian, loss=loss, f_scale=f, method="trf", x_scale="jac")
+        res = least_squares(lambda p: form.value(p, lr, ll) - y, starts[i], jac=lambda p: form.jacobian(p, lr, ll),
+                            loss=loss, f_scale=f, method="trf", x_scale="jac")
         if best is None or res.cost < best.cost:
             best = res
     if best is None:
         raise MemlawError("the exponent grid gave no finite fit; widen or change alpha_grid/beta_grid")
-    c_norm, alpha, beta, b0 = best.x
-    return np.array([c_norm * r0 ** (-alpha) * l0**beta, alpha, beta, b0])
+    return form.to_original(best.x, r0, l0)
 
 
 def _percentiles(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
@@ -370,64 +375,3 @@ def _percentiles(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np
     tail = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(samples, [tail, 1.0 - tail], axis=0, method="nearest")
     return lo, hi
-
-
-def _required_rank(params: np.ndarray, length: float, target: float) -> np.ndarray:
-    """Per parameter set (k × 4): the rank where the law reaches target; 0 if every rank does, inf if none does."""
-    C, alpha, beta, b = params.T
-    grows = (C > 0) & (alpha > 0)
-    gap = target - b
-    with np.errstate(all="ignore"):
-        rank = (gap * length**beta / C) ** (1.0 / alpha)
-    return np.where(grows & (gap > 0), rank, np.where(grows, 0.0, np.inf))
-
-
-# ---------------------------------------------------------------------- one law per group
-def fit_groups(df: Any, group_cols: Sequence[str] = GROUP_KEYS, **params: Any) -> dict[str, Any]:
-    """Fit one law per group of a results table and one over all its rows; a dict ready for law.json.
-
-    Uses rows with status "ok" (every row if there is no status column) and finite rank,
-    length, delta_loss. Group columns absent from the table are left out of the keys; missing
-    values (e.g. ratio on PhoneBook) form one group value, None. ``params`` go to
-    ParametricMemoryLaw. Groups whose points cannot identify the law are listed under "skipped".
-    """
-    import pandas as pd
-
-    needed = ("rank", "length", "delta_loss")
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        raise MemlawError(f"missing column(s) {', '.join(missing)} (have: {', '.join(map(str, df.columns))})")
-    rows = df[df["status"].isin(["ok"]).to_numpy(dtype=bool)] if "status" in df.columns else df
-    values = rows[list(needed)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    keep = np.isfinite(values).all(axis=1)
-    rows, values = rows[keep], values[keep]
-    if len(rows) == 0:
-        raise MemlawError("no rows with status 'ok' and finite rank, length and delta_loss")
-    combined_problem = _data_problem(values[:, 0], values[:, 1], values[:, 2])
-    if combined_problem:
-        raise MemlawError(f"cannot fit the memory law: {combined_problem}")
-
-    cols = [c for c in group_cols if c in rows.columns]
-    members: dict[tuple, list[int]] = {}
-    for pos, key in enumerate(rows[cols].itertuples(index=False, name=None)):
-        members.setdefault(tuple(_plain(v) for v in key), []).append(pos)
-    groups, skipped = [], []
-    for key in sorted(members, key=lambda k: tuple(str(v) for v in k)):
-        named = dict(zip(cols, key))
-        r, ell, y = values[members[key]].T
-        problem = _data_problem(r, ell, y)
-        if problem:
-            skipped.append({"key": named, "reason": problem})
-        else:
-            groups.append({"key": named, **ParametricMemoryLaw(**params).fit(r, ell, y).to_dict()})
-    combined = ParametricMemoryLaw(**params).fit(*values.T).to_dict()
-    return {"formula": FORMULA, "group_cols": cols, "groups": groups, "combined": combined, "skipped": skipped}
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-ready group value: missing -> None, numpy scalars -> Python."""
-    import pandas as pd
-
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    return value.item() if isinstance(value, np.generic) else value

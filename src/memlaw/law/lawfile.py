@@ -2,7 +2,13 @@
 
 `memlaw fit` writes the file, `memlaw plan` and `memlaw report` read it; going through this
 module keeps their checks, group keys and labels from drifting apart. It imports
-memlaw.law.fit (for GROUP_KEYS and ParametricMemoryLaw) and fit never imports it back.
+memlaw.law.fit and memlaw.law.groups, and neither imports it back.
+
+Layout (version 2): "groups" (one per value of the fit's `--by` columns) and "combined" (one
+per model and benchmark) are lists of *groups*: {"key", "n", "preferred", "laws": {form:
+fitted-law entry}, "holdout": {form: scores} (with --holdout), "errors": {form: why it did
+not fit} (if any)}. A version-1 file (one law per group, a single "combined" law) is read
+as version 2 with the paper's form only.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import MemlawError
 from ..io import write_json
-from .fit import GROUP_KEYS, ParametricMemoryLaw
+from .fit import ParametricMemoryLaw
+from .forms import DEFAULT_FORM, FORMS
+from .groups import GROUP_KEYS
 
-__all__ = ["GROUP_KEYS", "LAW_FILE", "entry_law", "group_key", "group_label", "pick_group", "read_law", "write_law"]
+__all__ = ["GROUP_KEYS", "LAW_FILE", "default_group", "group_key", "group_label", "group_law", "law_rows",
+           "pick_group", "read_law", "write_law"]
 
 LAW_FILE = "law.json"
 ALL_CELLS = "all cells"  # the label of a group whose key has no values (a table without group columns)
@@ -35,7 +44,8 @@ def write_law(folder_or_path: str | os.PathLike, law: Mapping[str, Any]) -> Path
 
 
 def read_law(path: str | os.PathLike) -> dict:
-    """law.json as written by `memlaw fit`, checked enough that readers may index 'groups' and 'combined'.
+    """law.json as written by `memlaw fit` (version 1 upgraded to 2), checked enough that readers may index
+    'groups' and 'combined' and each group's 'laws'.
 
     Every problem is one MemlawError naming the file, so the CLI prints one line, not a traceback.
     """
@@ -55,7 +65,30 @@ def read_law(path: str | os.PathLike) -> dict:
         raise MemlawError(f"{not_law}: no {' or '.join(repr(k) for k in missing)}")
     if not isinstance(law["groups"], list):
         raise MemlawError(f"{not_law}: 'groups' is not a list")
+    if "version" not in law:
+        law = _upgrade_v1(law)
+    if not isinstance(law["combined"], list):
+        raise MemlawError(f"{not_law}: 'combined' is not a list")
+    for group in law["groups"] + law["combined"]:
+        if not isinstance(group, dict) or not isinstance(group.get("laws"), dict) or not group["laws"]:
+            raise MemlawError(f"{not_law}: a group without fitted laws")
     return law
+
+
+def _upgrade_v1(law: dict) -> dict:
+    """A version-1 law.json (one paper-form law per group, one combined law over every row) as version 2."""
+
+    def group(entry: dict) -> dict:
+        if not isinstance(entry, dict):
+            return {}
+        fitted = {k: v for k, v in entry.items() if k != "key"}
+        return {"key": entry.get("key") or {}, "n": entry.get("n"), "preferred": DEFAULT_FORM, "laws": {DEFAULT_FORM: fitted}}
+
+    return {
+        **law, "version": 2, "forms": {DEFAULT_FORM: FORMS[DEFAULT_FORM].formula},
+        "groups": [group(g) for g in law["groups"]], "combined": [group(law["combined"])],
+        "excluded": [], "holdout": None,
+    }
 
 
 def group_key(entry: Mapping[str, Any]) -> tuple:
@@ -81,28 +114,79 @@ def group_label(key: tuple, omit: Iterable[str] = (), named: bool = True) -> str
 
 
 def pick_group(law: Mapping[str, Any], spec: str, path: str | os.PathLike) -> tuple[str, dict]:
-    """The one group whose key matches every `key=value` of spec (as `--group` gives it), with its label."""
+    """The group (or combined law) whose key matches every `key=value` of spec (as `--group` gives it), with its label.
+
+    Among several matches, the one whose key names exactly spec's columns wins, so
+    "model=m,benchmark=b" picks that combined law even though its method groups match too.
+    """
     wanted = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise MemlawError(f"--group: expected key=value,..., got {item!r}")
         wanted[key.strip()] = value.strip()
-    matches = [g for g in law["groups"] if all(str((g.get("key") or {}).get(k)) == v for k, v in wanted.items())]
+    candidates = [(g, False) for g in law["groups"]] + [(g, True) for g in law["combined"]]
+    matches = [(g, c) for g, c in candidates if all(str((g.get("key") or {}).get(k)) == v for k, v in wanted.items())]
+    if len(matches) > 1:
+        exact = [(g, c) for g, c in matches if {k for k, v in (g.get("key") or {}).items() if v is not None} == set(wanted)]
+        matches = exact if len(exact) == 1 else matches
     if len(matches) == 1:
-        return group_label(group_key(matches[0])), matches[0]
-    available = "; ".join(group_label(group_key(g)) for g in law["groups"]) or "none"
+        return _label(*matches[0]), matches[0][0]
+    available = "; ".join(_label(g, c) for g, c in candidates) or "none"
     problem = "no group matches" if not matches else f"{len(matches)} groups match"
     raise MemlawError(f"--group {spec}: {problem} in {path}; groups: {available}")
 
 
-def entry_law(entry: Mapping[str, Any]) -> ParametricMemoryLaw:
-    """The fitted law of one law.json entry (a group or "combined"), for predict and rank_for.
+def default_group(law: Mapping[str, Any], path: str | os.PathLike) -> tuple[str, dict]:
+    """The law `memlaw plan` uses without --group: the combined law, when the file has exactly one."""
+    if len(law["combined"]) == 1:
+        return _label(law["combined"][0], True), law["combined"][0]
+    if not law["combined"] and len(law["groups"]) == 1:
+        return _label(law["groups"][0], False), law["groups"][0]
+    available = "; ".join(_label(g, False) for g in law["groups"]) or "none"
+    raise MemlawError(f"{path} holds {len(law['combined'])} combined laws; choose one with --group "
+                      f"(groups: {available}; combined: {'; '.join(_label(g, True) for g in law['combined'])})")
 
-    A malformed entry raises MemlawError naming the group, so a bad file points at its bad part.
+
+def _label(group: Mapping[str, Any], combined: bool) -> str:
+    label = group_label(group_key(group))
+    return f"combined {label}" if combined else label
+
+
+def group_law(group: Mapping[str, Any], form: str | None = None) -> ParametricMemoryLaw:
+    """The fitted law of one group of law.json in `form` (default: the group's preferred form).
+
+    A missing form or a malformed entry raises MemlawError naming the group.
     """
+    name = group_label(group_key(group))
+    form = form or group.get("preferred") or DEFAULT_FORM
+    laws = group.get("laws") or {}
+    if form not in laws:
+        raise MemlawError(f"law group {name}: no {form!r} law (fitted: {', '.join(laws) or 'none'})")
     try:
-        return ParametricMemoryLaw.from_dict(entry)
+        return ParametricMemoryLaw.from_dict(laws[form])
     except MemlawError as e:
-        name = group_label(group_key(entry)) if "key" in entry else "combined"
-        raise MemlawError(f"law group {name}: {e}") from None
+        raise MemlawError(f"law group {name} ({form}): {e}") from None
+
+
+def law_rows(law: Mapping[str, Any], named: bool = True) -> list[dict]:
+    """One row per (group, form), combined laws last: the law table that `memlaw fit` prints and the report shows.
+
+    `named`: group labels as group_label gives them (key=value for the CLI, plain values for the report).
+    """
+    rows = []
+    for combined, groups in ((False, law["groups"]), (True, law["combined"])):
+        for g in groups:
+            label = group_label(group_key(g), named=named)
+            for form, e in g["laws"].items():
+                held = (g.get("holdout") or {}).get(form, {})
+                params = FORMS[e.get("form", form)].params if e.get("form", form) in FORMS else ()
+                rows.append({
+                    "group": f"combined {label}" if combined else label, "form": form,
+                    "preferred": form == g.get("preferred"), "n": e.get("n"),
+                    "params": [(p, e[p], (e.get("ci") or {}).get(p)) for p in params],
+                    "r2": e.get("r2"), "mape": e.get("mape"), "aic": e.get("aic"), "bic": e.get("bic"),
+                    "heldout_n": held.get("n_heldout"), "heldout_mape": held.get("mape"), "heldout_r2": held.get("r2"),
+                    "heldout_error": held.get("error"),
+                })
+    return rows

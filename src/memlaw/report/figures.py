@@ -34,6 +34,7 @@ STYLE = {
     "figure.facecolor": "white",
 }
 SYMBOL = {"rank": "r", "length": "ℓ"}
+COLLAPSED = {"paper": r"$(\Delta L - b)\,/\,r^{\alpha}$", "bounded": r"$\Delta L\,/\,(L_0 - \Delta L)\,/\,r^{\alpha}$"}
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ def delta_loss_curves(panels: list[Panel], x: str) -> Figure:
 
 @_png
 def law_collapse(panels: list[Panel]) -> Figure:
-    """(ΔL − b) / r^α against ℓ, log-log: under the law every rank falls on the line C·ℓ^(−β).
+    """The law in log space: ΔL made rank-free (paper's form: (ΔL − b) / r^α; bounded: (ΔL / (L0 − ΔL)) / r^α)
+    against ℓ, log-log; under the law every rank falls on the line C·ℓ^(−β).
 
     A panel without a fit shows plain ΔL against ℓ.
     """
@@ -171,7 +173,7 @@ def law_collapse(panels: list[Panel]) -> Figure:
     for ax, p in zip(axes, panels):
         d = p.cells
         if p.law is not None:
-            y = (d["delta_loss"] - p.law.b_) / d["rank"].astype(float) ** p.law.alpha_
+            y = pd.Series(p.law.collapse(d["rank"], d["delta_loss"]), index=d.index)
         else:
             y = d["delta_loss"]
         for r in sorted(d["rank"].unique()):
@@ -185,7 +187,7 @@ def law_collapse(panels: list[Panel]) -> Figure:
         _value_ticks(ax.xaxis, d["length"])
         _plain_log_labels(ax.yaxis)
         ax.set_xlabel("length ℓ (answer tokens)")
-        ax.set_ylabel(r"$(\Delta L - b)\,/\,r^{\alpha}$" if p.law is not None else "ΔL (no fitted law)")
+        ax.set_ylabel(COLLAPSED[p.law.form] if p.law is not None else "ΔL (no fitted law)")
         dropped = int((y <= 0).sum())
         ax.set_title(p.label + (f"  ({dropped} points ≤ 0 not shown)" if dropped else ""))
     line = [Line2D([], [], color="k", ls="--", label="C·ℓ^(−β)")] if any_law(panels) else []
@@ -225,7 +227,7 @@ def predicted_vs_true(panels: list[Panel]) -> Figure:
     ax.set_ylim(line)
     ax.set_aspect("equal")
     ax.set_xlabel("measured ΔL")
-    ax.set_ylabel("predicted ΔL = C·r^α·ℓ^(−β) + b")
+    ax.set_ylabel("predicted ΔL (each group's preferred form)")
     ax.legend(loc="upper left")
     return fig
 

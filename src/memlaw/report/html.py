@@ -12,7 +12,7 @@ import pandas as pd
 from ..analysis.phase import PhaseAnalysis, load_or_analyze, load_results, ok_cells
 from ..errors import MemlawError
 from ..io import atomic_write_text
-from ..law.lawfile import GROUP_KEYS, LAW_FILE, entry_law, group_key, group_label, read_law
+from ..law.lawfile import GROUP_KEYS, LAW_FILE, group_key, group_label, group_law, law_rows, read_law
 from ..tables import finite, format_p, split_by
 from .figures import (  # by name: `from . import figures` would import this package, whose __init__ imports us
     Panel,
@@ -26,7 +26,6 @@ from .figures import (  # by name: `from . import figures` would import this pac
     stubborn_vs_failure,
 )
 
-PARAMS = (("C", "C"), ("alpha", "α"), ("beta", "β"), ("b", "b"))
 FAILED_COLUMNS = ("cell", "method", "ratio", "rank", "length", "seed", "error")
 NO_LAW = "no fitted law (run memlaw fit)"
 MAX_LISTED = 10  # skipped cells named on the page
@@ -75,7 +74,7 @@ def title(key: tuple, ok: pd.DataFrame) -> str:
 
 
 def make_panels(ok: pd.DataFrame, law: dict | None) -> list[Panel]:
-    laws = {group_key(g): entry_law(g) for g in (law or {}).get("groups", [])}
+    laws = {group_key(g): group_law(g) for g in (law or {}).get("groups", [])}  # each group's preferred form
     return [Panel(title(key, ok), cells, laws.get(key)) for key, cells in split_by(ok, GROUP_KEYS)]
 
 
@@ -109,21 +108,38 @@ def num(x, spec: str = ".4g", suffix: str = "") -> str:
     return "—" if x is None else f"{x:{spec}}{suffix}"
 
 
-def with_ci(entry: dict, name: str) -> str:
-    ci = (entry.get("ci") or {}).get(name)
-    return f"{num(entry[name])} [{num(ci[0])}, {num(ci[1])}]" if ci else num(entry[name])
+def with_ci(value: float, ci: list | None) -> str:
+    return f"{num(value)} [{num(ci[0])}, {num(ci[1])}]" if ci else num(value)
 
 
 def parameter_table(law: dict) -> str:
-    """Every group named in full (model and benchmark too): the table may list groups this sweep lacks."""
-    entries = [(group_label(group_key(g), named=False), g) for g in law["groups"]]
-    entries.append(("combined (all groups)", law["combined"]))
-    rows = [
-        [label, str(e.get("n", "—")), *(with_ci(e, k) for k, _ in PARAMS), num(e.get("r2"), ".4f"),
-         num(e.get("mape"), ".2f", "%")]
-        for label, e in entries
-    ]
-    parts = [table(["group", "n", *(f"{sym} [95% CI]" for _, sym in PARAMS), "R²", "MAPE"], rows)]
+    """Every group named in full (model and benchmark too): the table may list groups this sweep lacks.
+
+    One row per group and form, the preferred form starred; held-out columns when the fit had a holdout.
+    """
+    holdout = law.get("holdout")
+    rows = []
+    for r in law_rows(law, named=False):
+        params = [f"{name} = {with_ci(value, ci)}" for name, value, ci in r["params"]]
+        row = [r["group"], r["form"] + (" *" if r["preferred"] else ""), str(r["n"]), *params,
+               num(r["r2"], ".4f"), num(r["mape"], ".2f", "%"), num(r["aic"], ".1f"), num(r["bic"], ".1f")]
+        if holdout:
+            row += [r["heldout_error"] or str(r["heldout_n"]), num(r["heldout_mape"], ".2f", "%"), num(r["heldout_r2"], ".4f")]
+        rows.append(row)
+    head = ["group", "form", "n", "C", "α", "β", "b or L0", "R²", "MAPE", "AIC", "BIC"]
+    if holdout:
+        head += [f"held out ({holdout}): n", "held-out MAPE", "held-out R²"]
+    parts = [table(head, rows, numeric_from=2)]
+    parts.append(note("* the preferred form (used for the curves and by memlaw plan): "
+                      + ("the lower held-out MAPE." if holdout else "the paper's, since the fit had no --holdout.")))
+    excluded = law.get("excluded") or []
+    if excluded:
+        parts.append(f"<p>{len(excluded)} saturated cell(s) left out of the fit:</p>")
+        parts.append(table(["cell", "rank", "length", "reason"],
+                           [[str(e.get("cell") or group_label(group_key(e), named=False)), str(e.get("rank")),
+                             str(e.get("length")), e.get("reason", "")] for e in excluded[:4 * MAX_LISTED]], numeric_from=1))
+        if len(excluded) > 4 * MAX_LISTED:
+            parts.append(note(f"… and {len(excluded) - 4 * MAX_LISTED} more (law.json lists them all)"))
     if law.get("skipped"):
         parts.append(note("not fitted: " + "; ".join(skipped_text(s) for s in law["skipped"])))
     return "".join(parts)
@@ -171,8 +187,11 @@ def render(sweep_dir: Path, results: pd.DataFrame, ok: pd.DataFrame, law: dict |
     law_note = "" if fitted else note(NO_LAW if law is None else "the law has no group matching this sweep's cells; data only")
 
     parts.append(section(
-        "Fitted parameters", "The Parametric Memory Law ΔL(r, ℓ) = C · r^α · ℓ^(−β) + b, one fit per group, "
-        "with bootstrap 95% intervals; R² and MAPE are the fitter's, on the cells it fitted.",
+        "Fitted parameters", "The Parametric Memory Law in two forms, the paper's ΔL = C · r^α · ℓ^(−β) + b and the "
+        "bounded ΔL = L0 · h/(1 + h) with h = C · r^α · ℓ^(−β), one fit per group and a combined fit per model and "
+        "benchmark, with bootstrap 95% intervals in brackets. R², MAPE, AIC and BIC are on the cells fitted (lower "
+        "AIC/BIC: the better form for these cells); the held-out columns, when the fit had --holdout, are the error "
+        "of a fit without those cells on them: how well the form extrapolates.",
         parameter_table(law) if law else note(NO_LAW)))
     parts.append(section(
         "ΔL against rank", "Loss reduction per answer token (mean over seeds: line; single seeds: dots) on log-log "
