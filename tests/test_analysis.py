@@ -17,16 +17,19 @@ from scipy.stats import spearmanr
 from memlaw.analysis import (
     analyze,
     bin_profile,
+    cell_matrices,
+    cell_matrix,
     certificate_check,
     earliest_stubborn,
     failure_histograms,
     load_or_analyze,
+    min_pool,
     probability_grid,
     read_analysis,
     spearman,
 )
 from memlaw.cli import main
-from memlaw.tables import cell_sort_key, csv_rows, finite, plain_dtypes, split_by
+from memlaw.tables import cell_sort_key, csv_rows, finite, plain_dtypes, split_by, spread
 
 MODEL = "tiny-llama"
 TARGET_LEN = 10
@@ -36,22 +39,28 @@ LAW = {
     "sft": {"C": 2.0, "alpha": 0.5, "beta": 0.3, "b": 0.1},
     "memft_ot": {"C": 2.5, "alpha": 0.45, "beta": 0.25, "b": 0.05},
 }
+# A third method for sweeps without a law (law.json covers LAW's methods only), and how well each method recalls.
+DATA_LAW = {**LAW, "memft_sw": {"C": 3.0, "alpha": 0.4, "beta": 0.2, "b": 0.02}}
+EM_SCALE = {"sft": 1.0, "memft_ot": 1.3, "memft_sw": 1.7}
+JITTER = {"sft": 1, "memft_ot": 2, "memft_sw": 3}  # make_sweep(jitter=True): a different ρ per method
 DTYPES = {"cell": "string", "status": "string", "error": "string", "model": "string", "benchmark": "string",
           "ratio": "string", "method": "string", "rank": "Int64", "length": "Int64", "seed": "Int64",
           "run_dir": "string"}
 
 
-def cell_name(method: str, rank: int, length: int, seed: int, ratio: str | None = None) -> str:
-    return f"{'long-context-' + ratio if ratio else 'phonebook'}-{method}-r{rank}-L{length}-s{seed}"
+def cell_name(method: str, rank: int, length: int, seed: int, ratio: str | None = None,
+              bench: str | None = None) -> str:
+    return f"{bench or benchmark(ratio)}{'-' + ratio if ratio else ''}-{method}-r{rank}-L{length}-s{seed}"
 
 
 def law_value(method: str, rank: int, length: int) -> float:
-    p = LAW[method]
+    p = DATA_LAW[method]
     return p["C"] * rank ** p["alpha"] * length ** (-p["beta"]) + p["b"]
 
 
-def cell_records(rank: int, length: int) -> list[dict]:
-    """Record 0 certified and exact; record j > 0 has its earliest stubborn token at s and fails at s + 1."""
+def cell_records(rank: int, length: int, jitter: int = 0) -> list[dict]:
+    """Record 0 certified and exact; record j > 0 has its earliest stubborn token at s and fails at s + 1
+    (or, with a jitter, at s + 1 or s + 2: ρ below 1 but no certificate violation)."""
     rows = []
     for j in range(RECORDS_PER_CELL):
         probs = [0.9] * TARGET_LEN
@@ -59,7 +68,7 @@ def cell_records(rank: int, length: int) -> list[dict]:
         if j:
             s = (j + rank + length // 100) % 8
             probs[s], probs[s + 1] = 0.3, 0.45
-            fail = s + 1
+            fail = s + 1 + int(jitter > 0 and (j + rank) % (jitter + 1) == 0)
         stubborn = [i for i, p in enumerate(probs) if p <= 0.5]
         rows.append({
             "id": j, "query": f"Name {j}:", "target": "0123456789", "generated": "0123456789" if fail is None else "0123456780",
@@ -87,37 +96,42 @@ def benchmark(ratio: str | None) -> str:
 
 
 def make_sweep(root: Path, ranks=(1, 2, 4, 8), lengths=(100, 200, 400), methods=tuple(LAW), seeds=(0,),
-               ratios=(None,), failed=(), missing_records=(), law: bool = False) -> Path:
+               ratios=(None,), failed=(), missing_records=(), law: bool = False, linear_rule=(),
+               jitter: bool = False) -> Path:
     """A sweep folder; `failed` and `missing_records` are cell names to mark failed / leave without records.
 
-    A ratio of None is PhoneBook; "r20" etc. are Long-Context cells.
+    A ratio of None is PhoneBook; "r20" etc. are Long-Context cells. `linear_rule` adds linear-rule cells at
+    those lengths (every method and rank); `jitter` moves some failures one token later, per method.
     """
     root.mkdir(parents=True, exist_ok=True)
     rows = []
-    for method, ratio in [(m, r) for m in methods for r in ratios]:
+    settings = [(benchmark(r), r, lengths) for r in ratios] + ([("linear-rule", None, linear_rule)] if linear_rule else [])
+    for method, (bench, ratio, bench_lengths) in [(m, s) for m in methods for s in settings]:
         for rank in ranks:
-            for length in lengths:
+            for length in bench_lengths:
                 for seed in seeds:
-                    name = cell_name(method, rank, length, seed, ratio)
+                    name = cell_name(method, rank, length, seed, ratio, bench)
                     ok = name not in failed
                     dl = law_value(method, rank, length) * (1 + 0.01 * seed) if ok else None
-                    em = min(1.0, rank * 100 / length / 4) if ok else None
+                    em = min(1.0, rank * 100 / length / 4 * EM_SCALE[method]) * (1 - 0.1 * seed) if ok else None
                     rows.append({
                         "cell": name, "status": "ok" if ok else "failed", "error": None if ok else "RuntimeError: CUDA out of memory",
-                        "model": MODEL, "benchmark": benchmark(ratio), "ratio": ratio, "method": method, "rank": rank,
+                        "model": MODEL, "benchmark": bench, "ratio": ratio, "method": method, "rank": rank,
                         "length": length, "seed": seed, "data_seed": 0, "layer": "20", "component": "mlp", "lr": 1e-3,
                         "epochs": 10, "batch_size": 16, "n_records": RECORDS_PER_CELL, "target_tokens": length,
                         "exact_match": em, "token_accuracy": None if em is None else 0.5 + em / 2,
-                        "free_run_token_accuracy": em, "initial_loss": 12.0, "final_loss": None if dl is None else 12.0 - dl,
+                        "free_run_token_accuracy": None if em is None else em ** 0.5, "initial_loss": 12.0, "final_loss": None if dl is None else 12.0 - dl,
                         "delta_loss": dl, "stubborn_tokens": 3, "certified_fraction": 0.25, "certificate_violations": 0,
                         "bits_stored": 10.0, "trainable_params": 100 * rank, "bits_per_param": 0.1, "steps": 50,
                         "train_seconds": 1.0, "stopped": "epochs", "steps_to_certified": None, "seconds_to_certified": None,
-                        "heldout_exact_match": None, "run_dir": f"cells/{name}",
+                        "heldout_exact_match": em * 0.6 if ok and bench == "linear-rule" else None,
+                        "run_dir": f"cells/{name}",
                     })
                     if ok and name not in missing_records:
                         path = root / "cells" / name / "records.jsonl"
                         path.parent.mkdir(parents=True, exist_ok=True)
-                        path.write_text("".join(json.dumps(r) + "\n" for r in cell_records(rank, length)))
+                        noise = JITTER[method] if jitter else 0
+                        path.write_text("".join(json.dumps(r) + "\n" for r in cell_records(rank, length, noise)))
     frame = pd.DataFrame(rows).astype(DTYPES)
     frame.to_parquet(root / "results.parquet", index=False)
     frame.to_csv(root / "results.csv", index=False)
@@ -218,6 +232,53 @@ def test_table_helpers_keep_missing_values_and_sort_ratios_numerically():
     assert sorted([(2.5,), ("b",), (None,)], key=cell_sort_key)[0] == (None,)
     assert csv_rows(pd.DataFrame({"x": [np.int64(3), np.nan]})) == [{"x": 3}, {"x": None}]
     assert [finite(v) for v in (1, "nan", None, "x", float("inf"))] == [1.0, None, None, None, None]
+    assert spread([8, 1, 4, 2, 1], 10) == [1, 2, 4, 8]
+    assert spread(range(13), 4) == [0, 4, 8, 12] and spread(["r100", "r20", "r5"], 2) == ["r5", "r100"]
+
+
+def planted_record(n: int, stubborn: dict[int, float], fail: int | None) -> dict:
+    probs = [0.95] * n
+    for i, p in stubborn.items():
+        probs[i] = p
+    return {"id": 0, "exact": fail is None, "first_failure": fail, "target_probs": probs,
+            "stubborn_positions": sorted(stubborn), "certified": not stubborn}
+
+
+def test_cell_matrix_keeps_planted_stubborn_tokens_and_failures():
+    """PhoneBook-like: many short records, capped at the first 32; the last rows are shorter (NaN-padded)."""
+    records = [planted_record(10 if j < 30 else 8, {j % 8: 0.2}, j % 8 + 1 if j % 3 else None) for j in range(40)]
+    m = cell_matrix(records)
+    assert m.records == 40 and m.width == 1 and m.positions == 10 and m.probs.shape == m.stubborn.shape == (32, 10)
+    planted = np.zeros((32, 10), dtype=bool)
+    planted[np.arange(32), np.arange(32) % 8] = True
+    assert (m.stubborn == planted).all() and (m.probs[planted] == 0.2).all()
+    assert m.failures == [j % 8 + 1 if j % 3 else None for j in range(32)]
+    assert np.isnan(m.probs[30:, 8:]).all() and not np.isnan(m.probs[:30]).any()
+
+
+def test_cell_matrix_min_pools_long_targets():
+    """Long-Context-like: one record of 1000 tokens -> 334 columns of 3 tokens; the lone stubborn token survives."""
+    m = cell_matrix([planted_record(1000, {537: 0.2, 999: 0.4}, 537)], max_positions=400)
+    assert m.width == 3 and m.probs.shape == (1, 334) and m.positions == 1000
+    assert np.flatnonzero(m.stubborn[0]).tolist() == [179, 333]  # 537 // 3, 999 // 3 (the short last column)
+    assert m.probs[0, 179] == 0.2 and m.probs[0, 333] == 0.4 and m.probs[0, 178] == 0.95
+    assert (m.probs[0] <= 0.5).tolist() == m.stubborn[0].tolist()
+    assert m.failures == [179]
+    pooled = min_pool(np.array([[0.9, 0.1, 0.8, np.nan], [np.nan, np.nan, 0.7, 0.6]]), 2)
+    assert pooled[0].tolist() == [0.1, 0.8] and np.isnan(pooled[1, 0]) and pooled[1, 1] == 0.6
+    assert min_pool(np.array([[False, True, False]]), 2, np.logical_or).tolist() == [[True, False]]
+
+
+def test_cell_matrices_reads_the_cells_records(tmp_path):
+    missing = cell_name("sft", 2, 100, 0)
+    sweep = make_sweep(tmp_path / "sweep", ranks=(1, 2), lengths=(100,), methods=("sft",), missing_records={missing})
+    cells = pd.read_csv(sweep / "results.csv")
+    matrices = cell_matrices(sweep, cells)
+    assert set(matrices) == {cell_name("sft", 1, 100, 0)}
+    m = matrices[cell_name("sft", 1, 100, 0)]
+    expected = cell_records(1, 100)
+    assert m.records == RECORDS_PER_CELL and m.failures == [r["first_failure"] for r in expected]
+    assert [np.flatnonzero(row).tolist() for row in m.stubborn] == [r["stubborn_positions"] for r in expected]
 
 
 # ---------------------------------------------------------------------- a whole sweep
@@ -236,6 +297,25 @@ def test_analyze_monotone_sweep(tmp_path):
     assert len(s["cells_summary"]) == cells and s["cells_summary"][0]["failures"] == RECORDS_PER_CELL - 1
 
 
+def test_spearman_by_setting_matches_scipy_on_each_subset(tmp_path):
+    """ρ per (benchmark, method) from the records.jsonl files themselves, by scipy; jittered failures make them differ."""
+    sweep = make_sweep(tmp_path / "sweep", methods=tuple(DATA_LAW), linear_rule=(50,), jitter=True)
+    by = analyze(sweep).summary["spearman_by"]
+    results = pd.read_csv(sweep / "results.csv")
+    pairs: dict[tuple, list] = {}
+    for cell in results.to_dict("records"):
+        for line in (sweep / cell["run_dir"] / "records.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r["stubborn_positions"] and r["first_failure"] is not None:
+                pairs.setdefault((cell["benchmark"], cell["method"]), []).append((min(r["stubborn_positions"]), r["first_failure"]))
+    assert [(e["benchmark"], e["method"]) for e in by] == sorted(pairs)
+    for e in by:
+        x, y = zip(*pairs[(e["benchmark"], e["method"])])
+        ref = spearmanr(x, y)
+        assert e["n"] == len(x) and e["rho"] == pytest.approx(ref.statistic) and e["p"] == pytest.approx(ref.pvalue)
+    assert len({round(e["rho"], 6) for e in by}) > 1 and all(e["rho"] < 1 for e in by)
+
+
 def test_analyze_cli_writes_outputs_and_round_trips(tmp_path, capsys):
     sweep = make_sweep(tmp_path / "sweep", missing_records={cell_name("sft", 1, 100, 0)},
                        failed={cell_name("sft", 2, 100, 0)})
@@ -243,11 +323,15 @@ def test_analyze_cli_writes_outputs_and_round_trips(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "ρ = 1.000" in out and "exact" in out and "quartiles" in out
+    for method in LAW:  # one line per (benchmark, method)
+        assert f"  phonebook · {method}: Spearman ρ = 1.000" in out
     skipped = [line for line in err.splitlines() if "skipped" in line]
     assert len(skipped) == 1 and cell_name("sft", 1, 100, 0) in skipped[0]
     folder = sweep / "analysis"
     phase = json.loads((folder / "phase.json").read_text())
     assert phase["spearman"]["rho"] == pytest.approx(1.0) and len(phase["skipped_cells"]) == 1
+    assert [(e["benchmark"], e["method"], e["rho"]) for e in phase["spearman_by"]] == [
+        ("phonebook", "memft_ot", pytest.approx(1.0)), ("phonebook", "sft", pytest.approx(1.0))]
     records = pd.read_csv(folder / "records.csv")
     assert len(records) == (len(LAW) * 12 - 2) * RECORDS_PER_CELL
     assert {"cell", "method", "rank", "length", "id", "target_len", "earliest_stubborn", "first_failure",

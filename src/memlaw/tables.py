@@ -82,6 +82,14 @@ def split_by(df: pd.DataFrame, keys: tuple[str, ...]) -> list[tuple[tuple, pd.Da
     return [(key, df.iloc[index[key]]) for key in sorted(index, key=cell_sort_key)]
 
 
+def spread(values, k: int) -> list:
+    """At most k of the sorted distinct values, evenly spread and keeping both ends, for figures that cap panels."""
+    values = sorted(set(values), key=lambda v: cell_sort_key((v,)))
+    if len(values) <= k:
+        return values
+    return [values[i] for i in sorted(set(np.round(np.linspace(0, len(values) - 1, max(k, 1))).astype(int)))]
+
+
 def csv_rows(df: pd.DataFrame) -> list[dict]:
     """The table's rows as dicts of plain values, ready for memlaw.io.write_csv."""
     return [{k: py_value(v) for k, v in row.items()} for row in df.to_dict("records")]

@@ -1,33 +1,43 @@
 """Phase-transition analysis of a sweep: earliest stubborn token vs first free-run failure."""
 
 from .phase import (
+    CellMatrix,
     PhaseAnalysis,
     analyze,
     bin_profile,
+    cell_matrices,
+    cell_matrix,
     certificate_check,
     earliest_stubborn,
     failure_histograms,
     format_summary,
     load_or_analyze,
     load_results,
+    min_pool,
     probability_grid,
     read_analysis,
     spearman,
+    spearman_by,
     write_analysis,
 )
 
 __all__ = [
+    "CellMatrix",
     "PhaseAnalysis",
     "analyze",
     "bin_profile",
+    "cell_matrices",
+    "cell_matrix",
     "certificate_check",
     "earliest_stubborn",
     "failure_histograms",
     "format_summary",
     "load_or_analyze",
     "load_results",
+    "min_pool",
     "probability_grid",
     "read_analysis",
     "spearman",
+    "spearman_by",
     "write_analysis",
 ]

@@ -32,6 +32,9 @@ RECORD_COLUMNS = (
 GRID_COLUMNS = (*CELL_KEYS, "bin", "rel_start", "rel_end", "mean_p", "stubborn_fraction", "records")
 DEFAULT_BINS = 20
 MAX_LISTED_VIOLATIONS = 20
+SPEARMAN_KEYS = ("benchmark", "method")  # the paper's ρ is within one setting, not pooled over all
+MAX_MATRIX_RECORDS = 32  # rows of a per-position grid: the cell's first records
+MAX_MATRIX_POSITIONS = 400  # columns of a per-position grid; longer targets are min-pooled
 
 
 @dataclass
@@ -41,6 +44,22 @@ class PhaseAnalysis:
     summary: dict
     records: pd.DataFrame  # RECORD_COLUMNS
     grid: pd.DataFrame  # GRID_COLUMNS
+
+
+@dataclass
+class CellMatrix:
+    """One cell's teacher-forced p_t per record and target position (the paper's per-position grids).
+
+    Column c covers target positions [c·width, (c+1)·width) and holds the minimum p_t over them, so
+    pooling a long target never hides a stubborn token.
+    """
+
+    probs: np.ndarray  # rows × columns; NaN past a record's end
+    stubborn: np.ndarray  # rows × columns, bool: the column holds a stubborn token (p_t <= 0.5)
+    failures: list[int | None]  # per row: the column of the first free-run failure, None when exact
+    records: int  # records in the cell; the rows are the first min(records, max_records)
+    positions: int  # target positions of the longest row, before pooling
+    width: int  # target positions per column (1: not pooled)
 
 
 # ---------------------------------------------------------------------- loading
@@ -100,6 +119,58 @@ def read_cell_records(path: Path) -> list[dict]:
     return rows
 
 
+def min_pool(values: np.ndarray, width: int, reduce=np.fmin) -> np.ndarray:
+    """Columns of a rows × positions array reduced in consecutive groups of `width` (the last may be short).
+
+    np.fmin ignores NaN (a column is NaN only where every position is); np.logical_or pools masks.
+    """
+    rows, positions = values.shape
+    columns = -(-positions // width)
+    fill = np.nan if values.dtype.kind == "f" else False
+    padded = np.full((rows, columns * width), fill, dtype=values.dtype)
+    padded[:, :positions] = values
+    return reduce.reduce(padded.reshape(rows, columns, width), axis=2)
+
+
+def cell_matrix(records: list[Mapping[str, Any]], max_records: int = MAX_MATRIX_RECORDS,
+                max_positions: int = MAX_MATRIX_POSITIONS) -> CellMatrix:
+    """The per-position grid of one cell's records.jsonl objects: the first `max_records` records, targets
+    min-pooled into at most `max_positions` columns."""
+    shown = list(records[:max_records])
+    positions = max((len(r["target_probs"]) for r in shown), default=0)
+    probs = np.full((len(shown), positions), np.nan)
+    stubborn = np.zeros((len(shown), positions), dtype=bool)
+    for i, r in enumerate(shown):
+        probs[i, : len(r["target_probs"])] = r["target_probs"]
+        stubborn[i, [int(p) for p in r.get("stubborn_positions") or []]] = True
+    width = max(1, -(-positions // max_positions))
+    return CellMatrix(
+        probs=min_pool(probs, width),
+        stubborn=min_pool(stubborn, width, np.logical_or),
+        failures=[None if r.get("first_failure") is None else int(r["first_failure"]) // width for r in shown],
+        records=len(records),
+        positions=positions,
+        width=width,
+    )
+
+
+def cell_matrices(sweep_dir: str | Path, cells: pd.DataFrame, max_records: int = MAX_MATRIX_RECORDS,
+                  max_positions: int = MAX_MATRIX_POSITIONS) -> dict[str, CellMatrix]:
+    """cell name -> CellMatrix for the given results rows; cells without a records.jsonl are left out.
+
+    Read on demand, for the cells a figure shows: the matrices are too large to keep for a whole sweep.
+    """
+    out = {}
+    for cell in cells.to_dict("records"):
+        path = RunDir(Path(sweep_dir) / str(cell["run_dir"])).records_path
+        if path.is_file():
+            try:
+                out[str(cell["cell"])] = cell_matrix(read_cell_records(path), max_records, max_positions)
+            except KeyError as e:
+                raise MemlawError(f"{path}: a record lacks the field {e}")
+    return out
+
+
 def analyze(sweep_dir: str | Path, bins: int = DEFAULT_BINS) -> PhaseAnalysis:
     """Read every ok cell's records.jsonl and compute the phase-transition analysis."""
     if bins < 1:
@@ -155,6 +226,15 @@ def spearman(x: Iterable[float], y: Iterable[float]) -> dict:
 def failure_pairs(records: pd.DataFrame) -> pd.DataFrame:
     """The records that have both an earliest stubborn position and a first free-run failure."""
     return records[records["earliest_stubborn"].notna() & records["first_failure"].notna()]
+
+
+def spearman_by(records: pd.DataFrame) -> list[dict]:
+    """Spearman ρ of earliest stubborn vs first failure within each (benchmark, method)."""
+    pairs = failure_pairs(records)
+    return [
+        {**dict(zip(SPEARMAN_KEYS, key)), **spearman(d["earliest_stubborn"], d["first_failure"])}
+        for key, d in split_by(pairs, SPEARMAN_KEYS)
+    ]
 
 
 def certificate_check(records: pd.DataFrame) -> dict:
@@ -262,6 +342,7 @@ def summarize(records: pd.DataFrame, bins: int = DEFAULT_BINS) -> dict:
         "exact": int(records["exact"].sum()),
         "certified": int(records["certified"].sum()),
         "spearman": spearman(pairs["earliest_stubborn"], pairs["first_failure"]),
+        "spearman_by": spearman_by(records),
         "certificate": certificate_check(records),
         "failure_positions": failure_histograms(records, bins),
         "bins": bins,
@@ -275,10 +356,8 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"{summary['records']} records in {summary['cells']} cells: {summary['exact']} exact, {summary['certified']} certified",
     ]
-    if s["rho"] is None:
-        lines.append(f"earliest stubborn vs first failure: Spearman ρ undefined (n = {s['n']})")
-    else:
-        lines.append(f"earliest stubborn vs first failure: Spearman ρ = {s['rho']:.3f} (n = {s['n']}, {format_p(s['p'])})")
+    lines.append(f"earliest stubborn vs first failure: {format_rho(s)}")
+    lines.extend(f"  {entry['benchmark']} · {entry['method']}: {format_rho(entry)}" for entry in summary["spearman_by"])
     if c["failures"]:
         q = summary["failure_positions"]
         a, r = q["absolute"]["quartiles"], q["relative"]["quartiles"]
@@ -289,6 +368,12 @@ def format_summary(summary: dict) -> str:
     else:
         lines.append("no free-run failures: every record was reproduced exactly")
     return "\n".join(lines)
+
+
+def format_rho(s: Mapping[str, Any]) -> str:
+    if s["rho"] is None:
+        return f"Spearman ρ undefined (n = {s['n']})"
+    return f"Spearman ρ = {s['rho']:.3f} (n = {s['n']}, {format_p(s['p'])})"
 
 
 # ---------------------------------------------------------------------- files

@@ -9,16 +9,22 @@ import functools
 import io
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib import patheffects
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
 from ..law.fit import ParametricMemoryLaw
 from ..tables import finite, format_p
+
+if TYPE_CHECKING:
+    from ..analysis.phase import CellMatrix
 
 DPI = 100
 PANEL_W, PANEL_H = 4.6, 3.6
@@ -35,6 +41,8 @@ STYLE = {
 }
 SYMBOL = {"rank": "r", "length": "ℓ"}
 COLLAPSED = {"paper": r"$(\Delta L - b)\,/\,r^{\alpha}$", "bounded": r"$\Delta L\,/\,(L_0 - \Delta L)\,/\,r^{\alpha}$"}
+GRID_W, GRID_H = 2.6, 2.1  # one per-position grid panel
+STUBBORN_BAR_PT = 2.5  # thickness of the bar under a run of stubborn tokens
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,12 @@ def _span(values) -> np.ndarray:
 def any_law(panels: list[Panel]) -> bool:
     """Whether any panel has a fitted law (the legends and the predicted-vs-measured figure need one)."""
     return any(p.law is not None for p in panels)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True in a 1-D mask."""
+    edges = np.diff(np.concatenate([[0], mask.astype(int), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
 
 
 def _note(ax, text: str) -> None:
@@ -288,6 +302,102 @@ def probability_grids(grids: list[tuple[str, pd.DataFrame]]) -> Figure:
         ax.set_xlabel("relative position in the target")
         ax.set_title(label)
     fig.colorbar(image, ax=axes, label="mean p_t  (≤ 0.5: stubborn)", shrink=0.85)
+    return fig
+
+
+@_png
+def rank_curves(panels: list[tuple[str, pd.DataFrame]]) -> Figure:
+    """EM (solid) and token accuracy (dashed) in % against rank, one line per method (the paper's Figure 4).
+
+    `panels` holds one (label, ok cells) per (model, benchmark, ratio, length); values are means over seeds.
+    """
+    methods = sorted({m for _, d in panels for m in d["method"]})
+    color_of = dict(zip(methods, _colors(len(methods))))
+    fig, axes = _facets(len(panels))
+    for ax, (label, d) in zip(axes, panels):
+        means = d.groupby(["method", "rank"])[["exact_match", "token_accuracy"]].mean() * 100
+        for method in sorted(d["method"].unique()):
+            m = means.loc[method]
+            ax.plot(m.index, m["exact_match"], "o-", color=color_of[method], ms=3.5, lw=1.4)
+            ax.plot(m.index, m["token_accuracy"], "s--", color=color_of[method], ms=2.5, lw=1.1)
+        ranks = sorted(d["rank"].unique())
+        powers = [r for r in ranks if r & (r - 1) == 0]  # too many ranks to label: the powers of two
+        ax.set_xscale("log", base=2)
+        _value_ticks(ax.xaxis, ranks if len(ranks) <= MAX_TICKS or not powers else powers)
+        ax.set_ylim(-4, 104)
+        ax.set_xlabel("rank r")
+        ax.set_ylabel("%")
+        ax.set_title(label)
+    handles = [Line2D([], [], color=c, marker="o", ms=4, label=m) for m, c in color_of.items()]
+    handles += [Line2D([], [], color="0.3", ls="-", label="exact match"),
+                Line2D([], [], color="0.3", ls="--", label="token accuracy")]
+    fig.legend(handles=handles, loc="outside right upper")
+    return fig
+
+
+@_png
+def position_grids(title: str, cells: dict[tuple[int, int], CellMatrix | None]) -> Figure:
+    """One group's per-position teacher-forced p_t (the paper's Figure 5): a panel per (length, rank) cell,
+    records down, target positions across; a bar under stubborn tokens, a cross at each record's first failure.
+
+    Marks, not only color, so the stubborn tokens survive greyscale printing; a bar (not a dot per token) stays
+    readable when a column is a fraction of a point wide. None: a cell without records.
+    """
+    lengths = sorted({length for length, _ in cells})
+    ranks = sorted({rank for _, rank in cells})
+    fig = Figure(figsize=(GRID_W * len(ranks) + 1.3, GRID_H * len(lengths) + 1.0), layout="constrained")
+    axes = fig.subplots(len(lengths), len(ranks), squeeze=False)
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="0.85")
+    image = None
+    for (i, length), (j, rank) in ((a, b) for a in enumerate(lengths) for b in enumerate(ranks)):
+        ax = axes[i, j]
+        if (length, rank) not in cells:
+            ax.set_visible(False)
+            continue
+        m = cells[(length, rank)]
+        head = f"ℓ {_compact(length)} · r {_compact(rank)}"
+        ax.grid(False)
+        if m is None or not m.probs.size:
+            ax.set_title(head, fontsize=8)
+            _note(ax, "no records")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        rows, columns = m.probs.shape
+        span = columns * m.width
+        image = ax.imshow(m.probs, aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest",
+                          extent=(0.0, span, rows - 0.5, -0.5))
+        row_pt = GRID_H * 72 * 0.6 / rows  # about: the axes take some 60% of the panel's height
+        bar = min(0.22, STUBBORN_BAR_PT / row_pt)  # in rows: a fifth of a row, at most 2.5 pt
+        w, low = m.width, 0.48  # bars sit at the bottom of their row (y grows downwards)
+        boxes = [[(a * w, row + low), (b * w, row + low), (b * w, row + low - bar), (a * w, row + low - bar)]
+                 for row, mask in enumerate(m.stubborn) for a, b in _runs(mask)]
+        # pooled: edges too, as a lone token's column is narrower than a pixel
+        ax.add_collection(PolyCollection(boxes, facecolors="black", edgecolors="black",
+                                         linewidths=0.6 if m.width > 1 else 0))
+        failed = [(row, col) for row, col in enumerate(m.failures) if col is not None]
+        if failed:
+            ax.scatter([(col + 0.5) * m.width for _, col in failed], [row for row, _ in failed], marker="x",
+                       s=min(6.0, max(3.5, 1.4 * row_pt)) ** 2, color="black", linewidths=1.3,
+                       path_effects=[patheffects.withStroke(linewidth=2.8, foreground="white")])
+        ax.set_xlim(0.0, span)
+        ax.set_ylim(rows - 0.5, -0.5)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.tick_params(labelsize=7)
+        caps = [f"{rows} of {m.records} records"] if rows < m.records else []
+        caps += [f"column = min of {m.width} tokens"] if m.width > 1 else []
+        ax.set_title("\n".join([head, ", ".join(caps)]) if caps else head, fontsize=8)
+        if i == len(lengths) - 1 or (lengths[i + 1], rank) not in cells:
+            ax.set_xlabel("target position (token)", fontsize=8)
+        if j == 0 or (length, ranks[j - 1]) not in cells:
+            ax.set_ylabel("record", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="teacher-forced p_t  (≤ 0.5: stubborn)", shrink=0.8)
+    fig.legend(handles=[
+        Line2D([], [], color="black", lw=2.5, label="under stubborn tokens (p_t ≤ 0.5)"),
+        Line2D([], [], color="black", marker="x", ms=6, mew=1.3, ls="", label="first free-run failure"),
+    ], loc="outside lower center", ncols=2)
+    fig.suptitle(title, fontweight="bold")
     return fig
 
 

@@ -9,11 +9,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..analysis.phase import PhaseAnalysis, load_or_analyze, load_results, ok_cells
+from ..analysis.phase import (
+    MAX_MATRIX_POSITIONS,
+    MAX_MATRIX_RECORDS,
+    PhaseAnalysis,
+    cell_matrices,
+    load_or_analyze,
+    load_results,
+    ok_cells,
+)
 from ..errors import MemlawError
 from ..io import atomic_write_text
 from ..law.lawfile import GROUP_KEYS, LAW_FILE, group_key, group_label, group_law, law_rows, read_law
-from ..tables import finite, format_p, split_by
+from ..tables import finite, format_p, split_by, spread
 from .figures import (  # by name: `from . import figures` would import this package, whose __init__ imports us
     Panel,
     any_law,
@@ -21,14 +29,20 @@ from .figures import (  # by name: `from . import figures` would import this pac
     failure_histograms,
     law_collapse,
     metric_heatmaps,
+    position_grids,
     predicted_vs_true,
     probability_grids,
+    rank_curves,
     stubborn_vs_failure,
 )
 
 FAILED_COLUMNS = ("cell", "method", "ratio", "rank", "length", "seed", "error")
 NO_LAW = "no fitted law (run memlaw fit)"
 MAX_LISTED = 10  # skipped cells named on the page
+SETTING_KEYS = ("model", "benchmark", "ratio")  # a group without its method: what the per-rank tables compare
+LINEAR_RULE = "linear-rule"
+MAX_RANK_PANELS = 12  # panels of the EM-against-rank figure
+MAX_GRID_PANELS = 24  # (length, rank) panels of one group's per-position grids
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto;
@@ -42,6 +56,8 @@ table { border-collapse: collapse; font-size: .85rem; margin: .6rem 0; }
 th, td { border: 1px solid #ccc; padding: .25rem .55rem; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.tables { display: flex; flex-wrap: wrap; gap: 0 2rem; align-items: flex-start; }
+caption { text-align: left; font-weight: 600; padding-bottom: .2rem; }
 .note { background: #fff7e0; border-left: 4px solid #e0a800; padding: .4rem .8rem; }
 """
 
@@ -89,14 +105,15 @@ def section(title: str, how: str, *body: str) -> str:
     return f"<section><h2>{escape(title)}</h2><p class=\"how\">{escape(how)}</p>{''.join(body)}</section>"
 
 
-def table(header: list[str] | None, rows: list[list[str]], numeric_from: int = 1) -> str:
+def table(header: list[str] | None, rows: list[list[str]], numeric_from: int = 1, caption: str = "") -> str:
     """An HTML table of strings; columns from `numeric_from` on are right-aligned; no header row if None."""
+    cap = f"<caption>{escape(caption)}</caption>" if caption else ""
     head = f"<thead><tr>{''.join(f'<th>{escape(h)}</th>' for h in header)}</tr></thead>" if header else ""
     body = "".join(
         "<tr>" + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{escape(c)}</td>" for i, c in enumerate(r)) + "</tr>"
         for r in rows
     )
-    return f"<table>{head}<tbody>{body}</tbody></table>"
+    return f"<table>{cap}{head}<tbody>{body}</tbody></table>"
 
 
 def note(text: str) -> str:
@@ -177,6 +194,112 @@ def failed_table(results: pd.DataFrame) -> str:
                    table(list(FAILED_COLUMNS), rows, numeric_from=len(FAILED_COLUMNS)))
 
 
+# ---------------------------------------------------------------------- recall per rank and method
+def setting_label(key: tuple, ok: pd.DataFrame) -> str:
+    """A (model, benchmark, ratio) label; the benchmark always, the model only when the sweep has several."""
+    return group_label((*key, None), omit={"model"} if ok["model"].nunique(dropna=False) <= 1 else (), named=False)
+
+
+def percent_pair(means: pd.DataFrame, method: str, rank: int, columns: tuple[str, str]) -> str:
+    if (method, rank) not in means.index:
+        return "—"
+    return " / ".join(num(means.loc[(method, rank), c], ".1f") for c in columns)
+
+
+def rank_tables(cells: pd.DataFrame, ok: pd.DataFrame, columns: tuple[str, str]) -> str:
+    """One table per (model, benchmark, ratio, length): rows = method, columns = rank, each cell the two
+    `columns` in % (means over seeds), as "a / b"."""
+    parts = []
+    for key, d in split_by(cells, (*SETTING_KEYS, "length")):
+        means = d.groupby(["method", "rank"])[list(columns)].mean() * 100
+        ranks = sorted(d["rank"].unique())
+        rows = [[m, *(percent_pair(means, m, r, columns) for r in ranks)] for m in sorted(d["method"].unique())]
+        parts.append(table(["method", *(f"r = {r}" for r in ranks)], rows,
+                           caption=f"{setting_label(key[:-1], ok)} · ℓ = {key[-1]}"))
+    return f'<div class="tables">{"".join(parts)}</div>'
+
+
+def left_out(values, kept, symbol: str) -> str:
+    """"ℓ = 200, 300": the values a capped figure does not show ("" when it shows them all)."""
+    rest = sorted(set(values) - set(kept))
+    return f"{symbol} = {', '.join(map(str, rest))}" if rest else ""
+
+
+def rank_panels(cells: pd.DataFrame, ok: pd.DataFrame) -> tuple[list[tuple[str, pd.DataFrame]], str]:
+    """The EM-against-rank panels, at most MAX_RANK_PANELS: per setting, evenly spread lengths; and what was left out."""
+    settings = split_by(cells, SETTING_KEYS)
+    per_setting = max(1, MAX_RANK_PANELS // len(settings))
+    panels, left = [], []
+    for n, (key, d) in enumerate(settings):
+        label = setting_label(key, ok)
+        if n * per_setting >= MAX_RANK_PANELS:
+            left.append(f"{label} (all lengths)")
+            continue
+        lengths = spread(d["length"].unique(), per_setting)
+        panels += [(f"{label} · ℓ = {length}", d[d["length"] == length]) for length in lengths]
+        if dropped := left_out(d["length"], lengths, "ℓ"):
+            left.append(f"{label}: {dropped}")
+    return panels, (f"Not shown, to keep {MAX_RANK_PANELS} panels at most: " + "; ".join(left)) if left else ""
+
+
+def recall_sections(ok: pd.DataFrame) -> str:
+    """The paper's main table and Figure 4 (memorization benchmarks), and its linear-rule generalization table."""
+    memo = ok[ok["benchmark"] != LINEAR_RULE]
+    rule = ok[ok["benchmark"] == LINEAR_RULE]
+    parts = []
+    if not memo.empty:
+        panels, left_out = rank_panels(memo, ok)
+        parts.append(section(
+            "Exact match per rank and method", "The paper's main table: one table per length; each cell is "
+            "exact match % / token accuracy % (teacher-forced), means over seeds. Linear-rule cells, if any, "
+            "have their own table below.", rank_tables(memo, ok, ("exact_match", "token_accuracy"))))
+        parts.append(section(
+            "Exact match and token accuracy against rank", "One panel per length, one color per method: exact "
+            "match solid, teacher-forced token accuracy dashed, means over seeds, on a log₂ rank axis. Token "
+            "accuracy usually saturates at a lower rank than exact match, which needs every token of a record right.",
+            note(left_out) if left_out else "", img(rank_curves(panels), "exact match and token accuracy against rank")))
+    if not rule.empty:
+        parts.append(section(
+            "Linear rule: memorization and generalization", "Each cell: memory EM % (the training pairs "
+            "f(x, y) = 3x + 5y + 7, recalled verbatim) / generalization EM % (held-out pairs the unit never saw), "
+            "means over seeds. Held-out EM well above zero means the unit learned the rule, not only the pairs.",
+            rank_tables(rule, ok, ("exact_match", "heldout_exact_match"))))
+    return "".join(parts)
+
+
+def grid_shape(lengths: int, ranks: int, cap: int) -> tuple[int, int]:
+    """How many lengths and ranks to show so that lengths × ranks ≤ cap: as many panels as possible, then as square."""
+    return max(((a, min(ranks, cap // a)) for a in range(1, min(lengths, cap) + 1)), key=lambda ab: (ab[0] * ab[1], min(ab)))
+
+
+def position_sections(sweep_dir: Path, ok: pd.DataFrame) -> str:
+    """Per group, the per-position p_t grids of its (length, rank) cells, read from their records.jsonl."""
+    figures, left = [], []
+    for key, d in split_by(ok, GROUP_KEYS):
+        label = title(key, ok)
+        lengths, ranks = sorted(d["length"].unique()), sorted(d["rank"].unique())
+        n_len, n_rank = grid_shape(len(lengths), len(ranks), MAX_GRID_PANELS)
+        keep_len, keep_rank = spread(lengths, n_len), spread(ranks, n_rank)
+        shown = d[d["length"].isin(keep_len) & d["rank"].isin(keep_rank)].sort_values("seed")
+        first = shown.drop_duplicates(["length", "rank"])  # the lowest seed of each cell
+        matrices = cell_matrices(sweep_dir, first)
+        cells = {(int(r["length"]), int(r["rank"])): matrices.get(str(r["cell"])) for r in first.to_dict("records")}
+        dropped = [t for t in (left_out(lengths, keep_len, "ℓ"), left_out(ranks, keep_rank, "r")) if t]
+        if dropped:
+            left.append(f"{label}: {' and '.join(dropped)}")
+        figures.append(img(position_grids(label, cells), f"per-position probability grids, {label}"))
+    return section(
+        "Per-position probability grids", "The paper's Figure 5. One figure per group, one panel per (length, "
+        f"rank) cell (its lowest seed): rows are the cell's first records (at most {MAX_MATRIX_RECORDS}, in record "
+        "order), columns the positions of each target. Color: teacher-forced p_t (red ≤ 0.5 < blue, grey past a "
+        "record's end); a black bar runs under the stubborn tokens (p_t ≤ 0.5), a cross marks the record's first "
+        f"free-run failure. Targets longer than {MAX_MATRIX_POSITIONS} tokens are pooled into columns that show "
+        "the minimum p_t of their tokens, so a stubborn token is never hidden (the panel title says how many "
+        "tokens a column holds). Failures sit at or after the first bar of their row.",
+        note(f"Not shown, to keep at most {MAX_GRID_PANELS} panels per figure (lengths and ranks evenly spread): "
+             + "; ".join(left)) if left else "", *figures)
+
+
 # ---------------------------------------------------------------------- the page
 def render(sweep_dir: Path, results: pd.DataFrame, ok: pd.DataFrame, law: dict | None, law_file: Path | None,
            analysis: PhaseAnalysis | str) -> str:
@@ -214,20 +337,25 @@ def render(sweep_dir: Path, results: pd.DataFrame, ok: pd.DataFrame, law: dict |
     parts.append(section(
         "Landscapes over rank × length", "Mean over seeds per (rank, length). Final loss is the teacher-forced "
         "answer loss after training; token accuracy the teacher-forced argmax accuracy; exact match the fraction "
-        "of records reproduced verbatim by greedy free-run decoding (the memory landscape, one panel per method).",
+        "of records reproduced verbatim by greedy free-run decoding (the memory landscape, one panel per method); "
+        "free-run token accuracy the fraction of target tokens greedy decoding gets right (the paper's "
+        "Long-Context metric).",
         img(metric_heatmaps(panels, "final_loss", "final loss (nats / token)", vmin=0.0, cmap="magma_r"),
             "final loss heatmaps"),
         img(metric_heatmaps(panels, "token_accuracy", "token accuracy", 0.0, 1.0), "token accuracy heatmaps"),
-        img(metric_heatmaps(panels, "exact_match", "exact match (EM)", 0.0, 1.0), "exact match heatmaps")))
-    parts.append(phase_sections(analysis, ok))
+        img(metric_heatmaps(panels, "exact_match", "exact match (EM)", 0.0, 1.0), "exact match heatmaps"),
+        img(metric_heatmaps(panels, "free_run_token_accuracy", "free-run token accuracy", 0.0, 1.0),
+            "free-run token accuracy heatmaps")))
+    parts.append(recall_sections(ok))
+    parts.append(phase_sections(analysis, ok, sweep_dir))
     parts.append(failed_table(results))
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>memlaw report — {escape(sweep_dir.resolve().name)}</title><style>{CSS}</style></head>"
             f"<body>{''.join(parts)}</body></html>\n")
 
 
-def phase_sections(analysis: PhaseAnalysis | str, ok: pd.DataFrame) -> str:
-    """Probability grids and the phase transition, or why they are missing."""
+def phase_sections(analysis: PhaseAnalysis | str, ok: pd.DataFrame, sweep_dir: Path) -> str:
+    """Probability grids, per-position grids and the phase transition, or why they are missing."""
     if isinstance(analysis, str):
         return section("Stubborn tokens and the phase transition", "Needs each cell's records.jsonl.",
                        note(f"no per-record data: {analysis}"))
@@ -239,6 +367,7 @@ def phase_sections(analysis: PhaseAnalysis | str, ok: pd.DataFrame) -> str:
         "probability p_t of the target token; red cells (p_t ≤ 0.5) hold stubborn tokens, which block the "
         "certificate, blue cells are safely memorised.",
         img(probability_grids(grids), "probability grids")) if grids else ""
+    grid_part += position_sections(sweep_dir, ok)
     c, rho = s["certificate"], s["spearman"]
     facts = [
         ["records", str(s["records"])], ["exact", str(s["exact"])], ["certified", str(s["certified"])],
@@ -248,6 +377,11 @@ def phase_sections(analysis: PhaseAnalysis | str, ok: pd.DataFrame) -> str:
         ["failures at or after the earliest stubborn token", f"{c['at_or_after']} / {c['pairs']}"],
         ["certificate violations", str(c["violations"])],
     ]
+    by = s.get("spearman_by")
+    by_part = note("no per-setting ρ: DIR/analysis/phase.json predates it (re-run memlaw analyze)") if by is None else table(
+        ["benchmark", "method", "Spearman ρ", "n", "p-value"],
+        [[e["benchmark"], e["method"], num(e["rho"], ".3f"), str(e["n"]), format_p(e["p"])] for e in by],
+        numeric_from=2, caption="ρ within each (benchmark, method)")
     warnings = [note(f"{c['violations']} failures before the earliest stubborn token (or without one): the "
                      "certificate rules this out, so suspect the evaluation")] if c["violations"] else []
     skipped = s.get("skipped_cells", [])
@@ -257,8 +391,9 @@ def phase_sections(analysis: PhaseAnalysis | str, ok: pd.DataFrame) -> str:
     phase_part = section(
         "Phase transition", "Where greedy free-run recall first goes wrong. By the certificate, every token before "
         "a record's earliest stubborn position is reproduced, so failures sit on or above the dashed diagonal; "
-        "the paper reports Spearman ρ = 0.908 (n = 155) between the two positions.",
-        table(None, facts), *warnings,
+        "the paper reports Spearman ρ = 0.908 (n = 155) between the two positions within one setting. The left "
+        "table pools every record; the right one gives ρ within each (benchmark, method).",
+        f'<div class="tables">{table(None, facts)}{by_part}</div>', *warnings,
         img(failure_histograms(s["failure_positions"]), "failure position histograms"),
         img(stubborn_vs_failure(analysis.records, rho), "earliest stubborn against first failure"))
     return grid_part + phase_part
