@@ -25,6 +25,7 @@ from ..tables import finite, format_p
 
 if TYPE_CHECKING:
     from ..analysis.phase import CellMatrix
+    from ..analysis.trajectories import Trajectory
 
 DPI = 100
 PANEL_W, PANEL_H = 4.6, 3.6
@@ -449,4 +450,34 @@ def stubborn_vs_failure(records: pd.DataFrame, rho: dict) -> Figure:
     else:
         ax.set_title(f"Spearman ρ = {rho['rho']:.3f}  (n = {rho['n']}, {format_p(rho['p'])})")
     ax.legend(loc="upper left", title="marker area ∝ √records")
+    return fig
+
+
+# ---------------------------------------------------------------------- stubborn tokens over training
+TRAJECTORY_BACKGROUND = 40  # tokens drawn faintly per panel, evenly spread over the record order
+TRAJECTORY_HIGHLIGHT = 6  # the tokens that crossed the threshold last, drawn in colour
+
+
+@_png
+def stubborn_trajectories(panels: list[tuple[str, Trajectory]]) -> Figure:
+    """p_t over training steps per cell: a faint sample of all tokens, the last tokens to cross p = 0.5 in
+    colour, and the fraction of tokens above the threshold (black)."""
+    fig, axes = _facets(len(panels))
+    for ax, (label, t) in zip(axes, panels):
+        tokens = t.probs.shape[1]
+        sample = np.unique(np.linspace(0, tokens - 1, min(tokens, TRAJECTORY_BACKGROUND)).round().astype(int))
+        ax.plot(t.steps, t.probs[:, sample], color="0.6", lw=0.6, alpha=0.5)
+        last = t.last_to_cross(TRAJECTORY_HIGHLIGHT)
+        crossing = t.crossing_steps()
+        for color, i in zip(matplotlib.colormaps["autumn"](np.linspace(0.0, 0.8, max(len(last), 1))), last):
+            when = "never" if np.isinf(crossing[i]) else f"step {crossing[i]:g}"
+            ax.plot(t.steps, t.probs[:, i], color=color, lw=1.4, label=f"token {i} (crosses: {when})")
+        ax.plot(t.steps, t.above_fraction(), color="black", lw=2.0, label="fraction of tokens with p_t > 0.5")
+        ax.axhline(t.threshold, color="0.2", ls="--", lw=0.8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("teacher-forced p_t")
+        stubborn = int(np.isinf(crossing).sum())
+        ax.set_title(f"{label}  ({tokens} tokens, {stubborn} still ≤ 0.5 at the end)")
+        ax.legend(loc="lower right", fontsize=6.5)
     return fig

@@ -7,6 +7,7 @@ import json
 from html import escape
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..analysis.phase import (
@@ -18,6 +19,7 @@ from ..analysis.phase import (
     load_results,
     ok_cells,
 )
+from ..analysis.trajectories import load_trajectories
 from ..errors import MemlawError
 from ..io import atomic_write_text
 from ..law.lawfile import GROUP_KEYS, LAW_FILE, group_key, group_label, group_law, law_rows, read_law
@@ -33,6 +35,7 @@ from .figures import (  # by name: `from . import figures` would import this pac
     predicted_vs_true,
     probability_grids,
     rank_curves,
+    stubborn_trajectories,
     stubborn_vs_failure,
 )
 
@@ -43,6 +46,7 @@ SETTING_KEYS = ("model", "benchmark", "ratio")  # a group without its method: wh
 LINEAR_RULE = "linear-rule"
 MAX_RANK_PANELS = 12  # panels of the EM-against-rank figure
 MAX_GRID_PANELS = 24  # (length, rank) panels of one group's per-position grids
+MAX_TRAJECTORY_PANELS = 9  # traced cells shown in the stubborn-tokens-over-training figure
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto;
@@ -300,6 +304,25 @@ def position_sections(sweep_dir: Path, ok: pd.DataFrame) -> str:
              + "; ".join(left)) if left else "", *figures)
 
 
+def trajectory_section(sweep_dir: Path, ok: pd.DataFrame) -> str:
+    """Stubborn tokens over training (Figure 3a), for the cells trained with --log-token-probs."""
+    first = ok.sort_values("seed").drop_duplicates([*GROUP_KEYS, "length", "rank"])  # the lowest seed of each cell
+    traces = load_trajectories(sweep_dir, first)
+    how = ("The paper's Figure 3a. For cells trained with --log-token-probs N: the teacher-forced p_t of each answer "
+           "token over the optimizer steps (grey: a sample of all tokens; colour: the tokens that crossed p_t > 0.5 "
+           "last, or never), with the fraction of tokens above 0.5 in black. Most tokens cross early; a record is "
+           "certified only when its stubborn tokens cross too.")
+    if not traces:
+        return section("Stubborn tokens over training", how,
+                       note("no cell has a token trace: train with --log-token-probs N (e.g. 10) to record one"))
+    rows = [r for r in first.to_dict("records") if str(r["cell"]) in traces]
+    shown = [rows[i] for i in sorted(set(np.linspace(0, len(rows) - 1, min(len(rows), MAX_TRAJECTORY_PANELS)).round().astype(int)))]
+    panels = [(f"{title(tuple(r[k] for k in GROUP_KEYS), ok)} · ℓ {r['length']} · r {r['rank']}", traces[str(r["cell"])])
+              for r in shown]
+    left = note(f"{len(rows) - len(shown)} of the {len(rows)} traced cells not shown (evenly spread)") if len(shown) < len(rows) else ""
+    return section("Stubborn tokens over training", how, left, img(stubborn_trajectories(panels), "stubborn tokens over training"))
+
+
 # ---------------------------------------------------------------------- the page
 def render(sweep_dir: Path, results: pd.DataFrame, ok: pd.DataFrame, law: dict | None, law_file: Path | None,
            analysis: PhaseAnalysis | str) -> str:
@@ -325,9 +348,10 @@ def render(sweep_dir: Path, results: pd.DataFrame, ok: pd.DataFrame, law: dict |
         "spread over more tokens lowers the per-token reduction, so lines fall with slope about −β.",
         img(delta_loss_curves(panels, "length"), "delta loss against length")))
     parts.append(section(
-        "The law in log space", "Subtracting b and dividing by r^α should collapse every rank onto one straight line "
-        "C · ℓ^(−β) on log-log axes (the plane log(ΔL − b) = log C + α log r − β log ℓ seen edge-on). Spread around "
-        "the dashed line is what the law misses. Without a fit this shows plain ΔL against ℓ.",
+        "The law in log space", "Made rank-free by the group's preferred law (paper's form: (ΔL − b) / r^α; bounded: "
+        "(ΔL / (L0 − ΔL)) / r^α), every rank should collapse onto one straight line C · ℓ^(−β) on log-log axes (the "
+        "plane log(ΔL − b) = log C + α log r − β log ℓ seen edge-on). Spread around the dashed line is what the law "
+        "misses. Without a fit this shows plain ΔL against ℓ.",
         img(law_collapse(panels), "log-space collapse")))
     if fitted:
         parts.append(section(
@@ -347,6 +371,7 @@ def render(sweep_dir: Path, results: pd.DataFrame, ok: pd.DataFrame, law: dict |
         img(metric_heatmaps(panels, "free_run_token_accuracy", "free-run token accuracy", 0.0, 1.0),
             "free-run token accuracy heatmaps")))
     parts.append(recall_sections(ok))
+    parts.append(trajectory_section(sweep_dir, ok))
     parts.append(phase_sections(analysis, ok, sweep_dir))
     parts.append(failed_table(results))
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
