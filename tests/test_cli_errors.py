@@ -167,6 +167,20 @@ def test_rank_must_be_positive(tiny_model_dir, small_records, tmp_path, capsys, 
     assert_user_error(rc, capsys, "'rank'", "positive integer", value)
 
 
+@pytest.mark.parametrize("value", ["-1", "-10"])
+def test_log_token_probs_must_not_be_negative(tiny_model_dir, small_records, tmp_path, capsys, value):
+    rc = main(train_argv(tiny_model_dir, small_records, tmp_path / "run", f"--log-token-probs={value}"))
+    assert_user_error(rc, capsys, "'log-token-probs'", ">= 0", value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_log_token_probs_must_be_an_integer(tiny_model_dir, small_records, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("log-token-probs: 2.5\n")
+    rc = main(train_argv(tiny_model_dir, small_records, tmp_path / "run", "--config", str(cfg)))
+    assert_user_error(rc, capsys, "'log-token-probs'", "expected int", "2.5")
+
+
 def test_unknown_method_lists_choices(tiny_model_dir, small_records, tmp_path, capsys):
     rc = main(train_argv(tiny_model_dir, small_records, tmp_path / "run", "--method", "nonsense"))
     assert_user_error(rc, capsys, "'method'", "'nonsense'", "choose from sft")

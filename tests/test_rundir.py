@@ -29,7 +29,8 @@ def string_literals(path: Path) -> set[str]:
 
 
 def test_run_folder_file_names_live_in_rundir_only():
-    names = {"metrics.json", "config.yaml", "records.jsonl", "train_state.json", "train_log.csv", "error.json"}
+    names = {"metrics.json", "config.yaml", "records.jsonl", "train_state.json", "train_log.csv", "error.json",
+             "token_probs.safetensors"}
     holders = {p.relative_to(SRC).as_posix(): names & string_literals(p) for p in SRC.rglob("*.py")}
     assert {k: v for k, v in holders.items() if v} == {"rundir.py": names}
 

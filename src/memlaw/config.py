@@ -86,6 +86,11 @@ class TrainConfig:
         "stubborn token; with dropout > 0, after every epoch).",
         default=0,
     )
+    log_token_probs: int = _help(
+        "Every N optimizer steps (and at step 0 and the last step) record the teacher-forced p_t of every "
+        "answer token of every record in token_probs.safetensors; 0 records nothing.",
+        default=0,
+    )
     max_steps: int | None = _help("Step budget: stop after this many optimizer steps (default: epochs decide).", default=None)
     lr: float = _help("Peak learning rate (AdamW, linear decay to 0, no warm-up).", default=1e-2)
     epochs: int = _help("Number of passes over the records.", default=200)
@@ -138,6 +143,8 @@ class TrainConfig:
             raise bad("threshold_p", f"must be in (0, 1), got {self.threshold_p!r}")
         if self.check_every < 0:
             raise bad("check_every", f"must be >= 0, got {self.check_every!r}")
+        if self.log_token_probs < 0:
+            raise bad("log_token_probs", f"must be >= 0, got {self.log_token_probs!r}")
         for name in ("sw_window", "sw_patience", "sw_tau", "sw_scale", "sw_expand_max"):
             if getattr(self, name) <= 0:
                 raise bad(name, f"must be > 0, got {getattr(self, name)!r}")

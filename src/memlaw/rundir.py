@@ -6,6 +6,9 @@ A run folder holds::
     adapter.*, peft/   the adapter (owned by model/memory_unit.py)
     train_log.csv      one row per optimizer step
     train_state.json   steps, epochs, seconds, why training stopped
+    token_probs.safetensors
+                       (--log-token-probs N) teacher-forced p_t of every answer token at step 0,
+                       every N steps and the last step (TokenProbTrace)
     records.jsonl      per-record recall
     metrics.json       RunMetrics; written last, so its presence marks the run as finished
     error.json         (sweep cells only) why the cell failed
@@ -21,13 +24,14 @@ import traceback
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import yaml
 
 from .config import TrainConfig, from_mapping, read_yaml_mapping
 from .errors import MemlawError
-from .io import write_csv, write_json, write_jsonl, write_yaml
+from .io import save_tensors, write_csv, write_json, write_jsonl, write_yaml
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -35,6 +39,7 @@ RECORDS_FILE = "records.jsonl"
 STATE_FILE = "train_state.json"
 LOG_FILE = "train_log.csv"
 ERROR_FILE = "error.json"
+TOKEN_PROBS_FILE = "token_probs.safetensors"
 
 LOG_FIELDS = [
     "epoch", "step", "loss", "lr", "mean_target_prob", "stubborn_tokens",
@@ -118,6 +123,38 @@ class RunMetrics:
         return lines
 
 
+@dataclass(frozen=True, eq=False)
+class TokenProbTrace:
+    """token_probs.safetensors: the teacher-forced p_t of every answer token at each recorded step.
+
+    The file holds `probs` as float16 (enough to tell p_t from the 0.5 threshold, half the
+    size); `ids` and `threshold` are its metadata. Construction checks that the parts agree.
+    """
+
+    steps: np.ndarray  # (checks,) int64: optimizer steps, 0 = before the first update
+    probs: np.ndarray  # (checks, tokens) float32: every record's answer tokens, concatenated in record order
+    offsets: np.ndarray  # (records + 1,) int64: record i is probs[:, offsets[i]:offsets[i + 1]]
+    ids: list  # the records' ids, as in records.jsonl
+    threshold: float  # the certificate's: a token with p_t <= threshold is stubborn
+
+    def __post_init__(self) -> None:
+        checks, tokens = self.probs.shape if self.probs.ndim == 2 else (-1, -1)
+        if checks < 0 or self.steps.shape != (checks,):
+            raise ValueError(f"probs {self.probs.shape} and steps {self.steps.shape} do not agree")
+        if not isinstance(self.ids, list) or self.offsets.shape != (len(self.ids) + 1,):
+            raise ValueError(f"offsets {self.offsets.shape} do not fit {len(self.ids)} record ids")
+        if self.offsets[0] != 0 or self.offsets[-1] != tokens or np.any(np.diff(self.offsets) < 0):
+            raise ValueError(f"offsets do not split {tokens} tokens into records")
+
+    @property
+    def n_records(self) -> int:
+        return len(self.ids)
+
+    def record(self, i: int) -> np.ndarray:
+        """(checks, answer tokens of record i)"""
+        return self.probs[:, self.offsets[i] : self.offsets[i + 1]]
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run folder: where each file lives, whether the run finished, and reading/writing its files."""
@@ -136,6 +173,7 @@ class RunDir:
     state_path = property(lambda self: self.path / STATE_FILE)
     log_path = property(lambda self: self.path / LOG_FILE)
     error_path = property(lambda self: self.path / ERROR_FILE)
+    token_probs_path = property(lambda self: self.path / TOKEN_PROBS_FILE)
 
     def eval_dir(self, data: str | Path) -> RunDir:
         """Where the evaluation of this run's adapter on another records file goes."""
@@ -163,7 +201,7 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MemlawError(f"cannot create --out {self.path}: {e.strerror or e}")
-        for stale in (self.metrics_path, self.records_path, self.state_path):
+        for stale in (self.metrics_path, self.records_path, self.state_path, self.token_probs_path):
             stale.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ files
@@ -196,6 +234,37 @@ class RunDir:
 
     def write_log(self, rows: list[dict[str, Any]]) -> None:
         write_csv(self.log_path, rows, LOG_FIELDS)
+
+    def write_token_probs(self, steps: Sequence[int], probs: np.ndarray, lengths: Sequence[int],
+                          ids: Sequence[Any], threshold: float) -> None:
+        """probs: (len(steps), sum(lengths)), each row every record's answer-token p_t in record order."""
+        import torch
+
+        trace = TokenProbTrace(np.asarray(steps, dtype=np.int64), np.asarray(probs, dtype=np.float32),
+                               np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]), list(ids), threshold)
+        save_tensors(self.token_probs_path, {
+            "probs": torch.from_numpy(trace.probs).half(),
+            "steps": torch.from_numpy(trace.steps),
+            "offsets": torch.from_numpy(trace.offsets),
+        }, metadata={"ids": json.dumps(trace.ids, ensure_ascii=False), "threshold": str(trace.threshold)})
+
+    def read_token_probs(self) -> TokenProbTrace:
+        path = self.token_probs_path
+        if not path.is_file():
+            raise MemlawError(f"{path}: no such file (it is written by training with --log-token-probs N)")
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="np") as f:
+                meta = f.metadata() or {}
+                return TokenProbTrace(
+                    f.get_tensor("steps"), f.get_tensor("probs").astype(np.float32), f.get_tensor("offsets"),
+                    json.loads(meta["ids"]), float(meta["threshold"]),
+                )
+        except KeyError as e:
+            raise MemlawError(f"{path}: not a memlaw token-probability file (no {e} metadata)") from None
+        except (SafetensorError, ValueError, OSError) as e:  # ValueError: bad JSON or parts that do not agree
+            raise MemlawError(f"{path}: not a memlaw token-probability file ({e})") from None
 
     def write_error(self, error: BaseException) -> None:
         write_json(self.error_path, {

@@ -1,8 +1,9 @@
 """Training recipe: set up -> loop -> evaluate.
 
 The loop (:func:`train_loop`) only does forward, weights, backward, step, log. What the
-method changes lives in :mod:`.method`, when to stop in :class:`Stopper`, and what Ctrl-C
-keeps in :func:`keep_last_epoch`.
+method changes lives in :mod:`.method`, when to stop in :class:`Stopper`, the per-token
+probability trace (--log-token-probs) in :class:`TokenProbLog`, and what Ctrl-C keeps in
+:func:`keep_last_epoch`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -137,9 +139,47 @@ class Stopper:
         return check.done
 
 
-def keep_last_epoch(adapter: Adapter, tensors: dict, out: RunDir, state: TrainState, epoch: int, seconds: float) -> NoReturn:
-    """Ctrl-C: save the adapter of the last completed epoch (not the half-trained live one) with the log and
-    state of the steps it has seen, then raise TrainingInterrupted."""
+class TokenProbLog:
+    """--log-token-probs N: the teacher-forced p_t of every answer token at step 0, every N steps and the
+    last step, kept in memory and written to token_probs.safetensors when training ends (or at Ctrl-C).
+
+    Each row is its own teacher-forced pass rather than a reuse of a certificate check at the
+    same step: the two schedules rarely meet, and the pass costs one evaluation forward.
+    """
+
+    def __init__(self, session: Session, forward: AnswerForward, out: RunDir, ids: Sequence[Any]):
+        self.session, self.forward, self.out, self.ids = session, forward, out, ids
+        self.every = session.cfg.log_token_probs
+        self.rows: list[tuple[int, np.ndarray]] = []  # (step, (tokens,) p_t): one append each, so Ctrl-C splits none
+
+    def maybe_record(self, steps: int) -> None:
+        if self.every and steps % self.every == 0:
+            self._record(steps)
+
+    def finish(self, steps: int) -> None:
+        """The last step's row (unless it fell on the schedule), then the file."""
+        if self.every and self.rows[-1][0] != steps:  # rows[0] is step 0's
+            self._record(steps)
+        self.save(steps)
+
+    def save(self, through: int) -> None:
+        """Write the rows of steps <= `through` (after Ctrl-C: those the kept adapter has seen), if any."""
+        rows = [(step, probs) for step, probs in self.rows if step <= through]
+        if rows:
+            steps, probs = zip(*rows)
+            lengths = [e.answer_len for e in self.forward.encoded]
+            self.out.write_token_probs(steps, np.stack(probs), lengths, self.ids, P_THRESHOLD)  # (checks, tokens)
+
+    def _record(self, steps: int) -> None:
+        stats = teacher_forced(self.forward, self.session.cfg.eval_batch_size)
+        self.session.adapter.set_training(True)
+        self.rows.append((steps, np.concatenate([s.probs for s in stats]).astype(np.float32)))
+
+
+def keep_last_epoch(adapter: Adapter, tensors: dict, out: RunDir, state: TrainState, epoch: int, seconds: float,
+                    token_probs: TokenProbLog) -> NoReturn:
+    """Ctrl-C: save the adapter of the last completed epoch (not the half-trained live one) with the log,
+    state and token-probability rows of the steps it has seen, then raise TrainingInterrupted."""
     state.stopped = "interrupted"
     state.train_seconds = seconds
     state.log = [r for r in state.log if r["epoch"] < state.epochs_completed]
@@ -147,6 +187,7 @@ def keep_last_epoch(adapter: Adapter, tensors: dict, out: RunDir, state: TrainSt
     adapter.save(out.path, tensors)
     out.write_log(state.log)
     out.write_state(state.summary())
+    token_probs.save(state.steps)
     raise TrainingInterrupted(
         f"interrupted during epoch {epoch}; kept the adapter of the last completed epoch "
         f"({state.epochs_completed} epoch(s)) in {out}"
@@ -158,10 +199,12 @@ def train_loop(
     session: Session,
     forward: AnswerForward,
     out: RunDir,
+    ids: Sequence[Any],
     progress: bool = True,
     on_check: Callable[[Check], None] | None = None,
 ) -> TrainState:
-    """Train the session's adapter on the records of `forward`; the train log goes to `out` after every epoch."""
+    """Train the session's adapter on the records of `forward` (whose ids are `ids`); the train log goes to
+    `out` after every epoch, the token-probability trace (if asked for) at the end."""
     cfg, adapter = session.cfg, session.adapter
     method = Method(cfg, len(forward))  # active records per epoch, token weights, planned steps
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -169,9 +212,11 @@ def train_loop(
     state, last_epoch = TrainState(), adapter.state_dict()  # Ctrl-C keeps the last completed epoch's adapter
     bar = tqdm(total=method.planned_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     stop = Stopper(cfg, method.planned_steps, lambda e, steps: check_certified(session, forward, e, steps), on_check)
+    token_probs = TokenProbLog(session, forward, out, ids)
     epoch = 0
     adapter.set_training(True)  # the adapter's dropout on; the frozen base model stays in eval mode
     try:
+        token_probs.maybe_record(0)
         for epoch in range(cfg.epochs):
             # one epoch: the active records in a fresh random order, grad_accum micro-batches per step
             micro, epoch_stubborn = method.batches(epoch, shuffle), 0
@@ -183,6 +228,7 @@ def train_loop(
                 epoch_stubborn += row["stubborn_tokens"]
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{row['loss']:.4f}", stubborn=row["stubborn_tokens"], refresh=False)
+                token_probs.maybe_record(state.steps)
                 if stop.after_step(epoch, state.steps):  # certified at a periodic check, or out of steps
                     break
             # the epoch is complete: its adapter is what Ctrl-C keeps from now on; the log is on disk
@@ -191,8 +237,9 @@ def train_loop(
             out.write_log(state.log)
             if stop.after_epoch(epoch, state.steps, epoch_stubborn):  # certified, budget, or last epoch
                 break
+        token_probs.finish(state.steps)
     except KeyboardInterrupt:
-        keep_last_epoch(adapter, last_epoch, out, state, epoch, stop.elapsed())
+        keep_last_epoch(adapter, last_epoch, out, state, epoch, stop.elapsed(), token_probs)
     finally:
         bar.close()
         adapter.set_training(False)
@@ -285,7 +332,7 @@ def train(
     forward = session.answer_forward(encoded)
     initial = initial_stats(session, forward)  # measured once, before training
     run.write_config(config)
-    state = train_loop(session, forward, run, progress, on_check)
+    state = train_loop(session, forward, run, [r.id for r in records], progress, on_check)
     session.adapter.save(run.path)
     run.write_state(state.summary())
     metrics = evaluate_session(session, records, forward, run, state.summary(), initial=initial)
