@@ -24,7 +24,7 @@ from .fit import ParametricMemoryLaw
 from .forms import DEFAULT_FORM, FORMS
 from .groups import GROUP_KEYS
 
-__all__ = ["GROUP_KEYS", "LAW_FILE", "default_group", "group_key", "group_label", "group_law", "law_rows",
+__all__ = ["ALL_CELLS", "GROUP_KEYS", "LAW_FILE", "default_group", "group_key", "group_label", "group_law", "law_rows",
            "pick_group", "read_law", "write_law"]
 
 LAW_FILE = "law.json"
@@ -182,7 +182,8 @@ def law_rows(law: Mapping[str, Any], named: bool = True) -> list[dict]:
                 held = (g.get("holdout") or {}).get(form, {})
                 params = FORMS[e.get("form", form)].params if e.get("form", form) in FORMS else ()
                 rows.append({
-                    "group": f"combined {label}" if combined else label, "form": form,
+                    "group": f"combined {label}" if combined else label, "key": group_key(g), "combined": combined,
+                    "form": form,
                     "preferred": form == g.get("preferred"), "n": e.get("n"),
                     "params": [(p, e[p], (e.get("ci") or {}).get(p)) for p in params],
                     "r2": e.get("r2"), "mape": e.get("mape"), "aic": e.get("aic"), "bic": e.get("bic"),

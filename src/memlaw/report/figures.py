@@ -475,6 +475,7 @@ def stubborn_trajectories(panels: list[tuple[str, Trajectory]]) -> Figure:
         ax.plot(t.steps, t.above_fraction(), color="black", lw=2.0, label="fraction of tokens with p_t > 0.5")
         ax.axhline(t.threshold, color="0.2", ls="--", lw=0.8)
         ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("teacher-forced p_t")
         stubborn = int(np.isinf(crossing).sum())

@@ -22,7 +22,7 @@ from ..analysis.phase import (
 from ..analysis.trajectories import load_trajectories
 from ..errors import MemlawError
 from ..io import atomic_write_text
-from ..law.lawfile import GROUP_KEYS, LAW_FILE, group_key, group_label, group_law, law_rows, read_law
+from ..law.lawfile import ALL_CELLS, GROUP_KEYS, LAW_FILE, group_key, group_label, group_law, law_rows, read_law
 from ..tables import finite, format_p, split_by, spread
 from .figures import (  # by name: `from . import figures` would import this package, whose __init__ imports us
     Panel,
@@ -62,6 +62,7 @@ th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .tables { display: flex; flex-wrap: wrap; gap: 0 2rem; align-items: flex-start; }
 caption { text-align: left; font-weight: 600; padding-bottom: .2rem; }
+.wide { overflow-x: auto; }
 .note { background: #fff7e0; border-left: 4px solid #e0a800; padding: .4rem .8rem; }
 """
 
@@ -134,23 +135,31 @@ def with_ci(value: float, ci: list | None) -> str:
 
 
 def parameter_table(law: dict) -> str:
-    """Every group named in full (model and benchmark too): the table may list groups this sweep lacks.
+    """One row per group and form, the preferred form starred; held-out columns when the fit had a holdout.
 
-    One row per group and form, the preferred form starred; held-out columns when the fit had a holdout.
+    Key values shared by every row (one model, one benchmark) are said once above the table, not per row.
     """
     holdout = law.get("holdout")
+    table_rows = law_rows(law, named=False)
+    shared = {k for i, k in enumerate(GROUP_KEYS) if len({r["key"][i] for r in table_rows}) == 1}  # said once, above
     rows = []
-    for r in law_rows(law, named=False):
-        params = [f"{name} = {with_ci(value, ci)}" for name, value, ci in r["params"]]
-        row = [r["group"], r["form"] + (" *" if r["preferred"] else ""), str(r["n"]), *params,
-               num(r["r2"], ".4f"), num(r["mape"], ".2f", "%"), num(r["aic"], ".1f"), num(r["bic"], ".1f")]
+    for r in table_rows:
+        label = group_label(r["key"], omit=shared, named=False)
+        params = [with_ci(value, ci) for _, value, ci in r["params"][:3]]  # C, α, β: named by the header
+        last, value, ci = r["params"][3]
+        params.append(f"{last} = {with_ci(value, ci)}")  # b or L0: named in the cell, the forms differ here
+        if r["combined"]:
+            label = "combined" if label == ALL_CELLS else f"combined {label}"
+        row = [label, r["form"] + (" *" if r["preferred"] else ""), str(r["n"]),
+               *params, num(r["r2"], ".4f"), num(r["mape"], ".2f", "%"), num(r["aic"], ".1f"), num(r["bic"], ".1f")]
         if holdout:
             row += [r["heldout_error"] or str(r["heldout_n"]), num(r["heldout_mape"], ".2f", "%"), num(r["heldout_r2"], ".4f")]
         rows.append(row)
     head = ["group", "form", "n", "C", "α", "β", "b or L0", "R²", "MAPE", "AIC", "BIC"]
     if holdout:
         head += [f"held out ({holdout}): n", "held-out MAPE", "held-out R²"]
-    parts = [table(head, rows, numeric_from=2)]
+    common = ", ".join(f"{k} {r}" for k, r in zip(GROUP_KEYS, table_rows[0]["key"]) if k in shared and r is not None)
+    parts = [f"<p>Every group: {escape(common)}.</p>" if common else "", f'<div class="wide">{table(head, rows, numeric_from=2)}</div>']
     parts.append(note("* the preferred form (used for the curves and by memlaw plan): "
                       + ("the lower held-out MAPE." if holdout else "the paper's, since the fit had no --holdout.")))
     excluded = law.get("excluded") or []
