@@ -249,6 +249,7 @@ class RunDir:
         }, metadata={"ids": json.dumps(trace.ids, ensure_ascii=False), "threshold": str(trace.threshold)})
 
     def read_token_probs(self) -> TokenProbTrace:
+        """The trace of a run trained with --log-token-probs; a missing or malformed file is one MemlawError."""
         path = self.token_probs_path
         if not path.is_file():
             raise MemlawError(f"{path}: no such file (it is written by training with --log-token-probs N)")

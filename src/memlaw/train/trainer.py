@@ -143,8 +143,9 @@ class TokenProbLog:
     """--log-token-probs N: the teacher-forced p_t of every answer token at step 0, every N steps and the
     last step, kept in memory and written to token_probs.safetensors when training ends (or at Ctrl-C).
 
-    Each row is its own teacher-forced pass rather than a reuse of a certificate check at the
-    same step: the two schedules rarely meet, and the pass costs one evaluation forward.
+    Each row is its own teacher-forced pass, not a reused certificate check: checks run only with
+    --stop-when certified, on their own schedule, so sharing would save a pass at few steps
+    and tie the two together.
     """
 
     def __init__(self, session: Session, forward: AnswerForward, out: RunDir, ids: Sequence[Any]):
