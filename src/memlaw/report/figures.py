@@ -470,9 +470,8 @@ def stubborn_trajectories(panels: list[tuple[str, Trajectory]]) -> Figure:
         last = t.last_to_cross(TRAJECTORY_HIGHLIGHT)
         crossing = t.crossing_steps()
         for color, i in zip(matplotlib.colormaps["autumn"](np.linspace(0.0, 0.8, max(len(last), 1))), last):
-            when = "never" if np.isinf(crossing[i]) else f"step {crossing[i]:g}"
-            ax.plot(t.steps, t.probs[:, i], color=color, lw=1.4, label=f"token {i} (crosses: {when})")
-        ax.plot(t.steps, t.above_fraction(), color="black", lw=2.0, label="fraction of tokens with p_t > 0.5")
+            ax.plot(t.steps, t.probs[:, i], color=color, lw=1.4)
+        ax.plot(t.steps, t.above_fraction(), color="black", lw=2.0)
         ax.axhline(t.threshold, color="0.2", ls="--", lw=0.8)
         ax.set_ylim(-0.02, 1.02)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -480,5 +479,10 @@ def stubborn_trajectories(panels: list[tuple[str, Trajectory]]) -> Figure:
         ax.set_ylabel("teacher-forced p_t")
         stubborn = int(np.isinf(crossing).sum())
         ax.set_title(f"{label}  ({tokens} tokens, {stubborn} still ≤ 0.5 at the end)")
-        ax.legend(loc="lower right", fontsize=6.5)
+    fig.legend(handles=[
+        Line2D([], [], color="0.6", lw=0.8, label=f"a sample of {TRAJECTORY_BACKGROUND} tokens"),
+        Line2D([], [], color="#ff4000", lw=1.4, label=f"the {TRAJECTORY_HIGHLIGHT} tokens that crossed 0.5 last (or never)"),
+        Line2D([], [], color="black", lw=2.0, label="fraction of tokens with p_t > 0.5"),
+        Line2D([], [], color="0.2", ls="--", lw=0.8, label="threshold p_t = 0.5"),
+    ], loc="outside lower center", ncols=4)
     return fig

@@ -131,7 +131,7 @@ def num(x, spec: str = ".4g", suffix: str = "") -> str:
 
 
 def with_ci(value: float, ci: list | None) -> str:
-    return f"{num(value)} [{num(ci[0])}, {num(ci[1])}]" if ci else num(value)
+    return f"{num(value)} [{num(ci[0], '.3g')}, {num(ci[1], '.3g')}]" if ci else num(value)
 
 
 def parameter_table(law: dict) -> str:
