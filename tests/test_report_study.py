@@ -85,10 +85,11 @@ def test_law_table_has_both_forms_and_held_out_errors(studies):
     law = json.loads((root / "pb" / "law" / "law.json").read_text())
     [params] = [t for t in html_tables(phonebook) if t["section"] == "Fitted parameters" and t["header"][:2] == ["group", "form"]]
     assert "held out (rank>=max): n" in params["header"]
+    assert "<p>Every group: model " in phonebook and ", benchmark phonebook.</p>" in phonebook
     shown = {(row[0], row[1].rstrip(" *")): row for row in params["rows"]}
     for group in law["groups"]:
         for form in ("paper", "bounded"):
-            label = " · ".join(str(v) for v in group["key"].values() if v is not None)
+            label = group["key"]["method"]  # one model and benchmark: said once above the table
             row = shown[(label, form)]
             held = group["holdout"][form]
             assert row[-3] == (held.get("error") or str(held["n_heldout"]))
