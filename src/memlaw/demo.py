@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import MemlawError
-from .law.lawfile import LAW_FILE, group_law, read_law
+from .law.lawfile import LAW_FILE, ci_text, group_law, read_law
 
 DEMO_PRESET = "smollm2-demo"
 HOLDOUT = "rank>=max"  # the fit is also judged on predicting the largest rank from the smaller ones
@@ -65,14 +65,10 @@ def run_demo(out: Path, run: Command, preset: str = DEMO_PRESET, engine: str = "
             held = (group.get("holdout") or {}).get(form, {})
             star = "  <- preferred (lower held-out error)" if form == group["preferred"] else ""
             print(f"  {form:<8} {law['forms'][form]}")
-            print("           " + ", ".join(f"{name} = {_ci_text(entry, name)}" for name in fitted.form_.params))
+            ci = entry.get("ci") or {}
+            print("           " + ", ".join(f"{name} = {ci_text(entry[name], ci.get(name), '.3g')}" for name in fitted.form_.params))
             print(f"           R² = {fitted.r2_:.4f}, MAPE = {fitted.mape_:.2f} %, AIC = {fitted.aic_:.1f}; "
                   f"held-out MAPE = {held.get('mape', float('nan')):.2f} %{star}")
     print("  (the paper: R² > 0.98 in every setting; docs/law.md reads this table)")
     print(f"demo: report: {(out / 'report.html').resolve()}")
     return law["combined"][0]
-
-
-def _ci_text(entry: dict, name: str) -> str:
-    ci = (entry.get("ci") or {}).get(name)
-    return f"{entry[name]:.4g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")

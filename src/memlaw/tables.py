@@ -100,3 +100,10 @@ def format_p(p: float | None) -> str:
     if p is None:
         return "p undefined"
     return "p < 1e-300" if p == 0 else f"p = {p:.2g}"
+
+
+def format_rho(s: Any) -> str:
+    """"Spearman ρ = 0.351 (n = 472, p = 4.3e-15)" from a {"rho", "p", "n"} mapping; undefined ρ said so."""
+    if s["rho"] is None:
+        return f"Spearman ρ undefined (n = {s['n']})"
+    return f"Spearman ρ = {s['rho']:.3f} (n = {s['n']}, {format_p(s['p'])})"

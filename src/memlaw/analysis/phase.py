@@ -22,7 +22,7 @@ from ..io import write_csv, write_json
 from ..law.lawfile import GROUP_KEYS
 from ..rundir import RunDir
 from ..sweep.results import read_results
-from ..tables import cell_sort_key, csv_rows, finite, format_p, none_for_missing, plain_dtypes, py_value, row_keys, split_by
+from ..tables import cell_sort_key, csv_rows, finite, format_rho, none_for_missing, plain_dtypes, py_value, row_keys, split_by
 
 CELL_KEYS = (*GROUP_KEYS, "length", "rank")
 RECORD_COLUMNS = (
@@ -368,12 +368,6 @@ def format_summary(summary: dict) -> str:
     else:
         lines.append("no free-run failures: every record was reproduced exactly")
     return "\n".join(lines)
-
-
-def format_rho(s: Mapping[str, Any]) -> str:
-    if s["rho"] is None:
-        return f"Spearman ρ undefined (n = {s['n']})"
-    return f"Spearman ρ = {s['rho']:.3f} (n = {s['n']}, {format_p(s['p'])})"
 
 
 # ---------------------------------------------------------------------- files

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import MemlawError
 from .forms import FORMS
 from .groups import GROUP_KEYS, SATURATION_MARGIN
-from .lawfile import LAW_FILE, default_group, group_key, group_label, group_law, law_rows, pick_group, read_law, write_law
+from .lawfile import LAW_FILE, ci_text, default_group, group_key, group_label, group_law, law_rows, pick_group, read_law, write_law
 
 MAX_LISTED_EXCLUDED = 10
 
@@ -85,7 +85,7 @@ def print_law_table(law: dict) -> None:
     print(f"{'group':<{width}}  {'form':<8} {'n':>5}  " + "  ".join(f"{h:<26}" for h in ("C", "alpha", "beta", "b | L0"))
           + "  R²      MAPE %  AIC       BIC" + (f"       held out ({holdout}): n  MAPE %  R²" if holdout else ""))
     for r in rows:
-        cells = "  ".join(f"{_with_ci(*p):<26}" for p in r["params"])
+        cells = "  ".join(f"{ci_text(value, ci):<26}" for _, value, ci in r["params"])
         line = (f"{r['group']:<{width}}  {r['form'] + ('*' if r['preferred'] else ''):<8} {r['n']:>5}  {cells}  "
                 f"{_num(r['r2'], '.4f'):<6}  {_num(r['mape'], '.2f'):<6}  {_num(r['aic'], '.1f'):<8}  {_num(r['bic'], '.1f'):<8}")
         if holdout:
@@ -102,10 +102,6 @@ def print_law_table(law: dict) -> None:
             print(f"  … {len(excluded) - MAX_LISTED_EXCLUDED} more in law.json")
     for s in law["skipped"]:
         print(f"skipped {'combined ' if s.get('combined') else ''}{group_label(group_key(s))}: {s['reason']}")
-
-
-def _with_ci(param: str, value: float, ci: list | None) -> str:
-    return f"{value:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
 
 
 def _num(value: float | None, spec: str) -> str:

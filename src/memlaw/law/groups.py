@@ -149,12 +149,11 @@ def fit_groups(
     if missing:
         raise MemlawError(f"missing column(s) {', '.join(missing)} (have: {', '.join(map(str, df.columns))})")
     rows = df[df["status"].isin(["ok"]).to_numpy(dtype=bool)] if "status" in df.columns else df
-    values = rows[list(POINT_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    keep = np.isfinite(values).all(axis=1)
-    rows = rows[keep].reset_index(drop=True)
+    points = rows[list(POINT_COLUMNS)].apply(pd.to_numeric, errors="coerce")  # non-numbers -> NaN
+    keep = np.isfinite(points.to_numpy(dtype=float, na_value=np.nan)).all(axis=1)
+    rows = rows.assign(**points)[keep].reset_index(drop=True)
     if len(rows) == 0:
         raise MemlawError("no rows with status 'ok' and finite rank, length and delta_loss")
-    rows = rows.assign(**{c: pd.to_numeric(rows[c]) for c in POINT_COLUMNS})
 
     excluded = []
     if exclude_saturated:

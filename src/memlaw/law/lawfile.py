@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import MemlawError
 from ..io import write_json
@@ -24,7 +24,7 @@ from .fit import ParametricMemoryLaw
 from .forms import DEFAULT_FORM, FORMS
 from .groups import GROUP_KEYS
 
-__all__ = ["ALL_CELLS", "GROUP_KEYS", "LAW_FILE", "default_group", "group_key", "group_label", "group_law", "law_rows",
+__all__ = ["ALL_CELLS", "GROUP_KEYS", "LAW_FILE", "ci_text", "default_group", "group_key", "group_label", "group_law", "law_rows",
            "pick_group", "read_law", "write_law"]
 
 LAW_FILE = "law.json"
@@ -191,3 +191,8 @@ def law_rows(law: Mapping[str, Any], named: bool = True) -> list[dict]:
                     "heldout_error": held.get("error"),
                 })
     return rows
+
+
+def ci_text(value: float, ci: Sequence[float] | None, ci_spec: str = ".4g") -> str:
+    """A fitted parameter with its bootstrap interval, "433.8 [51.02, 3.723e+04]" (no interval: the value alone)."""
+    return f"{value:.4g}" + (f" [{ci[0]:{ci_spec}}, {ci[1]:{ci_spec}}]" if ci else "")

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
 from ..law.fit import ParametricMemoryLaw
-from ..tables import finite, format_p
+from ..tables import finite, format_rho
 
 if TYPE_CHECKING:
     from ..analysis.phase import CellMatrix
@@ -445,10 +445,7 @@ def stubborn_vs_failure(records: pd.DataFrame, rho: dict) -> Figure:
         ax.scatter(x, y, s=12 + 10 * np.sqrt(counts.to_numpy()), color=color, alpha=0.55, linewidths=0, label=method)
     top = float(max(pairs["earliest_stubborn"].max(), pairs["first_failure"].max())) + 1
     ax.plot([0, top], [0, top], "k--", lw=0.8, label="failure at the earliest stubborn token")
-    if rho["rho"] is None:
-        ax.set_title(f"Spearman ρ undefined (n = {rho['n']})")
-    else:
-        ax.set_title(f"Spearman ρ = {rho['rho']:.3f}  (n = {rho['n']}, {format_p(rho['p'])})")
+    ax.set_title(format_rho(rho))
     ax.legend(loc="upper left", title="marker area ∝ √records")
     return fig
 

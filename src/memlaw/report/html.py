@@ -7,7 +7,6 @@ import json
 from html import escape
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..analysis.phase import (
@@ -22,7 +21,7 @@ from ..analysis.phase import (
 from ..analysis.trajectories import load_trajectories
 from ..errors import MemlawError
 from ..io import atomic_write_text
-from ..law.lawfile import ALL_CELLS, GROUP_KEYS, LAW_FILE, group_key, group_label, group_law, law_rows, read_law
+from ..law.lawfile import ALL_CELLS, GROUP_KEYS, LAW_FILE, ci_text, group_key, group_label, group_law, law_rows, read_law
 from ..tables import finite, format_p, split_by, spread
 from .figures import (  # by name: `from . import figures` would import this package, whose __init__ imports us
     Panel,
@@ -130,10 +129,6 @@ def num(x, spec: str = ".4g", suffix: str = "") -> str:
     return "—" if x is None else f"{x:{spec}}{suffix}"
 
 
-def with_ci(value: float, ci: list | None) -> str:
-    return f"{num(value)} [{num(ci[0], '.3g')}, {num(ci[1], '.3g')}]" if ci else num(value)
-
-
 def parameter_table(law: dict) -> str:
     """One row per group and form, the preferred form starred; held-out columns when the fit had a holdout.
 
@@ -145,9 +140,9 @@ def parameter_table(law: dict) -> str:
     rows = []
     for r in table_rows:
         label = group_label(r["key"], omit=shared, named=False)
-        params = [with_ci(value, ci) for _, value, ci in r["params"][:3]]  # C, α, β: named by the header
+        params = [ci_text(value, ci, ".3g") for _, value, ci in r["params"][:3]]  # C, α, β: named by the header
         last, value, ci = r["params"][3]
-        params.append(f"{last} = {with_ci(value, ci)}")  # b or L0: named in the cell, the forms differ here
+        params.append(f"{last} = {ci_text(value, ci, '.3g')}")  # b or L0: named in the cell, the forms differ here
         if r["combined"]:
             label = "combined" if label == ALL_CELLS else f"combined {label}"
         row = [label, r["form"] + (" *" if r["preferred"] else ""), str(r["n"]),
@@ -285,6 +280,11 @@ def grid_shape(lengths: int, ranks: int, cap: int) -> tuple[int, int]:
     return max(((a, min(ranks, cap // a)) for a in range(1, min(lengths, cap) + 1)), key=lambda ab: (ab[0] * ab[1], min(ab)))
 
 
+def lowest_seed(cells: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """One row per distinct `keys`: its lowest seed, the run the per-cell figures show."""
+    return cells.sort_values("seed").drop_duplicates(list(keys))
+
+
 def position_sections(sweep_dir: Path, ok: pd.DataFrame) -> str:
     """Per group, the per-position p_t grids of its (length, rank) cells, read from their records.jsonl."""
     figures, left = [], []
@@ -293,8 +293,7 @@ def position_sections(sweep_dir: Path, ok: pd.DataFrame) -> str:
         lengths, ranks = sorted(d["length"].unique()), sorted(d["rank"].unique())
         n_len, n_rank = grid_shape(len(lengths), len(ranks), MAX_GRID_PANELS)
         keep_len, keep_rank = spread(lengths, n_len), spread(ranks, n_rank)
-        shown = d[d["length"].isin(keep_len) & d["rank"].isin(keep_rank)].sort_values("seed")
-        first = shown.drop_duplicates(["length", "rank"])  # the lowest seed of each cell
+        first = lowest_seed(d[d["length"].isin(keep_len) & d["rank"].isin(keep_rank)], ("length", "rank"))
         matrices = cell_matrices(sweep_dir, first)
         cells = {(int(r["length"]), int(r["rank"])): matrices.get(str(r["cell"])) for r in first.to_dict("records")}
         dropped = [t for t in (left_out(lengths, keep_len, "ℓ"), left_out(ranks, keep_rank, "r")) if t]
@@ -315,7 +314,7 @@ def position_sections(sweep_dir: Path, ok: pd.DataFrame) -> str:
 
 def trajectory_section(sweep_dir: Path, ok: pd.DataFrame) -> str:
     """Stubborn tokens over training (Figure 3a), for the cells trained with --log-token-probs."""
-    first = ok.sort_values("seed").drop_duplicates([*GROUP_KEYS, "length", "rank"])  # the lowest seed of each cell
+    first = lowest_seed(ok, (*GROUP_KEYS, "length", "rank"))
     traces = load_trajectories(sweep_dir, first)
     how = ("The paper's Figure 3a. For cells trained with --log-token-probs N: the teacher-forced p_t of each answer "
            "token over the optimizer steps (grey: a sample of all tokens; colour: the tokens that crossed p_t > 0.5 "
@@ -325,7 +324,7 @@ def trajectory_section(sweep_dir: Path, ok: pd.DataFrame) -> str:
         return section("Stubborn tokens over training", how,
                        note("no cell has a token trace: train with --log-token-probs N (e.g. 10) to record one"))
     rows = [r for r in first.to_dict("records") if str(r["cell"]) in traces]
-    shown = [rows[i] for i in sorted(set(np.linspace(0, len(rows) - 1, min(len(rows), MAX_TRAJECTORY_PANELS)).round().astype(int)))]
+    shown = [rows[i] for i in spread(range(len(rows)), MAX_TRAJECTORY_PANELS)]
     panels = [(f"{title(tuple(r[k] for k in GROUP_KEYS), ok)} · ℓ {r['length']} · r {r['rank']}", traces[str(r["cell"])])
               for r in shown]
     left = note(f"{len(rows) - len(shown)} of the {len(rows)} traced cells not shown (evenly spread)") if len(shown) < len(rows) else ""

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..errors import TrainingInterrupted
-from ..evaluate.recall import P_THRESHOLD, teacher_forced
+from ..evaluate.recall import P_THRESHOLD, TokenStats, teacher_forced
 from ..evaluate.run import evaluate_session, initial_stats
 from ..model.forward import AnswerForward
 from ..model.memory_unit import Adapter
@@ -71,10 +71,17 @@ class Check:
         return self.certified == self.total
 
 
-def check_certified(session: Session, forward: AnswerForward, epoch: int, steps: int) -> Check:
-    """Teacher-forced check of every record; leaves the adapter in training mode again."""
+def mid_training_stats(session: Session, forward: AnswerForward) -> list[TokenStats]:
+    """Teacher-forced statistics of every record during training (eval mode: no dropout); leaves the
+    adapter in training mode again, so the loop's next step trains as before."""
     stats = teacher_forced(forward, session.cfg.eval_batch_size)
     session.adapter.set_training(True)
+    return stats
+
+
+def check_certified(session: Session, forward: AnswerForward, epoch: int, steps: int) -> Check:
+    """Teacher-forced check of every record (the certificate of DESIGN §4)."""
+    stats = mid_training_stats(session, forward)
     tokens = sum(len(x.losses) for x in stats)
     return Check(
         epoch=epoch,
@@ -143,15 +150,18 @@ class TokenProbLog:
     """--log-token-probs N: the teacher-forced p_t of every answer token at step 0, every N steps and the
     last step, kept in memory and written to token_probs.safetensors when training ends (or at Ctrl-C).
 
-    Each row is its own teacher-forced pass, not a reused certificate check: checks run only with
-    --stop-when certified, on their own schedule, so sharing would save a pass at few steps
-    and tie the two together.
+    Step 0's row is the base model's statistics that training measures anyway (`initial`: the
+    unit is the identity before the first update). Every later row is its own teacher-forced
+    pass, not a reused certificate check: checks run only with --stop-when certified, on their
+    own schedule, so sharing would save a pass at few steps and tie the two together.
     """
 
-    def __init__(self, session: Session, forward: AnswerForward, out: RunDir, ids: Sequence[Any]):
+    def __init__(self, session: Session, forward: AnswerForward, out: RunDir, ids: Sequence[Any],
+                 initial: list[TokenStats]):
         self.session, self.forward, self.out, self.ids = session, forward, out, ids
         self.every = session.cfg.log_token_probs
-        self.rows: list[tuple[int, np.ndarray]] = []  # (step, (tokens,) p_t): one append each, so Ctrl-C splits none
+        # (step, (tokens,) p_t): one append each, so Ctrl-C splits none
+        self.rows: list[tuple[int, np.ndarray]] = [(0, self._probs(initial))] if self.every else []
 
     def maybe_record(self, steps: int) -> None:
         if self.every and steps % self.every == 0:
@@ -172,9 +182,11 @@ class TokenProbLog:
             self.out.write_token_probs(steps, np.stack(probs), lengths, self.ids, P_THRESHOLD)  # (checks, tokens)
 
     def _record(self, steps: int) -> None:
-        stats = teacher_forced(self.forward, self.session.cfg.eval_batch_size)
-        self.session.adapter.set_training(True)
-        self.rows.append((steps, np.concatenate([s.probs for s in stats]).astype(np.float32)))
+        self.rows.append((steps, self._probs(mid_training_stats(self.session, self.forward))))
+
+    @staticmethod
+    def _probs(stats: list[TokenStats]) -> np.ndarray:
+        return np.concatenate([s.probs for s in stats]).astype(np.float32)  # (tokens,) every record's answer p_t
 
 
 def keep_last_epoch(adapter: Adapter, tensors: dict, out: RunDir, state: TrainState, epoch: int, seconds: float,
@@ -200,12 +212,12 @@ def train_loop(
     session: Session,
     forward: AnswerForward,
     out: RunDir,
-    ids: Sequence[Any],
+    token_probs: TokenProbLog,
     progress: bool = True,
     on_check: Callable[[Check], None] | None = None,
 ) -> TrainState:
-    """Train the session's adapter on the records of `forward` (whose ids are `ids`); the train log goes to
-    `out` after every epoch, the token-probability trace (if asked for) at the end."""
+    """Train the session's adapter on the records of `forward`; the train log goes to `out` after every epoch,
+    the token-probability trace (if asked for) at the end."""
     cfg, adapter = session.cfg, session.adapter
     method = Method(cfg, len(forward))  # active records per epoch, token weights, planned steps
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -213,11 +225,9 @@ def train_loop(
     state, last_epoch = TrainState(), adapter.state_dict()  # Ctrl-C keeps the last completed epoch's adapter
     bar = tqdm(total=method.planned_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     stop = Stopper(cfg, method.planned_steps, lambda e, steps: check_certified(session, forward, e, steps), on_check)
-    token_probs = TokenProbLog(session, forward, out, ids)
     epoch = 0
     adapter.set_training(True)  # the adapter's dropout on; the frozen base model stays in eval mode
     try:
-        token_probs.maybe_record(0)
         for epoch in range(cfg.epochs):
             # one epoch: the active records in a fresh random order, grad_accum micro-batches per step
             micro, epoch_stubborn = method.batches(epoch, shuffle), 0
@@ -333,7 +343,8 @@ def train(
     forward = session.answer_forward(encoded)
     initial = initial_stats(session, forward)  # measured once, before training
     run.write_config(config)
-    state = train_loop(session, forward, run, [r.id for r in records], progress, on_check)
+    token_probs = TokenProbLog(session, forward, run, [r.id for r in records], initial)
+    state = train_loop(session, forward, run, token_probs, progress, on_check)
     session.adapter.save(run.path)
     run.write_state(state.summary())
     metrics = evaluate_session(session, records, forward, run, state.summary(), initial=initial)
