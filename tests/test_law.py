@@ -223,6 +223,7 @@ def test_read_law_upgrades_a_version_1_file(tmp_path):
         ('{"groups": []}', "no 'combined'"),
         ('{"combined": {}}', "no 'groups'"),
         ('{"groups": {}, "combined": {}}', "'groups' is not a list"),
+        ('{"version": 2, "groups": [], "combined": [{"key": {}, "laws": {"cubic": {}}}]}', "unknown law form(s) cubic"),
     ],
 )
 def test_read_law_problems_are_one_error_naming_the_file(tmp_path, text, message):

@@ -72,6 +72,9 @@ def read_law(path: str | os.PathLike) -> dict:
     for group in law["groups"] + law["combined"]:
         if not isinstance(group, dict) or not isinstance(group.get("laws"), dict) or not group["laws"]:
             raise MemlawError(f"{not_law}: a group without fitted laws")
+        unknown = sorted(set(group["laws"]) - set(FORMS))
+        if unknown:
+            raise MemlawError(f"{not_law}: unknown law form(s) {', '.join(unknown)} (known: {', '.join(FORMS)})")
     return law
 
 
@@ -180,7 +183,7 @@ def law_rows(law: Mapping[str, Any], named: bool = True) -> list[dict]:
             label = group_label(group_key(g), named=named)
             for form, e in g["laws"].items():
                 held = (g.get("holdout") or {}).get(form, {})
-                params = FORMS[e.get("form", form)].params if e.get("form", form) in FORMS else ()
+                params = FORMS[form].params
                 rows.append({
                     "group": f"combined {label}" if combined else label, "key": group_key(g), "combined": combined,
                     "form": form,
