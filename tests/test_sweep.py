@@ -26,7 +26,8 @@ SCHEMA = [
     "certified_fraction", "certificate_violations", "bits_stored", "trainable_params", "bits_per_param", "steps",
     "train_seconds", "stopped", "steps_to_certified", "seconds_to_certified", "heldout_exact_match", "run_dir",
 ]
-PRESETS = ["llama3.1-8b-long-context", "llama3.1-8b-phonebook", "qwen3-8b-long-context", "qwen3-8b-phonebook", "smollm2-demo"]
+PAPER_8B = ["llama3.1-8b-long-context", "llama3.1-8b-phonebook", "qwen3-8b-long-context", "qwen3-8b-phonebook"]
+PRESETS = [*PAPER_8B, "smollm2-demo", "smollm2-paper-linear-rule", "smollm2-paper"]
 
 
 def tiny_grid(model_dir, **changes) -> dict:
@@ -198,7 +199,14 @@ def test_presets_load_and_list(capsys, tmp_path):
     assert all(name in listed for name in PRESETS)
     demo = load_preset("smollm2-demo")
     assert demo.model == "default" and len(demo.cells()) == 16
-    for name in PRESETS[:-1]:
+    study = {c.name: c for c in load_preset("smollm2-paper").cells()}  # docs/reproduction.md's PhoneBook study
+    assert len(study) == 48 and load_preset("smollm2-paper").layer is None  # None: two thirds of the depth
+    sft, sw = (study[f"phonebook-{m}-r8-L320-s42"].train_config("d") for m in ("sft", "memft_sw"))
+    assert (sft.lr, sft.epochs, sft.batch_size, sft.dropout, sft.max_grad_norm) == (1e-2, 200, 16, 0.1, 1.0)
+    assert (sw.sw_mode, sw.epochs, sw.curriculum_boundaries, sw.batch_size) == ("curriculum", 300, [20, 40, 60, 80, 300], 16)
+    linear = load_preset("smollm2-paper-linear-rule")
+    assert linear.benchmark == "linear-rule" and len(linear.cells()) == 6 and linear.heldout == 100
+    for name in PAPER_8B:
         with pytest.raises(MemlawError, match=rf"preset {name} needs --model PATH \(the model is not shipped\)"):
             load_preset(name)
         grid = load_preset(name, model="/models/x")

@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
         "the error on held-out cells.",
     )
     p.add_argument("results", help="results.parquet or results.csv, or a sweep folder holding one")
-    p.add_argument("--out", required=True, help=f"folder for {LAW_FILE} (a path ending in .json is the file itself)")
+    p.add_argument("--out", default=None, help=f"folder for {LAW_FILE} (a path ending in .json is the file itself; "
+                   "default: the sweep folder's law/, where `memlaw report` looks)")
     p.add_argument("--loss", default="soft_l1", help="robust loss: soft_l1, huber, cauchy or linear (default: soft_l1)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits for the intervals (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
@@ -71,7 +72,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     except MemlawError as e:
         raise MemlawError(f"{path}: {e}") from None
     law = {"source": str(path), **law}
-    out = write_law(args.out, law)
+    out = write_law(args.out if args.out is not None else path.parent / "law", law)
     print_law_table(law)
     print(f"law: {out}")
     return 0

@@ -184,6 +184,7 @@ def fit_groups(
         "combined_cols": [c for c in COMBINED_KEYS if c in rows.columns],
         "holdout": None if holdout is None else str(holdout),
         "saturation": {"excluded": exclude_saturated, "margin": saturation_margin},
+        "estimator": dict(sorted(params.items())),  # with the keys above: every option that rebuilds this file
         **out,
         "excluded": excluded,
     }
