@@ -204,6 +204,24 @@ def test_report_main_and_linear_rule_tables_match_results(paper_sweep):
         f"{seed0['exact_match'] * 100:.1f} / {seed0['token_accuracy'] * 100:.1f}"
 
 
+def test_report_tables_over_lengths_match_results(paper_sweep):
+    """The paper-shaped main table (mean over lengths of the per-length means over seeds) and bits per parameter
+    (the largest per-length mean), recomputed here from results.csv."""
+    paper_sweep, html = paper_sweep
+    results = pd.read_csv(paper_sweep / "results.csv")
+    ok = results[(results["status"] == "ok") & (results["benchmark"] == "phonebook")]
+    tables = {t["section"]: t for t in html_tables(html)}
+    main, bits = tables["Exact match per rank over every length"], tables["Bits per parameter per rank"]
+    assert main["caption"] == "phonebook · mean over ℓ = 100, 200, 400" and bits["caption"] == "phonebook · max over ℓ = 100, 200, 400"
+    for (method, rank), d in ok.groupby(["method", "rank"]):
+        per_length = d.groupby("length")[["exact_match", "token_accuracy", "bits_per_param"]].mean()
+        em, acc = per_length["exact_match"].mean() * 100, per_length["token_accuracy"].mean() * 100
+        assert table_cells(main)[(method, f"r = {rank}")] == f"{em:.1f} / {acc:.1f}"
+        assert table_cells(bits)[(method, f"r = {rank}")] == f"{per_length['bits_per_param'].max():.3f}"
+    # the largest bits per parameter is at the longest length, the mean of its two seeds (1.00 and 1.01 x ℓ / params)
+    assert table_cells(bits)[("memft_sw", "r = 2")] == f"{400 * 1.005 / 200:.3f}"
+
+
 def test_report_spearman_by_setting(paper_sweep):
     paper_sweep, html = paper_sweep
     [by_table] = [t for t in html_tables(html) if t["caption"] == "ρ within each (benchmark, method)"]

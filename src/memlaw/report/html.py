@@ -227,6 +227,23 @@ def rank_tables(cells: pd.DataFrame, ok: pd.DataFrame, columns: tuple[str, str])
     return f'<div class="tables">{"".join(parts)}</div>'
 
 
+def over_lengths(cells: pd.DataFrame, ok: pd.DataFrame, columns: tuple[str, ...], how: str, spec: str, scale: float) -> str:
+    """One table per (model, benchmark, ratio): rows = method, columns = rank, each cell the `columns` (means over
+    seeds per length first, so a length with more seeds does not weigh more) combined over lengths by `how`
+    ("mean" or "max"), times `scale`, as "a / b"."""
+    parts = []
+    for key, d in split_by(cells, SETTING_KEYS):
+        per_length = d.groupby(["method", "rank", "length"])[list(columns)].mean()
+        combined = per_length.groupby(level=["method", "rank"]).agg(how) * scale
+        ranks = sorted(d["rank"].unique())
+        rows = [[m, *(" / ".join(num(combined.loc[(m, r), c], spec) for c in columns) if (m, r) in combined.index
+                      else "—" for r in ranks)] for m in sorted(d["method"].unique())]
+        lengths = ", ".join(map(str, sorted(d["length"].unique())))
+        parts.append(table(["method", *(f"r = {r}" for r in ranks)], rows,
+                           caption=f"{setting_label(key, ok)} · {how} over ℓ = {lengths}"))
+    return f'<div class="tables">{"".join(parts)}</div>'
+
+
 def left_out(values, kept, symbol: str) -> str:
     """"ℓ = 200, 300": the values a capped figure does not show ("" when it shows them all)."""
     rest = sorted(set(values) - set(kept))
@@ -261,6 +278,16 @@ def recall_sections(ok: pd.DataFrame) -> str:
             "Exact match per rank and method", "The paper's main table: one table per length; each cell is "
             "exact match % / token accuracy % (teacher-forced), means over seeds. Linear-rule cells, if any, "
             "have their own table below.", rank_tables(memo, ok, ("exact_match", "token_accuracy"))))
+        parts.append(section(
+            "Exact match per rank over every length", "The paper's main table in its own shape (one row per method, "
+            "one column per rank): exact match % / token accuracy %, the mean over the lengths of each length's mean "
+            "over seeds.", over_lengths(memo, ok, ("exact_match", "token_accuracy"), "mean", ".1f", 100.0)))
+        parts.append(section(
+            "Bits per parameter per rank", "Capacity in the units of the published anchors (about 2 bits/param for "
+            "whole models' knowledge, Allen-Zhu & Li 2024; 3.6 for GPT-style models memorizing random bits, Morris "
+            "et al. 2025): bits stored (the answer tokens' loss reduction in bits, which includes learning the "
+            "answers' format) per trainable parameter, the largest over the lengths (means over seeds).",
+            over_lengths(memo, ok, ("bits_per_param",), "max", ".3f", 1.0)))
         parts.append(section(
             "Exact match and token accuracy against rank", "One panel per length, one color per method: exact "
             "match solid, teacher-forced token accuracy dashed, means over seeds, on a log₂ rank axis. Token "
