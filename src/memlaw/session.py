@@ -15,7 +15,7 @@ from .data.records import Record, load_records
 from .errors import MemlawError
 from .model.forward import AnswerForward
 from .model.loading import LoadedModel, decoder_layers, default_layers, load_model
-from .model.memory_unit import Adapter, AdapterSpec, attach_adapter, load_adapter
+from .model.memory_unit import Adapter, AdapterSpec, attach_adapter, detach_adapter, load_adapter
 from .model.prefix_cache import PrefixCache, notice, unsupported_reason
 
 
@@ -28,6 +28,10 @@ class Session:
     @property
     def pad_id(self) -> int:
         return int(self.loaded.tokenizer.pad_token_id)
+
+    def close(self) -> None:
+        """Detach the memory unit: the loaded model is the bare base model again, ready for another run."""
+        self.loaded.model = detach_adapter(self.adapter)
 
     def load_data(self, path: str | None = None) -> tuple[list[Record], list[Encoded]]:
         records = load_records(path or self.cfg.data, self.loaded.tokenizer, self.cfg.length)
@@ -78,10 +82,12 @@ def adapter_spec(cfg: TrainConfig, model: torch.nn.Module) -> AdapterSpec:
     )
 
 
-def new_session(cfg: TrainConfig) -> Session:
-    """Load the base model and attach a fresh, seeded adapter (identity at step 0)."""
+def new_session(cfg: TrainConfig, loaded: LoadedModel | None = None) -> Session:
+    """Attach a fresh, seeded adapter (identity at step 0) to the base model: `loaded` (a model already
+    loaded for cfg's model, device and dtype, with no unit attached) or a freshly loaded one."""
     check_data_readable(cfg.data)
-    loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    if loaded is None:
+        loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
     cfg = resolve(cfg, loaded)
     spec = adapter_spec(cfg, loaded.model)
     seed_everything(cfg.seed)

@@ -268,6 +268,18 @@ def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None)
     return handle
 
 
+def detach_adapter(adapter: Adapter) -> nn.Module:
+    """Remove an attached unit, in place, and return the bare base model as it was before
+    :func:`attach_adapter` (its weights were never touched), so one loaded model serves many runs."""
+    if adapter.spec.component == "lora":
+        return adapter.model.unload()  # PEFT puts the original linear modules back, unmerged
+    blocks = decoder_layers(adapter.model)
+    for k in adapter.spec.layers:
+        if isinstance(blocks[k].mlp, MemoryMLP):
+            blocks[k].mlp = blocks[k].mlp.mlp
+    return adapter.model
+
+
 def _attach_lora(model: nn.Module, spec: AdapterSpec) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 

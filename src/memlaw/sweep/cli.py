@@ -7,6 +7,8 @@ import sys
 
 
 def register(subparsers) -> None:
+    from .runner import MAX_RETRIES
+
     p = subparsers.add_parser(
         "sweep",
         help="run a grid of training runs (local or Ray); resumable; results in DIR/results.parquet",
@@ -17,9 +19,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="sweep folder: grid.yaml, data/, cells/, results")
     p.add_argument("--preset", default=None, metavar="NAME", help="a shipped grid (see --list-presets)")
     p.add_argument("--list-presets", action="store_true", help="list the shipped grids and exit")
-    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default): one cell after another; ray: one Ray task per cell")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default): one cell after another in this process; ray: a pool of Ray workers, one cell each at a time")
     p.add_argument("--address", default=None, metavar="ADDR", help="ray: connect to this cluster instead of starting a local instance")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="ray: at most N cells at a time (default: CPUs, or GPUs when training on CUDA)")
+    p.add_argument("--max-retries", type=int, default=MAX_RETRIES, metavar="N",
+                   help=f"ray: run a cell whose worker died again at most N times, then record it as failed (default: {MAX_RETRIES})")
     p.add_argument("--model", default=None, metavar="PATH", help="model for every cell (replaces the grid's; required by the 8B presets)")
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again (default: keep them as failed)")
     p.add_argument("--overwrite", action="store_true", help="DIR holds a different grid: delete its cells and results, start over")
@@ -48,7 +52,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     frame = run_sweep(
         grid, args.out, engine=args.engine, address=args.address, workers=args.workers,
-        retry_failed=args.retry_failed, overwrite=args.overwrite,
+        retry_failed=args.retry_failed, overwrite=args.overwrite, max_retries=args.max_retries,
     )
     for line in summary_lines(frame, Path(args.out)):
         print(line, file=sys.stderr if line.startswith("failed") else sys.stdout)

@@ -1,55 +1,48 @@
 """Run a grid: every cell is a run folder DIR/cells/<name>; finished cells are skipped.
 
-Engines: ``local`` runs cells one after another in this process; ``ray`` runs each cell as
-a Ray task (one GPU per task when the grid trains on CUDA, else one CPU) on a local Ray
-instance or an existing cluster. Both rebuild DIR/results.parquet and DIR/results.csv from
-the cell folders after every finished cell, so the tables are the same whichever engine ran.
+Engines: ``local`` runs cells one after another in this process; ``ray`` runs them on a pool of
+Ray actors (one per GPU when the grid trains on CUDA, else one per CPU) on a local Ray instance or
+an existing cluster. In both, a worker (memlaw.sweep.worker) keeps its base model loaded across
+cells, trains each cell in a scratch folder of its own and hands the files back; only this process
+(the driver) writes DIR, holding DIR's lock (memlaw.lock) for the whole sweep. A Ray worker that
+dies mid-cell is replaced and the cell retried, at most `max_retries` times. Both engines rebuild
+DIR/results.parquet and DIR/results.csv after every finished cell, so the tables are the same
+whichever engine ran.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 from tqdm.auto import tqdm
 
-from ..errors import MemlawError, TrainingInterrupted
+from ..errors import MemlawError
 from ..io import write_yaml
+from ..lock import FolderLock
 from ..rundir import ERROR_FILE
-from .grid import Cell, Grid, ensure_data
-from .results import cell_dir, cell_row, heldout_dir, write_results
+from .grid import Cell, Grid
+from .results import cell_row, write_results
+from .worker import SCRATCH, CellOutcome, CellWorker, clean_leftovers, data_payload, publish_cell
 
 ENGINES = ("local", "ray")
 RAY_HINT = "the ray engine needs Ray: pip install 'memlaw[ray]'"
+MAX_RETRIES = 2  # ray: times a cell whose worker died is run again before it counts as failed
 
 
-def run_cell(grid: Grid, cell: Cell, out: str | Path) -> str:
-    """Train one cell from scratch (a linear-rule cell is also evaluated on its held-out pairs).
-
-    Any exception is recorded in the cell's error.json; returns "ok" or "failed".
-    """
-    from ..train.trainer import train
-
+def run_cell(grid: Grid, cell: Cell, out: str | Path, worker: CellWorker | None = None) -> str:
+    """Train one cell from scratch into DIR/cells/<name> (a linear-rule cell is also evaluated on its
+    held-out pairs); returns "ok" or "failed" (the exception is in the cell's error.json)."""
     out = Path(out)
-    run = cell_dir(out, cell)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.error_path.unlink(missing_ok=True)
-    heldout_run = heldout_dir(out, cell)
-    if heldout_run is not None:
-        heldout_run.metrics_path.unlink(missing_ok=True)
-    try:
-        data, heldout = ensure_data(grid, cell, out / "data")
-        train(cell.train_config(data), run.path, overwrite=True, progress=False,
-              also_evaluate=() if heldout is None else (heldout,))
-    except TrainingInterrupted:
-        raise
-    except Exception as e:  # noqa: BLE001 - a failing cell must not stop the sweep
-        run.write_error(e)
-        return "failed"
-    return "ok"
+    with FolderLock(out):
+        worker = worker or CellWorker(scratch_root=out / SCRATCH)
+        outcome = worker.run(grid, cell, data_payload(grid, cell, out / "data"), str(out / "data"))
+        publish_cell(out, outcome)
+    return outcome.status
 
 
 def prepare_sweep_dir(grid: Grid, out: Path, overwrite: bool) -> None:
@@ -83,11 +76,14 @@ def run_sweep(
     retry_failed: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    max_retries: int = MAX_RETRIES,
+    reuse_model: bool = True,
 ):
     """Run every unfinished cell of `grid` into `out_dir`; return the results DataFrame.
 
     Finished cells are skipped; failed ones too unless `retry_failed`. The frame's
-    ``attrs["skipped"]`` counts the cells not run in this call.
+    ``attrs["skipped"]`` counts the cells not run in this call. `reuse_model=False` loads the
+    base model for every cell (for the throughput benchmark; the rows are the same).
     """
     if engine not in ENGINES:
         raise MemlawError(f"--engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -95,8 +91,17 @@ def run_sweep(
         raise MemlawError("--address and --workers apply to --engine ray")
     if workers is not None and workers <= 0:
         raise MemlawError(f"--workers: must be a positive integer, got {workers!r}")
+    if max_retries < 0:
+        raise MemlawError(f"--max-retries: must be >= 0, got {max_retries!r}")
     out = Path(out_dir).expanduser().resolve()
+    with FolderLock(out):
+        return _sweep(grid, out, engine, address, workers, retry_failed, overwrite, progress, max_retries, reuse_model)
+
+
+def _sweep(grid: Grid, out: Path, engine: str, address: str | None, workers: int | None, retry_failed: bool,
+           overwrite: bool, progress: bool, max_retries: int, reuse_model: bool):
     prepare_sweep_dir(grid, out, overwrite)
+    clean_leftovers(out)
     cells = grid.cells()
     rows = {c.name: cell_row(grid, out, c) for c in cells}
     failed_before = [c for c in cells if rows[c.name] is not None and rows[c.name]["status"] == "failed"]
@@ -109,7 +114,10 @@ def run_sweep(
 
     bar = tqdm(total=len(cells), initial=skipped, unit="cell", desc=grid.name, disable=not progress, dynamic_ncols=True)
 
-    def finished(cell: Cell) -> None:
+    def finished(outcome: CellOutcome) -> None:
+        """Publish a cell's files (once: the driver is its only writer) and rebuild the tables."""
+        publish_cell(out, outcome)
+        cell = by_name[outcome.name]
         rows[cell.name] = cell_row(grid, out, cell)
         write_results(out, [r for r in rows.values() if r is not None])
         bar.update(1)
@@ -118,34 +126,41 @@ def run_sweep(
         failed = sum(r is not None and r["status"] == "failed" for r in rows.values())
         bar.set_postfix_str(f"{running}, failed: {failed}")
 
+    by_name = {c.name: c for c in cells}
     try:
         if todo:
-            runner = _run_ray if engine == "ray" else _run_local
-            runner(grid, out, todo, finished, status, address=address, workers=workers)
+            if engine == "ray":
+                _run_ray(grid, out, todo, finished, status, address, workers, max_retries, reuse_model)
+            else:
+                _run_local(grid, out, todo, finished, status, reuse_model)
     finally:
         bar.close()
+        shutil.rmtree(out / SCRATCH, ignore_errors=True)
     frame = write_results(out, [r for r in rows.values() if r is not None])
     frame.attrs["skipped"] = skipped
     return frame
 
 
-def _run_local(grid: Grid, out: Path, todo: list[Cell], finished: Callable[[Cell], None], status, **_: Any) -> None:
+def _run_local(grid: Grid, out: Path, todo: list[Cell], finished: Callable[[CellOutcome], None], status,
+               reuse_model: bool) -> None:
+    worker = CellWorker(scratch_root=out / SCRATCH, reuse_model=reuse_model)
     for cell in todo:
         status(f"running {cell.name}")
-        run_cell(grid, cell, out)
-        finished(cell)
+        finished(worker.run(grid, cell, data_payload(grid, cell, out / "data"), str(out / "data")))
 
 
 def _run_ray(
     grid: Grid,
     out: Path,
     todo: list[Cell],
-    finished: Callable[[Cell], None],
+    finished: Callable[[CellOutcome], None],
     status,
     address: str | None,
     workers: int | None,
+    max_retries: int,
+    reuse_model: bool,
 ) -> None:
-    """One Ray task per cell; at most `workers` in flight; results rewritten as each task ends."""
+    """A pool of model-resident actors, one cell each at a time; a cell whose actor died goes to a new actor."""
     try:
         import ray
     except ImportError:
@@ -156,28 +171,55 @@ def _run_ray(
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    inflight: dict[Any, Cell] = {}
+    inflight: dict[Any, tuple[Any, Cell, int]] = {}  # result ref -> (actor, cell, attempt)
+    actors: list[Any] = []
     try:
         gpu = grid.device == "cuda" or (grid.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-        task = ray.remote(run_cell).options(**({"num_gpus": 1} if gpu else {"num_cpus": 1}))
-        pending = list(todo)
-        limit = workers or len(todo)
+        slot = "GPU" if gpu else "CPU"
+        worker_cls = ray.remote(CellWorker).options(num_gpus=1, num_cpus=0) if gpu else ray.remote(CellWorker).options(num_cpus=1)
+        size = min(len(todo), workers or max(1, int(ray.cluster_resources().get(slot, 1))))
+
+        def new_actor():
+            actor = worker_cls.remote(reuse_model=reuse_model)  # scratch: the node's own temporary folder
+            actors.append(actor)
+            return actor
+
+        idle = [new_actor() for _ in range(size)]
+        pending = deque((cell, 1) for cell in todo)
+        lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                ray.exceptions.ObjectLostError)
+        data_dir = str(out / "data")
         while pending or inflight:
-            while pending and len(inflight) < limit:
-                cell = pending.pop(0)
-                inflight[task.remote(grid, cell, str(out))] = cell
+            while pending and idle:
+                cell, attempt = pending.popleft()
+                actor = idle.pop()
+                ref = actor.run.remote(grid, cell, data_payload(grid, cell, out / "data"), data_dir)
+                inflight[ref] = (actor, cell, attempt)
             status(f"{len(inflight)} in flight")
-            done, _ = ray.wait(list(inflight), num_returns=1)
-            for ref in done:
-                cell = inflight.pop(ref)
-                try:
-                    ray.get(ref)
-                except ray.exceptions.RayError as e:  # the worker died (crash, out of memory, cancelled)
-                    cell_dir(out, cell).write_error(e)
-                finished(cell)
+            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            actor, cell, attempt = inflight.pop(ref)
+            try:
+                outcome = ray.get(ref)
+                idle.append(actor)
+            except lost as e:  # the worker process or its node died: replace it, run the cell again
+                ray.kill(actor, no_restart=True)
+                idle.append(new_actor())
+                if attempt <= max_retries:
+                    pending.append((cell, attempt + 1))
+                    continue
+                outcome = CellOutcome.failure(cell, f"the worker died {attempt} time(s) running this cell; last: {e}")
+            except ray.exceptions.RayError as e:  # anything else the worker could not catch: failed, not retried
+                idle.append(actor)
+                outcome = CellOutcome.failure(cell, f"Ray could not run this cell: {e}")
+            finished(outcome)
     finally:
         for ref in inflight:
             ray.cancel(ref, force=True)
+        for actor in actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
         if started:
             ray.shutdown()
 

@@ -21,10 +21,12 @@ from ..config import TrainConfig
 from ..errors import TrainingInterrupted
 from ..evaluate.recall import P_THRESHOLD, TokenStats, teacher_forced
 from ..evaluate.run import evaluate_session, initial_stats
+from ..lock import FolderLock
 from ..model.forward import AnswerForward
+from ..model.loading import LoadedModel
 from ..model.memory_unit import Adapter
 from ..rundir import RunDir, RunMetrics
-from ..session import Session, new_session
+from ..session import Session, check_data_readable, new_session
 from .method import Method
 from .objectives import weighted_loss
 
@@ -329,27 +331,35 @@ def train(
     progress: bool = True,
     on_check: Callable[[Check], None] | None = None,
     also_evaluate: tuple[str | Path, ...] = (),
+    loaded: LoadedModel | None = None,
 ) -> RunMetrics:
     """Memorize cfg.data into a fresh adapter, save it in `out`, evaluate, and return the metrics.
 
     `also_evaluate`: further records files the trained adapter is evaluated on before the model
     is released (each into OUT/eval-<name>/, as `memlaw eval OUT --data FILE` would).
+    `loaded`: a base model already loaded for cfg (a sweep worker's); the unit is detached from it
+    at the end. `out` is locked for the whole run (memlaw.lock): a second writer refuses.
     """
     run = RunDir(out)
-    session = new_session(cfg)
-    config = session.cfg.to_dict()
-    run.prepare(config, overwrite)
-    records, encoded = session.load_data()
-    forward = session.answer_forward(encoded)
-    initial = initial_stats(session, forward)  # measured once, before training
-    run.write_config(config)
-    token_probs = TokenProbLog(session, forward, run, [r.id for r in records], initial)
-    state = train_loop(session, forward, run, token_probs, progress, on_check)
-    session.adapter.save(run.path)
-    run.write_state(state.summary())
-    metrics = evaluate_session(session, records, forward, run, state.summary(), initial=initial)
-    for data in also_evaluate:
-        other_records, other_encoded = session.load_data(str(data))
-        evaluate_session(session, other_records, session.answer_forward(other_encoded), run.eval_dir(data),
-                         state.summary(), train_exact_match=metrics.exact_match)
+    check_data_readable(cfg.data)
+    with FolderLock(out):
+        session = new_session(cfg, loaded)
+        try:
+            config = session.cfg.to_dict()
+            run.prepare(config, overwrite)
+            records, encoded = session.load_data()
+            forward = session.answer_forward(encoded)
+            initial = initial_stats(session, forward)  # measured once, before training
+            run.write_config(config)
+            token_probs = TokenProbLog(session, forward, run, [r.id for r in records], initial)
+            state = train_loop(session, forward, run, token_probs, progress, on_check)
+            session.adapter.save(run.path)
+            run.write_state(state.summary())
+            metrics = evaluate_session(session, records, forward, run, state.summary(), initial=initial)
+            for data in also_evaluate:
+                other_records, other_encoded = session.load_data(str(data))
+                evaluate_session(session, other_records, session.answer_forward(other_encoded), run.eval_dir(data),
+                                 state.summary(), train_exact_match=metrics.exact_match)
+        finally:
+            session.close()
     return metrics

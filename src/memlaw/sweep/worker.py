@@ -1,0 +1,167 @@
+"""Cells that travel: a worker runs a cell anywhere and hands back its files; only the driver writes DIR.
+
+On a cluster the nodes share no filesystem, so a worker (the local engine's one, or a Ray actor
+per GPU or CPU slot) never touches the sweep folder: it generates the cell's data (deterministic
+from the grid and seed) unless the driver sent it, trains in a scratch folder of its own, and
+returns every file of the cell folder and of the data as bytes (:class:`CellOutcome`). The driver
+writes the data once and the cell folder atomically (:func:`publish_cell`): a reader sees the
+previous folder or the complete new one, never half of it.
+
+A worker keeps its base model loaded across cells: loading an 8B model costs tens of seconds and
+16 GB of reads, training a small cell less. Each cell attaches a fresh seeded unit and detaches
+it at the end (memlaw.session), which leaves the base model as loaded, so a cell gives the same
+metrics on a reused model as on a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import TrainingInterrupted
+from ..io import atomic_write_bytes, write_yaml
+from ..lock import LOCK_FILE
+from ..rundir import RunDir
+from .grid import Cell, Grid, data_paths, ensure_data
+
+SCRATCH = ".scratch"  # DIR/.scratch: the local engine's worker trains here (same disk; cleaned on the next start)
+INCOMING, OUTGOING = ".incoming-", ".replaced-"  # cells/<name><suffix><id>: a cell folder being published
+
+
+@dataclass
+class CellOutcome:
+    """What a worker hands back: the cell folder's files and the data files, relative path -> bytes."""
+
+    name: str
+    status: str  # "ok" | "failed"
+    files: dict[str, bytes]
+    data: dict[str, bytes] = field(default_factory=dict)  # data file name -> bytes
+    host: str = ""
+
+    @classmethod
+    def failure(cls, cell: Cell, reason: str) -> CellOutcome:
+        """A cell that no worker could finish (its worker died, or Ray failed it): failed, `reason` in error.json."""
+        scratch = Path(tempfile.mkdtemp(prefix="memlaw-failure-"))
+        try:
+            RunDir(scratch).write_error(RuntimeError(reason))
+            return cls(cell.name, "failed", read_folder(scratch))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def read_folder(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (but a lock file), relative POSIX path -> bytes, in path order."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
+
+
+class CellWorker:
+    """Runs cells one after another with a resident base model (see the module docstring).
+
+    `scratch_root`: where cells are trained (None: the system's temporary folder, node-local on a
+    cluster); `reuse_model=False` loads the model again for every cell (the old behaviour, for
+    the throughput benchmark).
+    """
+
+    def __init__(self, scratch_root: str | os.PathLike | None = None, reuse_model: bool = True):
+        self.scratch_root = None if scratch_root is None else Path(scratch_root)
+        self.reuse_model = reuse_model
+        self._key: tuple | None = None
+        self._loaded = None
+        self.models_loaded = 0  # how many times this worker loaded a base model
+
+    def loaded_model(self, cfg):
+        """The base model for `cfg` (loaded once per model, device, dtype; one model held at a time)."""
+        from ..model.loading import load_model
+
+        key = (cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+        if not self.reuse_model or key != self._key:
+            self._loaded, self._key = None, None  # release the old model before loading the next
+            self._loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+            self._key = key
+            self.models_loaded += 1
+        return self._loaded
+
+    def run(self, grid: Grid, cell: Cell, data: dict[str, bytes], data_dir: str) -> CellOutcome:
+        """Train `cell` (evaluating a linear-rule cell on its held-out pairs too) and return its files.
+
+        `data`: data files the driver already has (name -> bytes); the rest are generated here.
+        `data_dir`: the driver's data folder, which the returned config.yaml names as the data's home.
+        Any exception of the cell is recorded in its error.json (status "failed").
+        """
+        from ..train.trainer import train
+
+        if self.scratch_root is not None:
+            self.scratch_root.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{cell.name}-", dir=self.scratch_root))
+        try:
+            local_data, run = scratch / "data", RunDir(scratch / "cell")
+            local_data.mkdir()
+            for name, content in data.items():
+                (local_data / name).write_bytes(content)
+            try:
+                train_file, heldout = ensure_data(grid, cell, local_data)
+                cfg = cell.train_config(train_file)
+                train(cfg, run.path, overwrite=True, progress=False, also_evaluate=() if heldout is None else (heldout,),
+                      loaded=self.loaded_model(cfg))
+                # The scratch copy of the data goes away; the cell names the driver's copy, as if it had run there.
+                config = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
+                write_yaml(run.config_path, {**config, "data": str(Path(data_dir) / train_file.name)})
+                status = "ok"
+            except TrainingInterrupted:
+                raise
+            except Exception as e:  # noqa: BLE001 - a failing cell must not stop the sweep
+                run.path.mkdir(parents=True, exist_ok=True)
+                run.write_error(e)
+                status = "failed"
+            made = {p.name: p.read_bytes() for p in local_data.iterdir() if p.name not in data}
+            return CellOutcome(cell.name, status, read_folder(run.path), made, socket.gethostname())
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def data_payload(grid: Grid, cell: Cell, data_dir: Path) -> dict[str, bytes]:
+    """The cell's data files the driver already has (empty: the worker generates them)."""
+    return {p.name: p.read_bytes() for p in data_paths(cell, data_dir) if p is not None and p.is_file()}
+
+
+def publish_cell(out: Path, outcome: CellOutcome) -> None:
+    """Write a worker's outcome into the sweep folder: new data files, then the cell folder, atomically.
+
+    The new folder is written beside the old one and renamed into place; a crash in between leaves
+    either the old folder or no folder (a pending cell, run again on resume) and a hidden
+    leftover that :func:`clean_leftovers` removes.
+    """
+    for name, content in outcome.data.items():
+        if not (out / "data" / name).is_file():
+            atomic_write_bytes(out / "data" / name, content)
+    cells = out / "cells"
+    final = cells / outcome.name
+    tag = uuid.uuid4().hex[:8]
+    incoming, replaced = cells / f".{outcome.name}{INCOMING}{tag}", cells / f".{outcome.name}{OUTGOING}{tag}"
+    for rel, content in outcome.files.items():
+        path = incoming / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    incoming.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        os.replace(final, replaced)
+    os.replace(incoming, final)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def clean_leftovers(out: Path) -> None:
+    """Remove what an interrupted sweep left behind: the local worker's scratch and half-published folders."""
+    shutil.rmtree(out / SCRATCH, ignore_errors=True)
+    cells = out / "cells"
+    if cells.is_dir():
+        for p in cells.iterdir():
+            if p.name.startswith(".") and (INCOMING in p.name or OUTGOING in p.name):
+                shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,73 @@
+"""The committed study on the embedded model (results/smollm2-135m, docs/reproduction.md).
+
+Its tables load, agree with the cell folders they were built from, and `memlaw fit` rebuilds the
+committed law.json from the committed table with the options the file records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from memlaw.cli import main
+from memlaw.sweep.results import read_results
+
+STUDY = Path(__file__).resolve().parents[1] / "results" / "smollm2-135m"
+SWEEPS = {"phonebook": 48, "linear-rule": 6}  # the presets smollm2-paper and smollm2-paper-linear-rule
+
+
+def fit_args(law: dict) -> list[str]:
+    """The `memlaw fit` options that wrote `law` (law.json records every one of them)."""
+    est = law["estimator"]
+    args = ["--by", ",".join(law["group_cols"]), "--loss", est["loss"], "--bootstrap", str(est["n_bootstrap"]),
+            "--seed", str(est["random_state"])]
+    if law["holdout"]:
+        args += ["--holdout", law["holdout"]]
+    if law["saturation"]["excluded"]:
+        args += ["--exclude-saturated", "--saturation-margin", str(law["saturation"]["margin"])]
+    return args
+
+
+def assert_close(a, b, where: str = "law") -> None:
+    """Equal structure, equal strings, numbers equal to 1e-6 relative (another BLAS may round differently)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a) == sorted(b), where
+        for k in a:
+            assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-6, abs=1e-9), where
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("sweep", sorted(SWEEPS))
+def test_committed_tables_load_and_match_their_cells(sweep):
+    folder = STUDY / sweep
+    table = read_results(folder / "results.parquet")
+    csv = read_results(folder / "results.csv")
+    assert len(table) == SWEEPS[sweep] == table["cell"].nunique() and (table["status"] == "ok").all()
+    assert table["cell"].tolist() == csv["cell"].tolist()
+    pd.testing.assert_series_equal(table["delta_loss"], csv["delta_loss"], check_exact=False, rtol=1e-9)
+    for row in table.itertuples():
+        metrics = json.loads((folder / "cells" / row.cell / "metrics.json").read_text(encoding="utf-8"))
+        assert metrics["delta_loss"] == pytest.approx(row.delta_loss) and metrics["exact_match"] == pytest.approx(row.exact_match)
+        assert (folder / "cells" / row.cell / "config.yaml").is_file()
+
+
+def test_memlaw_fit_rebuilds_the_committed_law(tmp_path):
+    folder = STUDY / "phonebook"
+    committed = json.loads((folder / "law" / "law.json").read_text(encoding="utf-8"))
+    shutil.copy(folder / "results.parquet", tmp_path / "results.parquet")
+    assert main(["fit", str(tmp_path / "results.parquet"), "--out", str(tmp_path / "law"), *fit_args(committed)]) == 0
+    fresh = json.loads((tmp_path / "law" / "law.json").read_text(encoding="utf-8"))
+    assert Path(fresh.pop("source")).name == Path(committed.pop("source")).name == "results.parquet"
+    assert_close(fresh, committed)
