@@ -9,7 +9,7 @@ import torch
 
 from conftest import HIDDEN, make_model
 from memlaw.errors import MemlawError
-from memlaw.model.memory_unit import AdapterSpec, LowRankMemory, attach_adapter, load_adapter
+from memlaw.model.memory_unit import AdapterSpec, LowRankMemory, attach_adapter, detach_adapter, load_adapter
 
 
 def logits(model, ids):
@@ -46,6 +46,24 @@ def test_identity_at_step_zero(kind, component, ids):
     assert not torch.allclose(logits(handle.model, ids), expected)
     with handle.disabled():
         assert torch.equal(logits(handle.model, ids), expected)
+
+
+@pytest.mark.parametrize("component", ["mlp", "lora"])
+def test_detach_gives_back_the_base_model_for_the_next_run(component, ids):
+    """A sweep worker reuses one loaded model: after a trained unit is detached the model is the base model
+    again (same modules, weights, outputs), and the next seeded unit starts exactly as on a fresh model."""
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = logits(model, ids)
+    handle = attach(model, component, layers=(0, 2), seed=3)
+    perturb(handle)
+    base = detach_adapter(handle)
+    assert base.state_dict().keys() == before.keys()
+    assert all(torch.equal(base.state_dict()[k], v) for k, v in before.items())
+    assert torch.equal(logits(base, ids), expected) and not any(p.requires_grad for p in base.parameters())
+    again, fresh = attach(base, component, layers=(0, 2), seed=5), attach(make_model(), component, layers=(0, 2), seed=5)
+    assert again.state_dict().keys() == fresh.state_dict().keys()
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in fresh.state_dict().items())
 
 
 def test_mlp_unit_shapes_init_and_param_count():

@@ -1,0 +1,205 @@
+"""Sweeps as on a real cluster (issue 15): nodes without a shared filesystem, workers that die, two writers.
+
+The cluster is Ray's in-process test cluster (`ray.cluster_utils.Cluster`): a head node and a
+second node, one CPU each, so the two workers run on different nodes. Worker processes get test
+hooks through Ray's runtime_env (tests/cluster_hooks.py): one makes the driver's --out unwritable
+for them, one kills a worker in the middle of a cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from memlaw.cli import main
+from memlaw.lock import LOCK_FILE
+from memlaw.sweep import TIMING_COLUMNS, parse_grid, run_sweep
+from memlaw.sweep.worker import CellWorker
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+
+
+def tiny_grid(model_dir, **changes) -> dict:
+    grid = {
+        "name": "tiny", "model": str(model_dir), "benchmark": "phonebook", "methods": ["memft_ot"],
+        "ranks": [1, 4], "lengths": [20, 40], "seeds": [42], "layer": 1,
+        "train": {"lr": 0.1, "epochs": 2, "batch_size": 4, "dropout": 0.0, "device": "cpu"},
+    }
+    grid.update(changes)
+    return grid
+
+
+def without_timing(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=list(TIMING_COLUMNS))
+
+
+@pytest.fixture(scope="module")
+def grid(tiny_model_dir):
+    return parse_grid(tiny_grid(tiny_model_dir), "grid.yaml")
+
+
+@pytest.fixture(scope="module")
+def local(grid, tmp_path_factory):
+    """The grid run by the local engine with its model loaded once (the reference table)."""
+    return run_sweep(grid, tmp_path_factory.mktemp("local") / "sweep", progress=False)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two nodes of one CPU each; each test connects its own job (with its own worker hooks)."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def connect(cluster, hook: str, **env: str) -> None:
+    ray.shutdown()
+    path = os.pathsep.join([str(TESTS), str(SRC), os.environ.get("PYTHONPATH", "")])
+    ray.init(address=cluster.address, log_to_driver=False, runtime_env={
+        "env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1", **env},
+        "worker_process_setup_hook": f"cluster_hooks.{hook}",
+    })
+
+
+def test_model_reuse_gives_the_same_rows(grid, local, tmp_path):
+    """The local engine's worker loads the model once; loading it for every cell gives identical rows."""
+    fresh = run_sweep(grid, tmp_path / "fresh", progress=False, reuse_model=False)
+    pd.testing.assert_frame_equal(without_timing(fresh), without_timing(local))
+    worker = CellWorker(scratch_root=tmp_path / "scratch")
+    for cell in grid.cells():
+        assert worker.run(grid, cell, {}, str(tmp_path / "data")).status == "ok"
+    assert worker.models_loaded == 1
+
+
+def test_lora_model_reuse_gives_the_same_rows(tiny_model_dir, tmp_path):
+    grid = parse_grid(tiny_grid(tiny_model_dir, ranks=[2], train={
+        "lr": 0.1, "epochs": 2, "batch_size": 4, "dropout": 0.0, "device": "cpu", "component": "lora",
+        "target_modules": ["q_proj", "down_proj"]}), "grid.yaml")
+    reused = run_sweep(grid, tmp_path / "reused", progress=False)
+    fresh = run_sweep(grid, tmp_path / "fresh", progress=False, reuse_model=False)
+    pd.testing.assert_frame_equal(without_timing(reused), without_timing(fresh))
+
+
+def test_cells_travel_back_from_nodes_that_cannot_write_the_driver_folder(grid, local, cluster, tmp_path):
+    out, markers = tmp_path / "driver", tmp_path / "markers"
+    out.mkdir()
+    markers.mkdir()
+    connect(cluster, "forbid_writes", MEMLAW_TEST_READONLY=str(out), MEMLAW_TEST_MARKERS=str(markers))
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    frame = run_sweep(grid, out, engine="ray", workers=2, progress=False)
+    assert len(list(markers.glob("guard-*"))) >= 2  # both workers ran with the driver's folder unwritable
+    # Ray's workers use one thread, the local run two: float sums may round differently
+    pd.testing.assert_frame_equal(without_timing(frame), without_timing(local), check_exact=False, rtol=1e-5, atol=1e-6)
+    assert frame["cell"].is_unique and len(frame) == 4 and frame["status"].eq("ok").all()
+    for name in frame["cell"]:  # complete cell folders, naming the driver's data file
+        config = yaml.safe_load((out / "cells" / name / "config.yaml").read_text(encoding="utf-8"))
+        assert Path(config["data"]).parent == out / "data" and Path(config["data"]).is_file()
+        assert (out / "cells" / name / "adapter.safetensors").is_file()
+    assert sorted(p.name for p in (out / "cells").iterdir()) == sorted(frame["cell"])  # no half-published leftovers
+
+
+@pytest.mark.parametrize("crashes, retries, status", [(1, 2, "ok"), (5, 1, "failed")])
+def test_a_worker_killed_mid_cell(grid, local, cluster, tmp_path, crashes, retries, status):
+    """Killed once: the cell is retried on a new worker and done once. Killed every time: failed with the
+    reason after 1 + retries attempts. Never a duplicate row."""
+    victim = grid.cells()[1].name
+    out, markers = tmp_path / "sweep", tmp_path / "markers"
+    markers.mkdir()
+    connect(cluster, "crash_in_cell", MEMLAW_TEST_CRASH=victim, MEMLAW_TEST_CRASH_TIMES=str(crashes),
+            MEMLAW_TEST_MARKERS=str(markers))
+    frame = run_sweep(grid, out, engine="ray", workers=2, max_retries=retries, progress=False)
+    assert len(list(markers.glob("crash-*"))) == min(crashes, retries + 1)
+    assert frame["cell"].tolist() == [c.name for c in grid.cells()] and frame["cell"].is_unique
+    row = frame.set_index("cell").loc[victim]
+    assert row["status"] == status
+    others = frame[frame["cell"] != victim]
+    assert others["status"].eq("ok").all()
+    if status == "ok":
+        pd.testing.assert_frame_equal(without_timing(frame), without_timing(local), check_exact=False, rtol=1e-5, atol=1e-6)
+    else:
+        assert f"the worker died {retries + 1} time(s) running this cell" in row["error"]
+        assert pd.isna(row["exact_match"])
+        error = json.loads((out / "cells" / victim / "error.json").read_text(encoding="utf-8"))
+        assert "died" in error["message"]
+
+
+# ---------------------------------------------------------------------- one writer per folder
+def wait_for_holder(folder: Path, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    """Wait until `proc` holds `folder`'s lock (its holder record is written); return the record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the first command ended before the second could start"
+        try:
+            text = (folder / LOCK_FILE).read_text(encoding="utf-8").strip()
+            if text:
+                return json.loads(text)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError("the first command never took the lock")
+
+
+def start(argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "memlaw.cli", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_two_sweeps_on_one_folder(tiny_model_dir, small_records, tmp_path, capsys):
+    grid_path = tmp_path / "grid.yaml"
+    grid_path.write_text(yaml.safe_dump(tiny_grid(tiny_model_dir, ranks=[1, 2], lengths=[20, 30, 40], train={
+        "lr": 0.1, "epochs": 10, "batch_size": 2, "dropout": 0.0})), encoding="utf-8")
+    out = tmp_path / "sweep"
+    first = start(["sweep", str(grid_path), "--out", str(out)])
+    try:
+        holder = wait_for_holder(out, first)
+        assert holder["pid"] == first.pid and "sweep" in holder["command"]
+        assert main(["sweep", str(grid_path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{out} is in use by pid {first.pid} on " in err[0] and "Traceback" not in err[0]
+        # a train into the sweep's folder is a second writer too
+        assert main(["train", "--data", str(small_records), "--out", str(out), "--model", str(tiny_model_dir)]) == 2
+        assert f"{out} is in use by pid {first.pid}" in capsys.readouterr().err
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        first.kill()
+        first.wait()
+    frame = pd.read_parquet(out / "results.parquet")
+    assert len(frame) == 6 and frame["cell"].is_unique and frame["status"].eq("ok").all()
+    assert main(["sweep", str(grid_path), "--out", str(out)]) == 0  # free again: resumes, nothing to run
+    assert (out / LOCK_FILE).read_text(encoding="utf-8") == ""
+
+
+def test_two_trains_on_one_folder(tiny_model_dir, small_records, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(small_records), "--out", str(out), "--model", str(tiny_model_dir), "--layer", "1",
+            "--rank", "2", "--epochs", "300", "--lr", "0.01", "--device", "cpu", "--quiet"]
+    first = start(argv)
+    try:
+        holder = wait_for_holder(out, first)
+        assert holder["pid"] == first.pid
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{out} is in use by pid {first.pid} on " in err[0]
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        first.kill()
+        first.wait()
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["steps"] > 0
+    assert main(argv) == 0  # the same finished run again: the folder is free
