@@ -19,6 +19,10 @@ from memlaw.sweep.results import read_results
 
 STUDY = Path(__file__).resolve().parents[1] / "results" / "smollm2-135m"
 SWEEPS = {"phonebook": 48, "linear-rule": 6}  # the presets smollm2-paper and smollm2-paper-linear-rule
+# The study runs across sessions and its finished cells are committed as they come; its law.json is
+# written when every cell is done, and from then on these tests hold (issue 14).
+pytestmark = pytest.mark.skipif(not (STUDY / "phonebook" / "law" / "law.json").is_file(),
+                                reason="the study in results/smollm2-135m is not finished yet (no law/law.json)")
 
 
 def fit_args(law: dict) -> list[str]:
