@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N", help="ray: at most N cells at a time (default: CPUs, or GPUs when training on CUDA)")
     p.add_argument("--max-retries", type=int, default=MAX_RETRIES, metavar="N",
                    help=f"ray: run a cell whose worker died again at most N times, then record it as failed (default: {MAX_RETRIES})")
+    p.add_argument("--gpus-per-cell", type=float, default=1.0, metavar="F",
+                   help="ray, CUDA grids: the share of a GPU each worker takes (0.25: four small cells at once per GPU; default 1)")
     p.add_argument("--model", default=None, metavar="PATH", help="model for every cell (replaces the grid's; required by the 8B presets)")
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again (default: keep them as failed)")
     p.add_argument("--overwrite", action="store_true", help="DIR holds a different grid: delete its cells and results, start over")
@@ -52,7 +54,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     frame = run_sweep(
         grid, args.out, engine=args.engine, address=args.address, workers=args.workers,
-        retry_failed=args.retry_failed, overwrite=args.overwrite, max_retries=args.max_retries,
+        retry_failed=args.retry_failed, overwrite=args.overwrite, max_retries=args.max_retries, gpus_per_cell=args.gpus_per_cell,
     )
     for line in summary_lines(frame, Path(args.out)):
         print(line, file=sys.stderr if line.startswith("failed") else sys.stdout)

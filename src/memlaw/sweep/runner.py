@@ -78,12 +78,15 @@ def run_sweep(
     progress: bool = True,
     max_retries: int = MAX_RETRIES,
     reuse_model: bool = True,
+    gpus_per_cell: float = 1.0,
 ):
     """Run every unfinished cell of `grid` into `out_dir`; return the results DataFrame.
 
     Finished cells are skipped; failed ones too unless `retry_failed`. The frame's
     ``attrs["skipped"]`` counts the cells not run in this call. `reuse_model=False` loads the
     base model for every cell (for the throughput benchmark; the rows are the same).
+    `gpus_per_cell` (ray, CUDA grids): the share of a GPU each worker asks for; 0.25 runs four
+    small cells at once on each GPU.
     """
     if engine not in ENGINES:
         raise MemlawError(f"--engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -93,13 +96,16 @@ def run_sweep(
         raise MemlawError(f"--workers: must be a positive integer, got {workers!r}")
     if max_retries < 0:
         raise MemlawError(f"--max-retries: must be >= 0, got {max_retries!r}")
+    if not 0 < gpus_per_cell <= 1 and not (gpus_per_cell > 1 and float(gpus_per_cell).is_integer()):
+        raise MemlawError(f"--gpus-per-cell: must be in (0, 1] or a whole number, got {gpus_per_cell!r}")
     out = Path(out_dir).expanduser().resolve()
     with FolderLock(out):
-        return _sweep(grid, out, engine, address, workers, retry_failed, overwrite, progress, max_retries, reuse_model)
+        return _sweep(grid, out, engine, address, workers, retry_failed, overwrite, progress, max_retries, reuse_model,
+                      gpus_per_cell)
 
 
 def _sweep(grid: Grid, out: Path, engine: str, address: str | None, workers: int | None, retry_failed: bool,
-           overwrite: bool, progress: bool, max_retries: int, reuse_model: bool):
+           overwrite: bool, progress: bool, max_retries: int, reuse_model: bool, gpus_per_cell: float):
     prepare_sweep_dir(grid, out, overwrite)
     clean_leftovers(out)
     cells = grid.cells()
@@ -130,7 +136,7 @@ def _sweep(grid: Grid, out: Path, engine: str, address: str | None, workers: int
     try:
         if todo:
             if engine == "ray":
-                _run_ray(grid, out, todo, finished, status, address, workers, max_retries, reuse_model)
+                _run_ray(grid, out, todo, finished, status, address, workers, max_retries, reuse_model, gpus_per_cell)
             else:
                 _run_local(grid, out, todo, finished, status, reuse_model)
     finally:
@@ -159,6 +165,7 @@ def _run_ray(
     workers: int | None,
     max_retries: int,
     reuse_model: bool,
+    gpus_per_cell: float,
 ) -> None:
     """A pool of model-resident actors, one cell each at a time; a cell whose actor died goes to a new actor."""
     try:
@@ -175,9 +182,14 @@ def _run_ray(
     actors: list[Any] = []
     try:
         gpu = grid.device == "cuda" or (grid.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-        slot = "GPU" if gpu else "CPU"
-        worker_cls = ray.remote(CellWorker).options(num_gpus=1, num_cpus=0) if gpu else ray.remote(CellWorker).options(num_cpus=1)
-        size = min(len(todo), workers or max(1, int(ray.cluster_resources().get(slot, 1))))
+        resources = ray.cluster_resources()
+        if gpu:
+            worker_cls = ray.remote(CellWorker).options(num_gpus=gpus_per_cell, num_cpus=0)
+            slots = int(resources.get("GPU", 1) / gpus_per_cell)
+        else:
+            worker_cls = ray.remote(CellWorker).options(num_cpus=1)
+            slots = int(resources.get("CPU", 1))
+        size = min(len(todo), workers or max(1, slots))
 
         def new_actor():
             actor = worker_cls.remote(reuse_model=reuse_model)  # scratch: the node's own temporary folder

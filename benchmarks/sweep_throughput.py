@@ -1,0 +1,111 @@
+"""Sweep throughput: cells per hour with the local engine before and after model reuse, and with Ray.
+
+One command runs the same cells (the first --cells cells of a preset, default the demo's 16) in
+three ways, one after the other, each into its own fresh folder:
+
+  local-reload — the local engine loading the base model for every cell (memlaw before issue 15);
+  local        — the local engine with its model loaded once (today's default);
+  ray          — the Ray engine with --workers actors (default 2), each loading the model once.
+
+and reports, per variant, the wall time of the whole sweep, cells per hour, and whether the rows
+equal local-reload's (timing columns aside; Ray's workers run one thread each, so its float sums
+may round differently: compared to 1e-5). Wall time includes everything a user waits for:
+starting Ray, loading models, generating data, training, evaluating, writing the tables.
+
+    .venv/bin/python benchmarks/sweep_throughput.py [--preset smollm2-demo] [--cells 16] [--workers 2]
+        [--variants local-reload,local,ray] [--device cpu]
+
+With --device cuda (the lent GPU): add --workers N to run N cells at once on one GPU (each actor
+then asks for 1/N of it) against --workers 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = ("local-reload", "local", "ray")
+
+
+def run_variant(name: str, grid, out: Path, workers: int, gpu_share: float | None):
+    from memlaw.sweep import run_sweep
+
+    start = time.perf_counter()
+    if name == "ray":
+        import ray
+
+        ray.init(num_cpus=workers, num_gpus=1 if gpu_share else 0, include_dashboard=False, log_to_driver=False)
+        try:
+            frame = run_sweep(grid, out, engine="ray", workers=workers, progress=False, gpus_per_cell=gpu_share or 1.0)
+        finally:
+            ray.shutdown()
+    else:
+        frame = run_sweep(grid, out, engine="local", progress=False, reuse_model=name == "local")
+    return frame, time.perf_counter() - start
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="smollm2-demo")
+    p.add_argument("--cells", type=int, default=16, help="the first N cells of the preset")
+    p.add_argument("--workers", type=int, default=2, help="ray: actors (cells at once)")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--device", default=None, help="override the preset's device (cpu / cuda)")
+    p.add_argument("--out", default=None, help="keep the sweep folders here (default: a temporary folder)")
+    args = p.parse_args()
+
+    import dataclasses
+
+    import pandas as pd
+    import torch
+
+    from memlaw.sweep import TIMING_COLUMNS, load_preset
+
+    grid = load_preset(args.preset)
+    keep = grid.cells()[: args.cells]
+    if args.device:
+        grid = dataclasses.replace(grid, train={**grid.train, "device": args.device})
+    # Only the first N cells: a block per kept cell (blocks select a union of partial grids).
+    grid = dataclasses.replace(grid, blocks=[{"methods": [c.method], "ranks": [c.rank], "lengths": [c.length],
+                                              "seeds": [c.seed]} for c in keep])
+    gpu_share = 1.0 / args.workers if grid.device == "cuda" else None
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="memlaw-throughput-"))
+    results, frames = [], {}
+    for name in variants:
+        frame, wall = run_variant(name, grid, root / name, args.workers, gpu_share)
+        frames[name] = frame.drop(columns=list(TIMING_COLUMNS))
+        ok = int((frame["status"] == "ok").sum())
+        same = None
+        if "local-reload" in frames and name != "local-reload":
+            try:
+                pd.testing.assert_frame_equal(frames[name], frames["local-reload"], check_exact=name != "ray",
+                                              rtol=1e-5, atol=1e-6)
+                same = True
+            except AssertionError:
+                same = False
+        row = {"variant": name, "cells": len(frame), "ok": ok, "wall_s": round(wall, 1),
+               "cells_per_hour": round(len(frame) / wall * 3600, 1), "rows_equal_local_reload": same}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    base = next((r for r in results if r["variant"] == "local-reload"), None)
+    print()
+    print(f"{args.preset}, first {len(keep)} cells, device {grid.device}, torch threads {torch.get_num_threads()}, "
+          f"ray workers {args.workers}")
+    print("| variant | cells | wall (s) | cells / hour | × local-reload | rows equal local-reload |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        ratio = f"{r['cells_per_hour'] / base['cells_per_hour']:.2f}×" if base else "—"
+        same = {None: "—", True: "yes", False: "NO"}[r["rows_equal_local_reload"]]
+        print(f"| {r['variant']} | {r['cells']} | {r['wall_s']} | {r['cells_per_hour']} | {ratio} | {same} |")
+    return 0 if all(r["rows_equal_local_reload"] in (None, True) for r in results) else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
