@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memlaw", description="Exact parametric memory in LLMs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_cli.register(sub)  # train, memorize, capacity
-    evaluate_cli.register(sub)  # eval
+    evaluate_cli.register(sub)  # eval, ask
     data_cli.register(sub)  # data phonebook | long-context | linear-rule
     demo.register(sub, run=main)  # demo: runs the commands below through main
     sweep_cli.register(sub)  # sweep

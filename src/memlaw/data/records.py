@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import MemlawError
 
@@ -79,8 +79,8 @@ def parse_line(obj: Any, where: str, tokenizer=None, length: int | None = None) 
     raise MemlawError(f"{where}: missing fields 'query' and 'target' (or 'question' and 'matching')")
 
 
-def load_records(path: str | Path, tokenizer=None, length: int | None = None) -> list[Record]:
-    """Read and validate a records JSONL file; every error names the file and line."""
+def _json_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(file:line, parsed object) for every non-blank line of a JSONL file; one MemlawError per problem."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -88,24 +88,42 @@ def load_records(path: str | Path, tokenizer=None, length: int | None = None) ->
         raise MemlawError(f"data file {path} does not exist")
     except (OSError, UnicodeDecodeError) as e:
         raise MemlawError(f"cannot read data file {path}: {e}")
-    records: list[Record] = []
-    seen: dict[str, tuple[str, int]] = {}
     for n, line in enumerate(text.split("\n"), start=1):  # JSON strings may hold U+2028
         if not line.strip():
             continue
         where = _where(path, n)
         try:
-            obj = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as e:
             raise MemlawError(f"{where}: malformed JSON ({e.msg} at column {e.colno})")
+
+
+def load_records(path: str | Path, tokenizer=None, length: int | None = None) -> list[Record]:
+    """Read and validate a records JSONL file; every error names the file and line."""
+    records: list[Record] = []
+    seen: dict[str, tuple[str, str]] = {}
+    for where, obj in _json_lines(path):
         record = parse_line(obj, where, tokenizer, length)
         if record.query in seen:
             target, first = seen[record.query]
             if target != record.target:
-                raise MemlawError(f"{where}: duplicate query {record.query!r} with a different target (first at line {first})")
+                raise MemlawError(f"{where}: duplicate query {record.query!r} with a different target (first at {first})")
             continue  # an exact repeat adds nothing
-        seen[record.query] = (record.target, n)
+        seen[record.query] = (record.target, where)
         records.append(record)
     if not records:
         raise MemlawError(f"{path}: no records")
     return records
+
+
+def load_queries(path: str | Path) -> list[dict]:
+    """Questions to ask (`memlaw ask --data`): JSONL objects with a string "query" (other keys kept)."""
+    rows = []
+    for where, obj in _json_lines(path):
+        if not isinstance(obj, dict):
+            raise MemlawError(f"{where}: expected a JSON object with a \"query\", got {type(obj).__name__}")
+        _require_strings(obj, ("query",), where)
+        rows.append(obj)
+    if not rows:
+        raise MemlawError(f"{path}: no queries")
+    return rows

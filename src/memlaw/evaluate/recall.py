@@ -73,27 +73,41 @@ def teacher_forced(forward: AnswerForward, batch_size: int) -> list[TokenStats]:
 def greedy_decode(model, encoded: list[Encoded], pad_id: int, batch_size: int, device) -> list[list[int]]:
     """Generate as many tokens as each answer has (its own, without the suffix) greedily from each prompt
     (KV cache, left-padded batches)."""
+    lengths = [e.answer_len for e in encoded]
+    return [ids for ids, _ in greedy_generate(model, [e.prompt_ids for e in encoded], lengths, pad_id, batch_size, device)]
+
+
+@torch.no_grad()
+def greedy_generate(model, prompts: list[list[int]], max_new: list[int], pad_id: int, batch_size: int, device,
+                    stop: int | None = None) -> list[tuple[list[int], list[float]]]:
+    """Greedy continuation of each prompt, at most max_new[i] tokens, ending early after a `stop` token
+    (not included); each with the probability the model gave every token it chose. KV cache,
+    left-padded batches: one definition of greedy decoding for evaluation and for `memlaw ask`."""
     model.eval()
-    results: list[list[int]] = []
-    for idx in _chunks(len(encoded), batch_size):
-        items = [encoded[i] for i in idx]
-        n_new = max(e.answer_len for e in items)
-        ids, mask, positions = (t.to(device) for t in left_pad([e.prompt_ids for e in items], pad_id))
+    results: list[tuple[list[int], list[float]]] = []
+    for idx in _chunks(len(prompts), batch_size):
+        n_new = max(max_new[i] for i in idx)
+        ids, mask, positions = (t.to(device) for t in left_pad([prompts[i] for i in idx], pad_id))
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        steps = [out.logits[:, -1].argmax(-1)]  # (B,)
-        for _ in range(n_new - 1):
+        chosen, probs = [], []
+        for step in range(n_new):
+            logits = out.logits[:, -1].float()  # (B, V)
+            token = logits.argmax(-1)  # (B,)
+            chosen.append(token)
+            probs.append(torch.softmax(logits, -1).gather(1, token[:, None])[:, 0])
+            if step == n_new - 1 or (stop is not None and bool((torch.stack(chosen, 1) == stop).any(1).all())):
+                break
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             positions = positions[:, -1:] + 1
-            out = model(
-                input_ids=steps[-1][:, None],
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                **cache_kwarg(forward_of(model), returned_cache(out)),
-            )
-            steps.append(out.logits[:, -1].argmax(-1))
-        generated = torch.stack(steps, dim=1).cpu().tolist()  # (B, n_new)
-        results.extend(g[: e.answer_len] for g, e in zip(generated, items))
+            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                        **cache_kwarg(forward_of(model), returned_cache(out)))
+        tokens = torch.stack(chosen, dim=1).cpu().tolist()  # (B, steps)
+        p = torch.stack(probs, dim=1).cpu().tolist()
+        for row, i in enumerate(idx):
+            end = max_new[i]
+            if stop is not None and stop in tokens[row][:end]:
+                end = tokens[row].index(stop)
+            results.append((tokens[row][:end], p[row][:end]))
     return results
 
 

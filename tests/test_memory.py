@@ -1,0 +1,93 @@
+"""Remembering your own facts (issue 16) on the tiny model: ask, add without forgetting, plan, locality, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_records
+from memlaw.cli import main
+from memlaw.memory import Memory
+
+PHONES = [
+    {"id": 1, "query": "Ann Lee:", "target": "4821"},
+    {"id": 2, "query": "Bob Ray:", "target": "90"},
+    {"id": 3, "query": "Cy Wu:", "target": "377"},
+    {"id": 4, "query": "Di Fox:", "target": "15"},
+]
+
+
+def memorize_argv(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["memorize", "--model", str(model), "--data", str(data), "--out", str(out), "--layer", "1", "--rank", "8",
+            "--lr", "0.05", "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir, tmp_path_factory) -> Path:
+    """A tiny run that memorized the four records (every one certified)."""
+    root = tmp_path_factory.mktemp("memory")
+    data = write_records(root / "phones.jsonl", PHONES)
+    out = root / "run"
+    assert main(memorize_argv(tiny_model_dir, data, out)) == 0
+    return out
+
+
+def records_of(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "records.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+# ---------------------------------------------------------------------- ask
+def test_ask_reproduces_the_records_generations(run):
+    memory = Memory.load(run)
+    rows = records_of(run)
+    answers = memory.ask_many([r["query"] for r in rows])
+    for row, answer in zip(rows, answers):
+        n = len(row["target_probs"])  # the answer's own tokens (the tiny tokenizer: one per character)
+        assert answer.text[:n] == row["generated"] and answer.record == row
+        assert answer.matches_target == (answer.text == row["target"]) and answer.certified == row["certified"]
+        if row["certified"]:  # the trained end of turn follows a certified answer: it is the whole answer
+            assert answer.ended and answer.text == row["target"] == row["generated"]
+        assert len(answer.probs) == len(answer.token_ids) and all(0 < p <= 1 for p in answer.probs)
+    # one at a time gives the same as the batch
+    assert memory.ask(rows[1]["query"]).token_ids == answers[1].token_ids
+    stranger = memory.ask("Zed Q:")
+    assert stranger.record is None and stranger.matches_target is None and stranger.certified is None
+
+
+def test_ask_cli_query_file_and_interactive(run, tmp_path, capsys, monkeypatch):
+    rows = records_of(run)
+    assert main(["ask", str(run), rows[0]["query"]]) == 0
+    out = capsys.readouterr().out
+    assert f"answer: {rows[0]['generated']}" in out and f"record {rows[0]['id']}: target '{rows[0]['target']}'" in out
+
+    queries = write_records(tmp_path / "q.jsonl", [{"query": r["query"], "note": i} for i, r in enumerate(rows)]
+                            + [{"query": "Zed Q:"}])
+    assert main(["ask", str(run), "--data", str(queries), "--out", str(tmp_path / "answers.jsonl")]) == 0
+    answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [a["query"] for a in answers] == [r["query"] for r in rows] + ["Zed Q:"]
+    assert [a.get("note") for a in answers] == [0, 1, 2, 3, None]
+    assert [a["in_run"] for a in answers] == [True] * 4 + [False]
+    assert all(a["answer"] == r["target"] for a, r in zip(answers, rows) if r["certified"])
+
+    lines = iter([rows[2]["query"], "Zed Q:", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    monkeypatch.setenv("MEMLAW_CACHE", str(tmp_path / "cache"))
+    assert main(["ask", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("answer: ") == 2 and "not one of the run's records" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ask", "{tmp}/nowhere", "q"], "run folder {tmp}/nowhere does not exist"),
+    (["ask", "{run}", "Zed Q:", "--record"], "'Zed Q:' is not a query of the run {run}"),
+    (["ask", "{run}", "--data", "{tmp}/missing.jsonl"], "data file {tmp}/missing.jsonl does not exist"),
+    (["ask", "{run}", "q", "--max-new-tokens", "0"], "--max-new-tokens: must be a positive integer"),
+    (["ask", "{run}", "q", "--out", "{tmp}/a.jsonl"], "--out goes with --data"),
+])
+def test_ask_bad_input_is_one_line(run, tmp_path, capsys, argv, message):
+    argv = [a.format(tmp=tmp_path, run=run) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(tmp=tmp_path, run=run) in err[0]
