@@ -91,3 +91,83 @@ def test_ask_bad_input_is_one_line(run, tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message.format(tmp=tmp_path, run=run) in err[0]
+
+
+# ---------------------------------------------------------------------- memorize --into
+NEW = [{"id": 5, "query": "Eve Ng:", "target": "62"}, {"id": 6, "query": "Fay Oh:", "target": "703"}]
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    return Memory.load(run).save(dest)
+
+
+def test_into_adds_records_and_keeps_every_old_one(run, tmp_path, capsys):
+    mine = copy_run(run, tmp_path / "mine")
+    new = write_records(tmp_path / "new.jsonl", NEW)
+    assert main(["memorize", "--into", str(mine), "--data", str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "new records certified: 2/2" in out and "old records lost: 0 of 4" in out and "all certified" in out
+    rows = records_of(mine)
+    assert [r["query"] for r in rows] == [r["query"] for r in PHONES + NEW]
+    assert all(r["certified"] and r["exact"] for r in rows)
+    data = [json.loads(line) for line in (mine / "data.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(d["query"], d["target"]) for d in data] == [(r["query"], r["target"]) for r in PHONES + NEW]
+    config = (mine / "config.yaml").read_text(encoding="utf-8")
+    assert f"data: {(mine / 'data.jsonl').resolve()}" in config
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "new.jsonl"]  # no work folder left behind
+    # the same records again: nothing to add
+    assert main(["memorize", "--into", str(mine), "--data", str(new)]) == 0
+    assert "nothing to add" in capsys.readouterr().out
+
+
+def test_into_rejects_a_conflicting_target_unless_replace(run, tmp_path, capsys):
+    mine = copy_run(run, tmp_path / "mine")
+    stamp = (mine / "adapter.safetensors").stat().st_mtime_ns
+    conflict = write_records(tmp_path / "conflict.jsonl", [{"query": "Bob Ray:", "target": "91"}])
+    assert main(["memorize", "--into", str(mine), "--data", str(conflict)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "query 'Bob Ray:' is already memorized with target '90', not '91' (--replace" in err[0]
+    assert (mine / "adapter.safetensors").stat().st_mtime_ns == stamp
+    assert main(["memorize", "--into", str(mine), "--data", str(conflict), "--replace"]) == 0
+    rows = {r["query"]: r for r in records_of(mine)}
+    assert rows["Bob Ray:"]["target"] == "91" and rows["Bob Ray:"]["certified"] and len(rows) == 4
+
+
+def test_into_with_too_small_a_budget_leaves_the_memory_unchanged(run, tmp_path, capsys):
+    mine = copy_run(run, tmp_path / "mine")
+    before = (mine / "records.jsonl").read_bytes()
+    new = write_records(tmp_path / "new.jsonl", NEW)
+    assert main(["memorize", "--into", str(mine), "--data", str(new), "--max-steps", "1"]) == 1
+    out = capsys.readouterr().out
+    assert f"{mine} is unchanged; the attempt is in {mine}.incomplete" in out
+    assert (mine / "records.jsonl").read_bytes() == before
+    assert len(records_of(Path(f"{mine}.incomplete"))) == 6
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rank", "2"], "adding records keeps the run's unit and prompt: rank cannot change"),
+    ([], "--into RUN needs --data FILE"),
+    (["--data", "{tmp}/new.jsonl", "--out", "{tmp}"], "--out {tmp} exists; give a new folder"),
+])
+def test_into_bad_input_is_one_line(run, tmp_path, capsys, extra, message):
+    write_records(tmp_path / "new.jsonl", NEW)
+    extra = [e.format(tmp=tmp_path, run=run) for e in extra]
+    if "--data" not in extra and message != "--into RUN needs --data FILE":
+        extra += ["--data", str(tmp_path / "new.jsonl")]
+    assert main(["memorize", "--into", str(run), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(tmp=tmp_path, run=run) in err[0]
+
+
+def test_python_api_memorize_ask_add_save(tiny_model_dir, tmp_path):
+    import memlaw
+
+    mem = memlaw.memorize(PHONES[:2], rank=8, model=str(tiny_model_dir), layer=[1], lr=0.05, device="cpu",
+                          out=tmp_path / "mem")
+    assert [mem.ask(r["query"]).text for r in PHONES[:2]] == [r["target"] for r in PHONES[:2]]
+    report = mem.add(PHONES[2:])
+    assert report.all_certified and report.new == 2 and report.old_lost == [] and report.saved_to == tmp_path / "mem"
+    assert [a.text for a in mem.ask_many([r["query"] for r in PHONES])] == [r["target"] for r in PHONES]
+    saved = mem.save(tmp_path / "kept")
+    again = Memory.load(saved)
+    assert again.ask("Di Fox:").text == "15" and len(again.records) == 4

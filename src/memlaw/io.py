@@ -1,4 +1,4 @@
-"""Atomic file writes: every result is written to a temp file in the same folder, then renamed."""
+"""Atomic writes: every result file (and a replaced folder) is written beside its place, then renamed."""
 
 from __future__ import annotations
 
@@ -37,6 +37,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def replace_folder(new: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Put the finished folder `new` in place of `dest` (same filesystem): a reader sees the old folder or
+    the new one. The old one is renamed aside first and removed after; if the second rename fails it
+    is put back, so `dest` is never lost."""
+    import shutil
+    import uuid
+
+    new, dest = Path(new), Path(dest)
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.replaced-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, old)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        if old is not None:
+            os.replace(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -18,6 +18,13 @@ from .rundir import RunDir
 
 MIN_NEW_TOKENS = 16  # `ask` generates at most max(this, the run's longest answer + its end of turn) tokens
 
+# `memlaw memorize` and memlaw.memorize(): SFT until every record is certified, within a step budget. SFT
+# because with certified stopping it reaches the certificate sooner than MemFT-OT under the reference's
+# defaults (16 records/rank 8: 123 vs 155 steps; 48 records/rank 16: 255 vs 444 steps, 1.4x less wall time;
+# docs/benchmarks.md). No dropout: it is the reference recipe's regularizer, and here it only delays
+# certification and turns off the shared-prompt and check-skipping shortcuts.
+MEMORIZE_DEFAULTS = {"method": "sft", "stop_when": "certified", "max_steps": 2000, "epochs": 10000, "dropout": 0.0}
+
 
 @dataclass
 class Answer:
@@ -84,6 +91,24 @@ class Memory:
         longest = max((len(tok(r["target"], add_special_tokens=False)["input_ids"]) for r in self.records.values()), default=0)
         return max(MIN_NEW_TOKENS, longest + len(suffix_ids(tok, cfg.chat_template)) + 1)
 
+    def save(self, folder: str | Path) -> Path:
+        """Copy the run folder to `folder` (which must not exist); a data file kept in the run goes along."""
+        import shutil
+
+        from .io import write_yaml
+        from .lock import LOCK_FILE
+
+        folder = Path(folder)
+        if folder.exists():
+            raise MemlawError(f"{folder} exists; save into a new folder")
+        shutil.copytree(self.path, folder, ignore=shutil.ignore_patterns(LOCK_FILE))
+        run = RunDir(folder)
+        config = run.read_config().to_dict()
+        data = Path(config["data"])
+        if data.parent.resolve() == self.path.resolve():
+            write_yaml(run.config_path, {**config, "data": str(folder.resolve() / data.name)})
+        return folder
+
     def ask(self, query: str, max_new_tokens: int | None = None) -> Answer:
         return self.ask_many([query], max_new_tokens)[0]
 
@@ -105,3 +130,185 @@ class Memory:
             answers.append(Answer(q, tok.decode(ids), ids, [tok.decode([i]) for i in ids], probs,
                                   ended=len(ids) < limit, record=self.records.get(q)))
         return answers
+
+    def add(self, records: Any, replace: bool = False, out: str | Path | None = None, progress: bool = False,
+            on_check=None, **overrides: Any) -> AddReport:
+        """Add records to this memory and train until old and new are all certified (or the step budget ends).
+
+        `records`: a JSONL path, or a list of {"query", "target"[, "id"]} dicts. Training starts from
+        the run's adapter (same unit, prompt and model) on old + new records, with certified stopping
+        and a 2000-step budget unless `overrides` (TrainConfig fields) say otherwise. The result goes
+        to `out`, or by default replaces this run folder, but only if every record ended certified;
+        otherwise the attempt goes to RUN.incomplete and this run is unchanged. This object then
+        holds the result (or still the unchanged run). A new target for a memorized query is an
+        error unless `replace`.
+        """
+        import shutil
+        import uuid
+
+        from .config import replace as cfg_replace
+        from .io import replace_folder, write_jsonl, write_yaml
+        from .lock import FolderLock
+        from .train.trainer import train
+
+        fixed = sorted(set(overrides) & set(UNIT_FIELDS))
+        if fixed:
+            raise MemlawError(f"adding records keeps the run's unit and prompt: {', '.join(fixed)} cannot change")
+        cfg = self.session.cfg
+        if cfg.length is not None:
+            raise MemlawError(f"{self.path}: a Long-Context run holds one sequence; records can be added to query/target runs only")
+        new, where = self._as_records(records)
+        merged, added, replaced = merge_records(list(self.records.values()), new, replace, where)
+        dest = Path(out) if out is not None else self.path
+        if dest.resolve() != self.path.resolve() and dest.exists():
+            raise MemlawError(f"--out {dest} exists; give a new folder (or leave --out out to update {self.path})")
+        before = {q for q, r in self.records.items() if r.get("certified")}
+        train_cfg = cfg_replace(cfg, **{**ADD_DEFAULTS, **overrides}).validate()
+        work = dest.parent / f".{dest.name}.adding-{uuid.uuid4().hex[:8]}"
+        if added == 0:  # every record is memorized already, with the same target
+            certified = len(before) == len(self.records)
+            return AddReport(0, 0, len(self.records), [], [], certified, float("nan"), 0)
+        tensors, loaded = self.session.adapter.state_dict(), self.session.loaded
+        with FolderLock(self.path, "memlaw memorize --into"):
+            detached = False
+            try:
+                work.mkdir(parents=True)
+                write_jsonl(work / DATA_FILE, merged)
+                train_cfg = cfg_replace(train_cfg, data=str(work / DATA_FILE))
+                self.session.close()
+                detached = True
+                metrics = train(train_cfg, work, loaded=loaded, init_tensors=tensors, progress=progress, on_check=on_check)
+                complete = metrics.certified_fraction == 1.0
+                # An in-place update happens only if every record is certified: an incomplete attempt never
+                # replaces a memory that still holds its records; it goes beside it.
+                target = dest if complete or out is not None else self.path.with_name(self.path.name + INCOMPLETE)
+                run = RunDir(work)
+                config = run.read_config().to_dict()
+                write_yaml(run.config_path, {**config, "data": str(target.resolve() / DATA_FILE)})
+                replace_folder(work, target)
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                if detached:
+                    self._reattach(self.path, loaded)  # the run folder is as it was
+                raise
+        rows = RunDir(target).read_records()
+        after = {r["query"] for r in rows if r.get("certified")}
+        self._reattach(target if target == dest else self.path, loaded)
+        new_queries = {r.query for r in new}
+        return AddReport(
+            new=added, new_certified=len(new_queries & after), old=len(merged) - added,
+            old_lost=sorted(q for q in before - after if q not in replaced), replaced=replaced,
+            all_certified=complete, bits_per_param=metrics.bits_per_param, steps=metrics.steps, saved_to=target)
+
+    def _reattach(self, run_dir: Path, loaded) -> None:
+        """Hold `run_dir` with the already loaded base model: its config, adapter and records."""
+        from .model.memory_unit import load_adapter
+        from .session import Session
+
+        run = RunDir(run_dir)
+        rows = run.read_records() if run.records_path.is_file() else []
+        self.path = Path(run_dir)
+        self.session = Session(run.read_config(), loaded, load_adapter(loaded.model, run.path))
+        self.records = {r["query"]: r for r in rows if isinstance(r, dict) and "query" in r}
+
+    def _as_records(self, records: Any) -> tuple[list, str]:
+        """Records from a JSONL path or a list of dicts, checked as `memlaw train` checks its data."""
+        from .data.records import Record, load_records, parse_line
+
+        if isinstance(records, (str, Path)):
+            return load_records(records, self.session.loaded.tokenizer), str(records)
+        out = [r if isinstance(r, Record) else parse_line(r, f"records[{i}]") for i, r in enumerate(records)]
+        if not out:
+            raise MemlawError("no records to add")
+        return out, "records"
+
+
+# ---------------------------------------------------------------------- adding records
+UNIT_FIELDS = ("model", "component", "layer", "rank", "target_modules", "lora_alpha", "a_init", "chat_template",
+               "trust_remote_code", "length")  # what defines the unit and its prompts: fixed when adding records
+ADD_DEFAULTS = {"stop_when": "certified", "max_steps": 2000, "epochs": 10000}
+DATA_FILE = "data.jsonl"  # the records of a memory grown with add(): old and new, in the run folder
+INCOMPLETE = ".incomplete"  # RUN.incomplete: an in-place add whose budget ran out (RUN itself is unchanged)
+
+
+@dataclass
+class AddReport:
+    """What `add` did: how many new records are certified and which old ones were lost."""
+
+    new: int  # new records trained (exact repeats of old ones are not counted)
+    new_certified: int
+    old: int
+    old_lost: list[str]  # queries certified before and not after
+    replaced: list[str]  # queries whose target was replaced (replace=True)
+    all_certified: bool
+    bits_per_param: float
+    steps: int
+    saved_to: Path | None = None  # where the result went (the memory itself, --out, or RUN.incomplete)
+
+    def lines(self) -> list[str]:
+        lost = f"{len(self.old_lost)}" + (f" ({', '.join(map(repr, self.old_lost[:5]))}{' …' if len(self.old_lost) > 5 else ''})"
+                                         if self.old_lost else "")
+        return [f"new records certified: {self.new_certified}/{self.new}" + (f" ({len(self.replaced)} replaced a target)" if self.replaced else ""),
+                f"old records lost: {lost} of {self.old}",
+                f"steps: {self.steps}; bits per parameter: {self.bits_per_param:.4f}"]
+
+
+def merge_records(old: list[dict], new: list, replace: bool, where: str) -> tuple[list[dict], int, list[str]]:
+    """Old records (records.jsonl rows) and new ones (memlaw.data.records.Record) as one list of
+    {"id", "query", "target"}: exact repeats dropped, a new target for an old query an error unless
+    `replace`. Returns (records, new records added, queries replaced)."""
+    merged = {r["query"]: {"id": r.get("id"), "query": r["query"], "target": r["target"]} for r in old}
+    added, replaced = 0, []
+    for rec in new:
+        known = merged.get(rec.query)
+        if known is not None and known["target"] == rec.target:
+            continue
+        if known is not None:
+            if not replace:
+                raise MemlawError(f"{where}: query {rec.query!r} is already memorized with target {known['target']!r}, "
+                                  f"not {rec.target!r} (--replace to change it)")
+            replaced.append(rec.query)
+            known["target"] = rec.target
+        else:
+            merged[rec.query] = {"id": rec.id if rec.id is not None else f"added-{len(merged)}", "query": rec.query,
+                                 "target": rec.target}
+        added += 1
+    return list(merged.values()), added, replaced
+
+
+# ---------------------------------------------------------------------- the Python entry point
+def memorize(records: Any, rank: int = 8, out: str | Path | None = None, model: str = "default",
+             progress: bool = False, **config: Any) -> Memory:
+    """Memorize `records` (a JSONL path, or a list of {"query", "target"[, "id"]} dicts) into a rank-`rank`
+    unit with `memlaw memorize`'s defaults (SFT until every record is certified, 2000-step budget);
+    `config`: any other TrainConfig field. The run goes to `out` (default: a new temporary folder;
+    `.save(DIR)` keeps it) with the records in it as data.jsonl, and comes back loaded::
+
+        mem = memlaw.memorize([{"query": "Ann Lee:", "target": "4821"}], rank=4)
+        mem.ask("Ann Lee:").text           # '4821'
+        mem.add([{"query": "Bob Ray:", "target": "90"}])
+        mem.save("runs/phones")
+    """
+    import tempfile
+
+    from .config import TrainConfig
+    from .data.records import Record, load_records, parse_line
+    from .io import write_jsonl
+    from .model.loading import load_model
+    from .train.trainer import train
+
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="memlaw-memory-"))
+    if isinstance(records, (str, Path)):
+        rows = [{"id": r.id, "query": r.query, "target": r.target} for r in load_records(records)]
+    else:
+        parsed = [r if isinstance(r, Record) else parse_line(r, f"records[{i}]") for i, r in enumerate(records)]
+        rows = [{"id": r.id if r.id is not None else i, "query": r.query, "target": r.target} for i, r in enumerate(parsed)]
+    if not rows:
+        raise MemlawError("no records to memorize")
+    write_jsonl(out / DATA_FILE, rows)
+    cfg = TrainConfig(**{**MEMORIZE_DEFAULTS, "model": model, "rank": rank, **config, "data": str(out / DATA_FILE)}).validate()
+    loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    train(cfg, out, loaded=loaded, progress=progress)
+    memory = Memory(out, None)
+    memory._reattach(out, loaded)
+    return memory

@@ -26,13 +26,13 @@ from pathlib import Path
 import yaml
 
 from ..errors import TrainingInterrupted
-from ..io import atomic_write_bytes, write_yaml
+from ..io import atomic_write_bytes, replace_folder, write_yaml
 from ..lock import LOCK_FILE
 from ..rundir import RunDir
 from .grid import Cell, Grid, data_paths, ensure_data
 
 SCRATCH = ".scratch"  # DIR/.scratch: the local engine's worker trains here (same disk; cleaned on the next start)
-INCOMING, OUTGOING = ".incoming-", ".replaced-"  # cells/<name><suffix><id>: a cell folder being published
+INCOMING, OUTGOING = ".incoming-", ".replaced-"  # cells/.<name><suffix><id>: a cell folder being published (io.replace_folder)
 
 
 @dataclass
@@ -143,18 +143,13 @@ def publish_cell(out: Path, outcome: CellOutcome) -> None:
         if not (out / "data" / name).is_file():
             atomic_write_bytes(out / "data" / name, content)
     cells = out / "cells"
-    final = cells / outcome.name
-    tag = uuid.uuid4().hex[:8]
-    incoming, replaced = cells / f".{outcome.name}{INCOMING}{tag}", cells / f".{outcome.name}{OUTGOING}{tag}"
+    incoming = cells / f".{outcome.name}{INCOMING}{uuid.uuid4().hex[:8]}"
     for rel, content in outcome.files.items():
         path = incoming / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
     incoming.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        os.replace(final, replaced)
-    os.replace(incoming, final)
-    shutil.rmtree(replaced, ignore_errors=True)
+    replace_folder(incoming, cells / outcome.name)
 
 
 def clean_leftovers(out: Path) -> None:

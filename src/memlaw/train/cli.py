@@ -9,15 +9,10 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from ..config import LIST_ITEM_TYPES, TrainConfig, build_config, parse_list
+from ..errors import MemlawError
 from ..evaluate.cli import print_run_metrics
+from ..memory import MEMORIZE_DEFAULTS
 from ..rundir import RunDir
-
-# `memlaw memorize`: SFT until every record is certified, within a step budget. SFT because with
-# certified stopping it reaches the certificate sooner than MemFT-OT under the reference's defaults
-# (16 records/rank 8: 123 vs 155 steps; 48 records/rank 16: 255 vs 444 steps, 1.4x less wall time;
-# docs/benchmarks.md). No dropout: it is the reference recipe's regularizer, and here it only
-# delays certification and turns off the shared-prompt and check-skipping shortcuts.
-MEMORIZE_DEFAULTS = {"method": "sft", "stop_when": "certified", "max_steps": 2000, "epochs": 10000, "dropout": 0.0}
 
 # `memlaw capacity`: probes use MemFT-OT with certified stopping within a step budget.
 CAPACITY_DEFAULTS = {"method": "memft_ot", "max_steps": 300, "epochs": 10000, "data": "(generated per probe)"}
@@ -45,20 +40,26 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=_flag_type(hints[f.name]), default=None, help=help_text)
 
 
-def config_from_args(args: argparse.Namespace, defaults: dict | None = None) -> TrainConfig:
+def flag_values(args: argparse.Namespace) -> dict:
+    """Every TrainConfig flag's value (None where not given), list flags parsed."""
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     for name, item in LIST_ITEM_TYPES.items():
         if overrides[name] is not None:
             overrides[name] = parse_list(overrides[name], item, name)
-    return build_config(args.config, overrides, defaults)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace, defaults: dict | None = None) -> TrainConfig:
+    return build_config(args.config, flag_values(args), defaults)
 
 
 # ---------------------------------------------------------------------- parsers
 def register(subparsers) -> None:
-    def run_parser(name: str, func, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+    def run_parser(name: str, func, help_text: str, description: str | None = None,
+                   out_help: str | None = None) -> argparse.ArgumentParser:
         """A command that trains into a run folder: --out, --config, --overwrite and every config flag."""
         p = subparsers.add_parser(name, help=help_text, description=description)
-        p.add_argument("--out", required=True, help="run folder (config, adapter, logs, metrics)")
+        p.add_argument("--out", required=out_help is None, help=out_help or "run folder (config, adapter, logs, metrics)")
         p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
         p.add_argument("--overwrite", action="store_true", help="replace a different finished run in --out")
         add_config_flags(p)
@@ -68,12 +69,18 @@ def register(subparsers) -> None:
     run_parser("train", cmd_train, "memorize a records file into a low-rank memory unit, then evaluate").add_argument(
         "--quiet", action="store_true", help="no progress bar"
     )
-    run_parser(
+    p = run_parser(
         "memorize",
         cmd_memorize,
         "memorize records until every one is certified (SFT, step budget); exit 1 if the budget runs out",
-        "Defaults: --method sft --stop-when certified --max-steps 2000 --dropout 0 (flags and --config override).",
+        "Defaults: --method sft --stop-when certified --max-steps 2000 --dropout 0 (flags and --config override). "
+        "With --into RUN: add the --data records to RUN's memory and train from its adapter until old and new "
+        "records are all certified.",
+        out_help="run folder (config, adapter, logs, metrics); with --into: where the grown memory goes "
+        "(default: RUN itself, replaced once training has finished)",
     )
+    p.add_argument("--into", default=None, metavar="RUN", help="add the --data records to this memorized run")
+    p.add_argument("--replace", action="store_true", help="--into: a record whose query RUN holds replaces its target")
 
     p = subparsers.add_parser(
         "capacity",
@@ -103,14 +110,20 @@ def cmd_memorize(args: argparse.Namespace) -> int:
 
     from .trainer import train
 
-    cfg = config_from_args(args, MEMORIZE_DEFAULTS)
-
     def live(check) -> None:  # one line per certificate check, above the progress bar
         tqdm.write(
             f"epoch {check.epoch:>5}  step {check.steps:>6}  certified {check.certified}/{check.total}  "
             f"stubborn tokens {check.stubborn_tokens:>5}  loss {check.loss:.4f}",
             file=sys.stdout,
         )
+
+    if args.into is not None:
+        return memorize_into(args, live)
+    if args.replace:
+        raise MemlawError("--replace goes with --into RUN")
+    if args.out is None:
+        raise MemlawError("memorize: --out DIR is required (or --into RUN to add to a memorized run)")
+    cfg = config_from_args(args, MEMORIZE_DEFAULTS)
 
     metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live)
     run = RunDir(args.out)
@@ -120,6 +133,34 @@ def cmd_memorize(args: argparse.Namespace) -> int:
         print(f"all {metrics.n_records} records certified after {metrics.steps_to_certified} steps")
         return 0
     print(f"step budget ran out: {metrics.certified_fraction:.1%} of records certified; adapter saved in {args.out}")
+    return 1
+
+
+def memorize_into(args: argparse.Namespace, live) -> int:
+    """`memorize --into RUN --data NEW`: grow a memory without losing what it held."""
+    from ..memory import Memory
+
+    if args.data is None:
+        raise MemlawError("--into RUN needs --data FILE: the records to add")
+    if args.config is not None or args.overwrite:
+        raise MemlawError("--into RUN takes the run's own settings: --config and --overwrite do not apply")
+    overrides = {k: v for k, v in flag_values(args).items() if v is not None and k != "data"}
+    memory = Memory.load(args.into)
+    before = len(memory.records)
+    report = memory.add(args.data, replace=args.replace, out=args.out, progress=True, on_check=live, **overrides)
+    if report.new == 0:
+        print(f"nothing to add: every record of {args.data} is already in {args.into} with the same target")
+        return 0 if report.all_certified else 1
+    print_record_table(RunDir(report.saved_to))
+    for line in report.lines():
+        print(line)
+    if report.all_certified:
+        print(f"memory: {memory.path} ({before} -> {len(memory.records)} records); all certified")
+        return 0
+    kept = f"{args.into} is unchanged; the attempt is in {report.saved_to}" if report.saved_to != memory.path else \
+        f"the adapter is saved in {memory.path}"
+    print(f"step budget ran out: {report.new_certified}/{report.new} new records certified, "
+          f"{len(report.old_lost)} old records lost; {kept} (--max-steps N trains longer)")
     return 1
 
 

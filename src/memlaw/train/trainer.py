@@ -332,19 +332,24 @@ def train(
     on_check: Callable[[Check], None] | None = None,
     also_evaluate: tuple[str | Path, ...] = (),
     loaded: LoadedModel | None = None,
+    init_tensors: dict[str, torch.Tensor] | None = None,
 ) -> RunMetrics:
     """Memorize cfg.data into a fresh adapter, save it in `out`, evaluate, and return the metrics.
 
     `also_evaluate`: further records files the trained adapter is evaluated on before the model
     is released (each into OUT/eval-<name>/, as `memlaw eval OUT --data FILE` would).
     `loaded`: a base model already loaded for cfg (a sweep worker's); the unit is detached from it
-    at the end. `out` is locked for the whole run (memlaw.lock): a second writer refuses.
+    at the end. `init_tensors`: start from these adapter weights (an earlier run's, to add records
+    to it) instead of the fresh seeded init. `out` is locked for the whole run (memlaw.lock): a
+    second writer refuses.
     """
     run = RunDir(out)
     check_data_readable(cfg.data)
     with FolderLock(out):
         session = new_session(cfg, loaded)
         try:
+            if init_tensors is not None:
+                session.adapter.load_state_dict(init_tensors)
             config = session.cfg.to_dict()
             run.prepare(config, overwrite)
             records, encoded = session.load_data()
