@@ -79,8 +79,8 @@ def parse_line(obj: Any, where: str, tokenizer=None, length: int | None = None) 
     raise MemlawError(f"{where}: missing fields 'query' and 'target' (or 'question' and 'matching')")
 
 
-def _json_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """(file:line, parsed object) for every non-blank line of a JSONL file; one MemlawError per problem."""
+def _json_lines(path: str | Path) -> Iterator[tuple[int, str, Any]]:
+    """(line number, "file:line", parsed object) for every non-blank line of a JSONL file; one MemlawError per problem."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -93,23 +93,24 @@ def _json_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
             continue
         where = _where(path, n)
         try:
-            yield where, json.loads(line)
+            obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise MemlawError(f"{where}: malformed JSON ({e.msg} at column {e.colno})")
+        yield n, where, obj
 
 
 def load_records(path: str | Path, tokenizer=None, length: int | None = None) -> list[Record]:
     """Read and validate a records JSONL file; every error names the file and line."""
     records: list[Record] = []
-    seen: dict[str, tuple[str, str]] = {}
-    for where, obj in _json_lines(path):
+    seen: dict[str, tuple[str, int]] = {}
+    for n, where, obj in _json_lines(path):
         record = parse_line(obj, where, tokenizer, length)
         if record.query in seen:
             target, first = seen[record.query]
             if target != record.target:
-                raise MemlawError(f"{where}: duplicate query {record.query!r} with a different target (first at {first})")
+                raise MemlawError(f"{where}: duplicate query {record.query!r} with a different target (first at line {first})")
             continue  # an exact repeat adds nothing
-        seen[record.query] = (record.target, where)
+        seen[record.query] = (record.target, n)
         records.append(record)
     if not records:
         raise MemlawError(f"{path}: no records")
@@ -119,7 +120,7 @@ def load_records(path: str | Path, tokenizer=None, length: int | None = None) ->
 def load_queries(path: str | Path) -> list[dict]:
     """Questions to ask (`memlaw ask --data`): JSONL objects with a string "query" (other keys kept)."""
     rows = []
-    for where, obj in _json_lines(path):
+    for _, where, obj in _json_lines(path):
         if not isinstance(obj, dict):
             raise MemlawError(f"{where}: expected a JSON object with a \"query\", got {type(obj).__name__}")
         _require_strings(obj, ("query",), where)
