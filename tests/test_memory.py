@@ -171,3 +171,32 @@ def test_python_api_memorize_ask_add_save(tiny_model_dir, tmp_path):
     saved = mem.save(tmp_path / "kept")
     again = Memory.load(saved)
     assert again.ask("Di Fox:").text == "15" and len(again.records) == 4
+
+
+# ---------------------------------------------------------------------- locality
+@pytest.mark.parametrize("component", ["mlp", "lora"])
+def test_locality_is_exactly_none_for_a_zero_unit(tiny_model_dir, tmp_path, component):
+    from memlaw.config import TrainConfig
+    from memlaw.evaluate.locality import measure_locality
+    from memlaw.session import new_session
+
+    data = write_records(tmp_path / "phones.jsonl", PHONES)
+    session = new_session(TrainConfig(data=str(data), model=str(tiny_model_dir), layer=[1], rank=4, device="cpu",
+                                      component=component).validate())
+    loc = measure_locality(session)  # B = 0: the unit adds exactly nothing
+    assert loc.kl_text == 0.0 and loc.kl_prompts == 0.0 and loc.unchanged == 1.0
+    assert loc.ppl_adapted == loc.ppl_base and loc.ppl_change == 0.0
+    assert loc.text_tokens > 500 and loc.prompts == 32
+
+
+def test_locality_of_a_trained_unit_is_measured_and_reported(run, tmp_path, capsys):
+    loc = Memory.load(run).locality()
+    assert loc.kl_text > 0 and loc.kl_prompts > 0 and 0.0 <= loc.unchanged <= 1.0 and loc.ppl_adapted != loc.ppl_base
+    stored = json.loads((run / "locality.json").read_text(encoding="utf-8"))  # memorize measured it at the end
+    assert stored["kl_text"] == pytest.approx(loc.kl_text, rel=1e-4) and stored["unchanged"] == loc.unchanged
+    assert main(["eval", str(run), "--out", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert "KL(base || adapted) on general text" in out and "unrelated prompts answered the same" in out
+    assert json.loads((tmp_path / "again" / "locality.json").read_text())["kl_text"] == pytest.approx(loc.kl_text, rel=1e-4)
+    assert main(["eval", str(run), "--out", str(tmp_path / "quick"), "--no-locality"]) == 0
+    assert not (tmp_path / "quick" / "locality.json").exists()

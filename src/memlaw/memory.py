@@ -109,6 +109,12 @@ class Memory:
             write_yaml(run.config_path, {**config, "data": str(folder.resolve() / data.name)})
         return folder
 
+    def locality(self):
+        """What the unit changes away from its records (memlaw.evaluate.locality.Locality)."""
+        from .evaluate.locality import measure_locality
+
+        return measure_locality(self.session)
+
     def ask(self, query: str, max_new_tokens: int | None = None) -> Answer:
         return self.ask_many([query], max_new_tokens)[0]
 
@@ -132,7 +138,7 @@ class Memory:
         return answers
 
     def add(self, records: Any, replace: bool = False, out: str | Path | None = None, progress: bool = False,
-            on_check=None, **overrides: Any) -> AddReport:
+            on_check=None, locality: bool = True, **overrides: Any) -> AddReport:
         """Add records to this memory and train until old and new are all certified (or the step budget ends).
 
         `records`: a JSONL path, or a list of {"query", "target"[, "id"]} dicts. Training starts from
@@ -177,7 +183,8 @@ class Memory:
                 train_cfg = cfg_replace(train_cfg, data=str(work / DATA_FILE))
                 self.session.close()
                 detached = True
-                metrics = train(train_cfg, work, loaded=loaded, init_tensors=tensors, progress=progress, on_check=on_check)
+                metrics = train(train_cfg, work, loaded=loaded, init_tensors=tensors, progress=progress, on_check=on_check,
+                                locality=locality)
                 complete = metrics.certified_fraction == 1.0
                 # An in-place update happens only if every record is certified: an incomplete attempt never
                 # replaces a memory that still holds its records; it goes beside it.
@@ -278,7 +285,7 @@ def merge_records(old: list[dict], new: list, replace: bool, where: str) -> tupl
 
 # ---------------------------------------------------------------------- the Python entry point
 def memorize(records: Any, rank: int = 8, out: str | Path | None = None, model: str = "default",
-             progress: bool = False, **config: Any) -> Memory:
+             progress: bool = False, locality: bool = True, **config: Any) -> Memory:
     """Memorize `records` (a JSONL path, or a list of {"query", "target"[, "id"]} dicts) into a rank-`rank`
     unit with `memlaw memorize`'s defaults (SFT until every record is certified, 2000-step budget);
     `config`: any other TrainConfig field. The run goes to `out` (default: a new temporary folder;
@@ -308,7 +315,7 @@ def memorize(records: Any, rank: int = 8, out: str | Path | None = None, model: 
     write_jsonl(out / DATA_FILE, rows)
     cfg = TrainConfig(**{**MEMORIZE_DEFAULTS, "model": model, "rank": rank, **config, "data": str(out / DATA_FILE)}).validate()
     loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
-    train(cfg, out, loaded=loaded, progress=progress)
+    train(cfg, out, loaded=loaded, progress=progress, locality=locality)
     memory = Memory(out, None)
     memory._reattach(out, loaded)
     return memory

@@ -40,6 +40,7 @@ STATE_FILE = "train_state.json"
 LOG_FILE = "train_log.csv"
 ERROR_FILE = "error.json"
 TOKEN_PROBS_FILE = "token_probs.safetensors"
+LOCALITY_FILE = "locality.json"
 
 LOG_FIELDS = [
     "epoch", "step", "loss", "lr", "mean_target_prob", "stubborn_tokens",
@@ -174,6 +175,7 @@ class RunDir:
     log_path = property(lambda self: self.path / LOG_FILE)
     error_path = property(lambda self: self.path / ERROR_FILE)
     token_probs_path = property(lambda self: self.path / TOKEN_PROBS_FILE)
+    locality_path = property(lambda self: self.path / LOCALITY_FILE)
 
     def eval_dir(self, data: str | Path) -> RunDir:
         """Where the evaluation of this run's adapter on another records file goes."""
@@ -201,7 +203,7 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MemlawError(f"cannot create --out {self.path}: {e.strerror or e}")
-        for stale in (self.metrics_path, self.records_path, self.state_path, self.token_probs_path):
+        for stale in (self.metrics_path, self.records_path, self.state_path, self.token_probs_path, self.locality_path):
             stale.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ files
@@ -266,6 +268,12 @@ class RunDir:
             raise MemlawError(f"{path}: not a memlaw token-probability file (no {e} metadata)") from None
         except (SafetensorError, ValueError, OSError) as e:  # ValueError: bad JSON or parts that do not agree
             raise MemlawError(f"{path}: not a memlaw token-probability file ({e})") from None
+
+    def write_locality(self, values: dict[str, Any]) -> None:
+        write_json(self.locality_path, values)
+
+    def read_locality(self) -> dict[str, Any]:
+        return self._read_json(self.locality_path)
 
     def write_error(self, error: BaseException) -> None:
         write_json(self.error_path, {

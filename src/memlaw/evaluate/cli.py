@@ -16,6 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("run", help="run folder written by `memlaw train`")
     p.add_argument("--data", default=None, help="records to evaluate on (default: the run's training data)")
     p.add_argument("--out", default=None, help="where to write metrics (default: RUN, or RUN/eval-<data> with --data)")
+    p.add_argument("--no-locality", action="store_true",
+                   help="skip measuring what the unit changed away from the records (KL, perplexity, unrelated answers)")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser(
@@ -35,12 +37,25 @@ def register(subparsers) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .run import evaluate_run, evaluation_dir
 
-    metrics = evaluate_run(args.run, data=args.data, out=args.out)
-    print_run_metrics(metrics, evaluation_dir(args.run, args.data, args.out))
+    metrics = evaluate_run(args.run, data=args.data, out=args.out, locality=not args.no_locality)
+    target = evaluation_dir(args.run, args.data, args.out)
+    print_run_metrics(metrics, target)
+    print_locality(target)
     if metrics.train_exact_match is not None:
         print(f"memory EM (training data)  {metrics.train_exact_match:.4f}")
         print(f"EM on {Path(args.data).name:<19} {metrics.exact_match:.4f}  (generalization, if these records were not trained)")
     return 0
+
+
+def print_locality(run: RunDir) -> None:
+    """The run's locality.json, if it has one."""
+    if run.locality_path.is_file():
+        from .locality import Locality
+
+        values = run.read_locality()
+        values.pop("ppl_change", None)
+        for line in Locality(**values).lines():
+            print(line)
 
 
 def print_run_metrics(metrics: RunMetrics, run: RunDir) -> None:

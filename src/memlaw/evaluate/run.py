@@ -60,8 +60,10 @@ def evaluation_dir(run_dir: str | Path, data: str | None = None, out: str | Path
     return RunDir(out) if out is not None else run if data is None else run.eval_dir(data)
 
 
-def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path | None = None) -> RunMetrics:
-    """Re-evaluate a saved run, on its training data (default) or another records file."""
+def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path | None = None,
+                 locality: bool = False) -> RunMetrics:
+    """Re-evaluate a saved run, on its training data (default) or another records file; with `locality`,
+    also what the unit changed away from the records (locality.json beside the metrics)."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     session = saved_session(run.path, cfg)
@@ -70,4 +72,9 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path |
     target = evaluation_dir(run_dir, data, out)
     # memory EM (the run's own data) beside the EM on the other data
     train_em = run.read_metrics().exact_match if data is not None and run.metrics_path.is_file() else None
-    return evaluate_session(session, records, forward, target, run.read_state(), train_exact_match=train_em)
+    metrics = evaluate_session(session, records, forward, target, run.read_state(), train_exact_match=train_em)
+    if locality:
+        from .locality import measure_locality
+
+        target.write_locality(measure_locality(session).to_dict())
+    return metrics

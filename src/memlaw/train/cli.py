@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import LIST_ITEM_TYPES, TrainConfig, build_config, parse_list
 from ..errors import MemlawError
-from ..evaluate.cli import print_run_metrics
+from ..evaluate.cli import print_locality, print_run_metrics
 from ..memory import MEMORIZE_DEFAULTS
 from ..rundir import RunDir
 
@@ -125,10 +125,11 @@ def cmd_memorize(args: argparse.Namespace) -> int:
         raise MemlawError("memorize: --out DIR is required (or --into RUN to add to a memorized run)")
     cfg = config_from_args(args, MEMORIZE_DEFAULTS)
 
-    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live)
+    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live, locality=True)
     run = RunDir(args.out)
     print_record_table(run)
     print_run_metrics(metrics, run)
+    print_locality(run)
     if metrics.certified_fraction == 1.0:
         print(f"all {metrics.n_records} records certified after {metrics.steps_to_certified} steps")
         return 0
@@ -154,6 +155,7 @@ def memorize_into(args: argparse.Namespace, live) -> int:
     print_record_table(RunDir(report.saved_to))
     for line in report.lines():
         print(line)
+    print_locality(RunDir(report.saved_to))
     if report.all_certified:
         print(f"memory: {memory.path} ({before} -> {len(memory.records)} records); all certified")
         return 0

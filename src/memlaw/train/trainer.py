@@ -333,6 +333,7 @@ def train(
     also_evaluate: tuple[str | Path, ...] = (),
     loaded: LoadedModel | None = None,
     init_tensors: dict[str, torch.Tensor] | None = None,
+    locality: bool = False,
 ) -> RunMetrics:
     """Memorize cfg.data into a fresh adapter, save it in `out`, evaluate, and return the metrics.
 
@@ -340,7 +341,8 @@ def train(
     is released (each into OUT/eval-<name>/, as `memlaw eval OUT --data FILE` would).
     `loaded`: a base model already loaded for cfg (a sweep worker's); the unit is detached from it
     at the end. `init_tensors`: start from these adapter weights (an earlier run's, to add records
-    to it) instead of the fresh seeded init. `out` is locked for the whole run (memlaw.lock): a
+    to it) instead of the fresh seeded init. `locality`: also measure what the unit changed away from
+    the records (OUT/locality.json, memlaw.evaluate.locality). `out` is locked for the whole run (memlaw.lock): a
     second writer refuses.
     """
     run = RunDir(out)
@@ -365,6 +367,10 @@ def train(
                 other_records, other_encoded = session.load_data(str(data))
                 evaluate_session(session, other_records, session.answer_forward(other_encoded), run.eval_dir(data),
                                  state.summary(), train_exact_match=metrics.exact_match)
+            if locality:
+                from ..evaluate.locality import measure_locality
+
+                run.write_locality(measure_locality(session).to_dict())
         finally:
             session.close()
     return metrics
