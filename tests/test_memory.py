@@ -200,3 +200,50 @@ def test_locality_of_a_trained_unit_is_measured_and_reported(run, tmp_path, caps
     assert json.loads((tmp_path / "again" / "locality.json").read_text())["kl_text"] == pytest.approx(loc.kl_text, rel=1e-4)
     assert main(["eval", str(run), "--out", str(tmp_path / "quick"), "--no-locality"]) == 0
     assert not (tmp_path / "quick" / "locality.json").exists()
+
+
+# ---------------------------------------------------------------------- export
+def hf_greedy(model, tokenizer, prompt: list[int], n: int) -> list[int]:
+    import torch
+
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                             pad_token_id=tokenizer.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("component", ["lora", "mlp"])
+def test_export_answers_like_memlaw_without_memlaw(tiny_model_dir, tmp_path, capsys, component):
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from memlaw.data.encoding import prompt_ids
+
+    data = write_records(tmp_path / "phones.jsonl", PHONES)
+    extra = ["--component", "lora", "--target-modules", "q_proj,down_proj"] if component == "lora" else []
+    assert main(memorize_argv(tiny_model_dir, data, tmp_path / "run", *extra)) == 0
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0
+    assert f"exported {tmp_path / 'run'} ({component}, rank 8)" in capsys.readouterr().out
+    export = tmp_path / "export"
+    if component == "lora":
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(export), AutoTokenizer.from_pretrained(export)
+        assert (export / "peft" / "adapter_model.safetensors").is_file()
+    else:
+        spec = importlib.util.spec_from_file_location("memlaw_memory", export / "memlaw_memory.py")
+        loader = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loader)
+        model, tokenizer = loader.load(export)
+        assert type(model.get_decoder().layers[1].mlp).__name__ == "ParallelMemory"
+        assert (export / "model" / "model.safetensors").is_file() and (export / "memory.safetensors").is_file()
+    memory = Memory.load(tmp_path / "run")
+    prompt = json.loads((export / "prompt.json").read_text())
+    assert prompt["chat_template"] is True and prompt["system"] == "You are a helpful assistant."
+    for r in PHONES:
+        answer = memory.ask(r["query"])
+        n = len(answer.token_ids)
+        assert hf_greedy(model, tokenizer, prompt_ids(tokenizer, r["query"]), n) == answer.token_ids
+        assert answer.text == r["target"]
+    assert main(["export", str(tmp_path / "run"), "--out", str(export)]) == 2  # never overwrites
+    assert "exists; export into a new folder" in capsys.readouterr().err

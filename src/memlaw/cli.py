@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo
+from . import demo, export
 from .analysis import cli as analysis_cli
 from .data import cli as data_cli
 from .errors import MemlawError, TrainingInterrupted
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_cli.register(sub)  # train, memorize, capacity
     evaluate_cli.register(sub)  # eval, ask
+    export.register(sub)  # export
     data_cli.register(sub)  # data phonebook | long-context | linear-rule
     demo.register(sub, run=main)  # demo: runs the commands below through main
     sweep_cli.register(sub)  # sweep
