@@ -247,3 +247,75 @@ def test_export_answers_like_memlaw_without_memlaw(tiny_model_dir, tmp_path, cap
         assert answer.text == r["target"]
     assert main(["export", str(tmp_path / "run"), "--out", str(export)]) == 2  # never overwrites
     assert "exists; export into a new folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- plan --data, memorize --rank auto
+@pytest.fixture(scope="module")
+def law_file(tmp_path_factory) -> Path:
+    """A law fitted on synthetic cells (C = 20, α = 0.5, β = 0.6, b = 0.05; ranks 1-64, lengths 50-10000)."""
+    import pandas as pd
+
+    from memlaw.law.groups import fit_groups
+    from memlaw.law.lawfile import write_law
+    from test_law import law_points
+
+    rank, length, y = law_points(seed=4, seeds=1, C=20.0)
+    table = pd.DataFrame({"model": "tiny", "benchmark": "phonebook", "ratio": None, "method": "sft", "rank": rank,
+                          "length": length, "delta_loss": y, "status": "ok"})
+    return write_law(tmp_path_factory.mktemp("law") / "law.json", fit_groups(table, n_bootstrap=20))
+
+
+def planned_rank(law_file: Path, answer_tokens: int, initial_loss: float) -> int:
+    from memlaw.law.lawfile import default_group, group_law, read_law
+
+    law = read_law(law_file)
+    return group_law(default_group(law, law_file)[1]).rank_for(answer_tokens, 0.95 * initial_loss).power_of_two
+
+
+def test_plan_data_counts_answer_tokens_exactly_and_uses_the_law(tiny_model_dir, law_file, tmp_path, capsys):
+    import re
+
+    data = write_records(tmp_path / "phones.jsonl", PHONES)
+    assert main(["plan", "--data", str(data), "--model", str(tiny_model_dir), "--law", str(law_file)]) == 0
+    out = capsys.readouterr().out
+    tokens = sum(len(r["target"]) for r in PHONES)  # the byte-level tiny tokenizer: one token per character
+    suffix = 2  # the tiny template's end of turn: <|im_end|> and "\n"
+    assert f"4 records, {tokens} answer tokens ({tokens + 4 * suffix} trained" in out
+    initial = float(re.search(r"initial  loss ([0-9.]+)", out).group(1))
+    rank = int(re.search(r"^rank     (\d+)$", out, re.M).group(1))
+    assert rank == planned_rank(law_file, tokens, initial) and rank >= 2
+    assert "length 11 is outside the fitted 50–10000: an extrapolation" in out
+
+
+def test_plan_data_without_a_law_probes(tiny_model_dir, tmp_path, capsys):
+    data = write_records(tmp_path / "phones.jsonl", PHONES)
+    assert main(["plan", "--data", str(data), "--model", str(tiny_model_dir), "--probe-steps", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "probe    rank 1:" in out and "why      a probe certified every record at rank" in out
+    assert int(out.rsplit("rank     ", 1)[1].split()[0]) in (1, 2, 4, 8, 16)
+
+
+def test_memorize_rank_auto_says_what_it_chose(tiny_model_dir, law_file, tmp_path, capsys):
+    data = write_records(tmp_path / "phones.jsonl", PHONES)
+    out_dir = tmp_path / "auto"
+    argv = memorize_argv(tiny_model_dir, data, out_dir)
+    argv[argv.index("--rank") + 1] = "auto"
+    assert main([*argv, "--law", str(law_file)]) in (0, 1)
+    out = capsys.readouterr().out
+    rank = int(out.split("rank auto: rank ")[1].split()[0])
+    assert "why      the law law.json" in out
+    assert f"rank: {rank}" in (out_dir / "config.yaml").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "--data", "{data}", "--model", "{model}", "--law", "{tmp}/nope.json"], "law file not found: {tmp}/nope.json"),
+    (["plan", "--data", "{data}", "--length", "10"], "--data measures the length and the target"),
+    (["plan", "--law", "{tmp}/x.json"], "plan: give --data FILE, or --length, --delta-loss"),
+    (["memorize", "--data", "{data}", "--out", "{tmp}/o", "--law", "{tmp}/x.json"], "--law goes with --rank auto"),
+])
+def test_plan_bad_input_is_one_line(tiny_model_dir, tmp_path, capsys, argv, message):
+    data = write_records(tmp_path / "phones.jsonl", PHONES)
+    fill = {"data": data, "model": tiny_model_dir, "tmp": tmp_path}
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(**fill) in err[0]

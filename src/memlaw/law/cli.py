@@ -44,10 +44,20 @@ def register(subparsers: Any) -> None:
                    help=f"how close to the initial loss, or how flat over ranks, counts as saturated (default: {SATURATION_MARGIN})")
     p.set_defaults(func=cmd_fit)
 
-    p = subparsers.add_parser("plan", help="smallest rank the fitted law predicts reaches a loss reduction")
-    p.add_argument("--law", required=True, help=f"{LAW_FILE} written by `memlaw fit`")
-    p.add_argument("--length", type=int, required=True, help="answer tokens to memorize")
-    p.add_argument("--delta-loss", type=float, required=True, help="target loss reduction, nats per answer token")
+    p = subparsers.add_parser(
+        "plan", help="smallest rank the fitted law predicts reaches a loss reduction, or that stores your records file",
+        description="Either --law LAW --length N --delta-loss D, or --data FILE: count the file's answer tokens with "
+        "the model's tokenizer, measure the base model's loss, and recommend the smallest rank that stores every "
+        "record, from --law (default for the default model: the law shipped from results/smollm2-135m) or, without "
+        "a law, from a quick probe at ranks 1, 2, 4, ...")
+    p.add_argument("--law", default=None, help=f"{LAW_FILE} written by `memlaw fit`")
+    p.add_argument("--length", type=int, default=None, help="answer tokens to memorize")
+    p.add_argument("--delta-loss", type=float, default=None, help="target loss reduction, nats per answer token")
+    p.add_argument("--data", default=None, metavar="FILE", help="a records JSONL file to plan for (replaces --length and --delta-loss)")
+    p.add_argument("--model", default="default", help="--data: the model whose tokenizer counts and whose loss is measured (default: the embedded one)")
+    p.add_argument("--no-chat-template", action="store_true", help="--data: raw query + target, as `memlaw train --no-chat-template`")
+    p.add_argument("--probe-steps", type=int, default=None, metavar="N",
+                   help="--data without a law: step budget of each probe (default: 300)")
     p.add_argument("--group", default=None, metavar="KEY=VALUE,...",
                    help="use this group's law (default: the combined law, when the file has one)")
     p.add_argument("--form", default=None, choices=sorted(FORMS),
@@ -111,6 +121,17 @@ def _num(value: float | None, spec: str) -> str:
 
 # ---------------------------------------------------------------------- plan
 def cmd_plan(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        if args.length is not None or args.delta_loss is not None:
+            raise MemlawError("plan: --data measures the length and the target; drop --length and --delta-loss")
+        advice, summary = plan_for_data(args.data, args.model, args.law, args.group, args.form, not args.no_chat_template,
+                                        args.probe_steps)
+        print(f"rank     {advice.rank}")
+        return 0
+    missing = [flag for flag, value in (("--law", args.law), ("--length", args.length), ("--delta-loss", args.delta_loss))
+               if value is None]
+    if missing:
+        raise MemlawError(f"plan: give --data FILE, or {', '.join(missing)} (with --law, --length and --delta-loss)")
     law = read_law(args.law)
     label, group = default_group(law, args.law) if args.group is None else pick_group(law, args.group, args.law)
     fitted = group_law(group, args.form)
@@ -127,6 +148,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"choose   rank {plan.power_of_two} (smallest power of two ≥ {plan.rank:.4g}; "
           f"{level} interval {_pow2_text(lo)} – {_pow2_text(hi)})")
     return 0
+
+
+def plan_for_data(data: str, model: str, law: str | None, group: str | None, form: str | None, chat_template: bool,
+                  probe_steps: int | None = None):
+    """Measure a records file and advise a rank (memlaw.law.advice), printing each step; shared by
+    `plan --data` and `memorize --rank auto`. Returns (advice, summary)."""
+    from .advice import advise, summarize_data
+
+    if probe_steps is not None and probe_steps <= 0:
+        raise MemlawError(f"--probe-steps: must be a positive integer, got {probe_steps}")
+    summary = summarize_data(data, model, chat_template)
+    print(f"data     {data}: {summary.records} records, {summary.answer_tokens} answer tokens "
+          f"({summary.trained_tokens} trained with the end-of-turn suffixes), tokenizer of {model}")
+    print(f"initial  loss {summary.initial_loss:.3f} nats per trained token (the base model); everything stored: "
+          f"ΔL ≥ {summary.target_delta_loss:.3f}")
+
+    def probed(rank: int, metrics) -> None:
+        print(f"probe    rank {rank}: {metrics.certified_fraction:.0%} certified in {metrics.steps} steps", flush=True)
+
+    probe = {"progress": probed, "chat_template": chat_template, **({"max_steps": probe_steps} if probe_steps else {})}
+    advice = advise(summary, law, group, form, probe)
+    print(f"why      {advice.reason}")
+    if advice.warning:
+        print(f"warning  {advice.warning}")
+    return advice, summary
 
 
 def _rank_text(rank: float) -> str:

@@ -204,7 +204,8 @@ def fit_group(r: np.ndarray, ell: np.ndarray, y: np.ndarray, held: np.ndarray | 
             scores[form] = holdout_score(r, ell, y, held, form, params)
     if not laws:
         raise MemlawError("; ".join(f"{form}: {e}" for form, e in errors.items()))
-    group: dict[str, Any] = {"n": int(len(y)), "preferred": preferred_form(laws, scores), "laws": laws}
+    group: dict[str, Any] = {"n": int(len(y)), "ranks": sorted({float(v) for v in r}), "lengths": sorted({float(v) for v in ell}),
+                             "preferred": preferred_form(laws, scores), "laws": laws}  # ranks/lengths: what plan may extrapolate from
     if held is not None:
         group["holdout"] = scores
     if errors:

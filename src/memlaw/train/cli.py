@@ -25,6 +25,10 @@ def _flag_type(tp: typing.Any):
     return {int: int, float: float}.get(base, str)
 
 
+def rank_or_auto(text: str):
+    return "auto" if text == "auto" else int(text)
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (same name, dashes); defaults None so YAML/defaults apply."""
     hints = typing.get_type_hints(TrainConfig)
@@ -79,6 +83,10 @@ def register(subparsers) -> None:
         out_help="run folder (config, adapter, logs, metrics); with --into: where the grown memory goes "
         "(default: RUN itself, replaced once training has finished)",
     )
+    rank = next(a for a in p._actions if a.dest == "rank")
+    rank.type, rank.metavar = rank_or_auto, "R|auto"
+    rank.help = "rank of the memory unit, or auto: the smallest rank that stores --data, from --law or a quick probe (see plan --data)"
+    p.add_argument("--law", default=None, help="--rank auto: the law.json to plan with (default for the default model: the shipped study law)")
     p.add_argument("--into", default=None, metavar="RUN", help="add the --data records to this memorized run")
     p.add_argument("--replace", action="store_true", help="--into: a record whose query RUN holds replaces its target")
 
@@ -118,7 +126,13 @@ def cmd_memorize(args: argparse.Namespace) -> int:
         )
 
     if args.into is not None:
+        if args.rank == "auto" or args.law is not None:
+            raise MemlawError("--into keeps the run's rank: --rank auto and --law do not apply")
         return memorize_into(args, live)
+    if args.law is not None and args.rank != "auto":
+        raise MemlawError("--law goes with --rank auto")
+    if args.rank == "auto":
+        args.rank = auto_rank(args)
     if args.replace:
         raise MemlawError("--replace goes with --into RUN")
     if args.out is None:
@@ -135,6 +149,18 @@ def cmd_memorize(args: argparse.Namespace) -> int:
         return 0
     print(f"step budget ran out: {metrics.certified_fraction:.1%} of records certified; adapter saved in {args.out}")
     return 1
+
+
+def auto_rank(args: argparse.Namespace) -> int:
+    """--rank auto: plan for --data (memlaw plan --data) and say what was chosen and why."""
+    from ..law.cli import plan_for_data
+
+    cfg = config_from_args(argparse.Namespace(**{**vars(args), "rank": None}), MEMORIZE_DEFAULTS)
+    if not cfg.data:
+        raise MemlawError("--rank auto needs --data FILE to plan for")
+    advice, _ = plan_for_data(cfg.data, cfg.model, args.law, None, None, cfg.chat_template)
+    print(f"rank auto: rank {advice.rank} ({advice.source})", flush=True)
+    return advice.rank
 
 
 def memorize_into(args: argparse.Namespace, live) -> int:
