@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import traceback
+import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -51,6 +52,50 @@ LOG_FIELDS = [
 def _metric(*, shown: bool = True, column: bool = True, default: Any = MISSING) -> Any:
     """A RunMetrics field: `shown` in the CLI's table, a `column` of the sweep results table."""
     return field(default=default, metadata={"shown": shown, "column": column})
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MemlawError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MemlawError(f"{path}: damaged: cannot read it ({e})") from None
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding one object; a missing, unreadable or damaged file is one MemlawError naming it."""
+    text = _read_text(path)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MemlawError(f"{path}: damaged: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(value, dict):
+        raise MemlawError(f"{path}: damaged: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _is_type(value: Any, tp: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (int, float, str, bool, or X | None)."""
+    options = [a for a in typing.get_args(tp)] if typing.get_origin(tp) in (typing.Union, types.UnionType) else [tp]
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if option is bool and isinstance(value, bool):
+            return True
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if option is str and isinstance(value, str):
+            return True
+    return False
+
+
+def _type_text(tp: Any) -> str:
+    options = typing.get_args(tp) or (tp,)
+    return " or ".join("null" if o is type(None) else "a number" if o is float else "an integer" if o is int else o.__name__
+                       for o in options)
 
 
 @dataclass
@@ -90,11 +135,17 @@ class RunMetrics:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str) -> RunMetrics:
-        known = {f.name for f in fields(cls)}
-        try:
-            return cls(**{k: v for k, v in values.items() if k in known})
-        except TypeError as e:
-            raise MemlawError(f"{where}: not a memlaw metrics file ({e})") from None
+        """The metrics in `values`, every field present (or defaulted) and of its type; else one MemlawError."""
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in fields(cls)}
+        missing = [n for n, f in known.items() if n not in values and f.default is MISSING]
+        if missing:
+            raise MemlawError(f"{where}: damaged: not a memlaw metrics file (missing {', '.join(missing[:3])}"
+                              f"{'…' if len(missing) > 3 else ''})")
+        for name, value in values.items():
+            if name in known and not _is_type(value, hints[name]):
+                raise MemlawError(f"{where}: damaged: field '{name}' is {value!r}, not {_type_text(hints[name])}")
+        return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod
     def shown(cls) -> list[str]:
@@ -213,7 +264,14 @@ class RunDir:
     def read_config(self) -> TrainConfig:
         if not self.config_path.is_file():
             raise MemlawError(f"{self.path}: no {CONFIG_FILE}; not a memlaw run folder")
-        return TrainConfig(**from_mapping(read_yaml_mapping(self.config_path), str(self.config_path))).validate()
+        path = str(self.config_path)
+        try:
+            return TrainConfig(**from_mapping(read_yaml_mapping(self.config_path), path)).validate()
+        except MemlawError as e:
+            message = str(e)
+            raise MemlawError(message if path in message else f"{path}: damaged: {message}") from None
+        except (TypeError, ValueError) as e:  # a value of the wrong type that validation compares or converts
+            raise MemlawError(f"{path}: damaged: {e}") from None
 
     def write_metrics(self, metrics: RunMetrics) -> None:
         write_json(self.metrics_path, metrics.to_dict())
@@ -225,7 +283,20 @@ class RunDir:
         write_jsonl(self.records_path, rows)
 
     def read_records(self) -> list[dict]:
-        return [json.loads(line) for line in self.records_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        """records.jsonl: one object per line with at least query, target and certified; else one MemlawError."""
+        path = self.records_path
+        rows = []
+        for n, line in enumerate(_read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MemlawError(f"{path}:{n}: damaged: not JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("query", "target")):
+                raise MemlawError(f"{path}:{n}: damaged: not a record row (an object with query and target)")
+            rows.append(row)
+        return rows
 
     def write_state(self, state: dict[str, Any]) -> None:
         write_json(self.state_path, state)
@@ -289,4 +360,4 @@ class RunDir:
 
     @staticmethod
     def _read_json(path: Path) -> dict:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json_object(path)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -297,15 +297,43 @@ def _attach_lora(model: nn.Module, spec: AdapterSpec) -> nn.Module:
 
 
 def read_spec(folder: str | Path) -> AdapterSpec:
+    """adapter.json, every field present and of its type; a missing or damaged file is one MemlawError naming it."""
     path = Path(folder) / ADAPTER_JSON
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        raw.update(layers=tuple(raw["layers"]), target_modules=tuple(raw.get("target_modules", ())))
-        return AdapterSpec(**raw)
     except FileNotFoundError:
-        raise MemlawError(f"{folder}: no {ADAPTER_JSON}; not a memlaw run or adapter folder")
-    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
-        raise MemlawError(f"{path}: unreadable adapter description ({e!r})")
+        raise MemlawError(f"{folder}: no {ADAPTER_JSON}; not a memlaw run or adapter folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MemlawError(f"{path}: damaged: not a readable JSON file ({e})") from None
+    if not isinstance(raw, dict):
+        raise MemlawError(f"{path}: damaged: expected a JSON object, got {type(raw).__name__}")
+    known = {f.name for f in fields(AdapterSpec)}
+    unknown = sorted(set(raw) - known)
+    missing = [f.name for f in fields(AdapterSpec) if f.name not in raw and f.default is MISSING]
+    if unknown or missing:
+        raise MemlawError(f"{path}: damaged: {'unknown field ' + repr(unknown[0]) if unknown else 'missing field ' + repr(missing[0])}")
+
+    def bad(name: str, want: str) -> MemlawError:
+        return MemlawError(f"{path}: damaged: field '{name}' is {raw[name]!r}, not {want}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name in ("rank", "hidden_size", "num_layers", "trainable_params"):
+        if name in raw and not (is_int(raw[name]) and raw[name] >= 0):
+            raise bad(name, "a non-negative integer")
+    if not isinstance(raw["layers"], list) or not raw["layers"] or not all(is_int(k) and k >= 0 for k in raw["layers"]):
+        raise bad("layers", "a list of layer indices")
+    if not isinstance(raw.get("target_modules", []), list) or not all(isinstance(m, str) for m in raw.get("target_modules", [])):
+        raise bad("target_modules", "a list of module names")
+    for name in ("component", "a_init", "base_model", "model_type"):
+        if name in raw and not isinstance(raw[name], str):
+            raise bad(name, "a string")
+    for name in ("dropout", "lora_alpha"):
+        if raw.get(name) is not None and not (isinstance(raw[name], (int, float)) and not isinstance(raw[name], bool)):
+            raise bad(name, "a number")
+    raw.update(layers=tuple(raw["layers"]), target_modules=tuple(raw.get("target_modules", ())))
+    return AdapterSpec(**raw)
 
 
 def load_adapter(model: nn.Module, folder: str | Path) -> Adapter:
@@ -330,8 +358,25 @@ def load_adapter(model: nn.Module, folder: str | Path) -> Adapter:
     differs = [f.name for f in fields(AdapterSpec) if getattr(resolved, f.name) != getattr(spec, f.name)]
     if differs:
         raise MemlawError(f"{folder}/{ADAPTER_JSON} does not match this model: {', '.join(differs)} differ")
+    try:
+        loaded = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...: a damaged file, never a traceback
+        raise MemlawError(f"{path}: damaged: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     handle = attach_adapter(model, spec)
-    device = next(model.parameters()).device
-    tensors = {k: v.to(device) for k, v in load_file(str(path)).items()}
-    handle.load_state_dict(tensors)
+    try:
+        expected = handle.state_dict()
+        for name, tensor in loaded.items():  # a wrong shape must not load (copy_ would broadcast some silently)
+            if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
+                raise MemlawError(f"{path}: damaged: tensor {name} has shape {tuple(tensor.shape)}, "
+                                  f"the adapter needs {tuple(expected[name].shape)}")
+            if name in expected and not (tensor.is_floating_point() and bool(torch.isfinite(tensor).all())):
+                raise MemlawError(f"{path}: damaged: tensor {name} is not finite floating point")
+        device = next(model.parameters()).device
+        try:
+            handle.load_state_dict({k: v.to(device) for k, v in loaded.items()})
+        except MemlawError as e:
+            raise MemlawError(f"{path}: {e}") from None
+    except BaseException:
+        detach_adapter(handle)  # the model is left as it came
+        raise
     return handle
