@@ -10,6 +10,7 @@ violation and points to a bug.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -21,7 +22,7 @@ from ..errors import MemlawError
 from ..io import write_csv, write_json
 from ..law.lawfile import GROUP_KEYS
 from ..rundir import RunDir
-from ..sweep.results import read_results
+from ..sweep.results import sweep_table
 from ..tables import cell_sort_key, csv_rows, finite, format_rho, none_for_missing, plain_dtypes, py_value, row_keys, split_by
 
 CELL_KEYS = (*GROUP_KEYS, "length", "rank")
@@ -66,9 +67,7 @@ class CellMatrix:
 def load_results(sweep_dir: str | Path) -> pd.DataFrame:
     """The sweep's results table (one row per cell); MemlawError if missing or malformed."""
     path = Path(sweep_dir) / "results.parquet"
-    if not path.is_file():
-        raise MemlawError(f"no results.parquet in {sweep_dir} (not a sweep folder, or the sweep has not run)")
-    df = read_results(path)
+    df = sweep_table(sweep_dir)  # rebuilt from the cells if it is missing or damaged
     missing = sorted({"cell", "status", "run_dir", "seed", *CELL_KEYS} - set(df.columns))
     if missing:
         raise MemlawError(f"{path} lacks the columns {', '.join(missing)}")
@@ -381,17 +380,34 @@ def write_analysis(analysis: PhaseAnalysis, out: str | Path) -> dict[str, Path]:
     return paths
 
 
+SUMMARY_KEYS = ("records", "cells", "exact", "certified", "certificate", "spearman", "failure_positions")
+
+
 def read_analysis(out: str | Path) -> PhaseAnalysis:
-    """The analysis written by write_analysis."""
+    """The analysis written by write_analysis; a missing or damaged file is one MemlawError naming it."""
+    from ..rundir import read_json_object
+
     out = Path(out)
-    summary = json.loads((out / "phase.json").read_text(encoding="utf-8"))
-    records = pd.read_csv(out / "records.csv", dtype={"id": str, "ratio": object, "model": str, "benchmark": str})
-    grid = pd.read_csv(out / "prob_grid.csv", dtype={"ratio": object, "model": str, "benchmark": str})
-    for df in (records, grid):
-        df["ratio"] = none_for_missing(df["ratio"])
-    for col in ("earliest_stubborn", "first_failure"):
-        records[col] = records[col].astype("Int64")
-    return PhaseAnalysis(summary=summary, records=records, grid=grid)
+    summary = read_json_object(out / "phase.json")
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise MemlawError(f"{out / 'phase.json'}: damaged: missing {', '.join(missing)}")
+    frames = []
+    for name, columns, dtype in (("records.csv", RECORD_COLUMNS, {"id": str}), ("prob_grid.csv", GRID_COLUMNS, {})):
+        path = out / name
+        try:
+            df = pd.read_csv(path, dtype={**dtype, "ratio": object, "model": str, "benchmark": str})
+            absent = [c for c in columns if c not in df.columns]
+            if absent:
+                raise ValueError(f"no column {absent[0]}")
+            df["ratio"] = none_for_missing(df["ratio"])
+            if name == "records.csv":
+                for col in ("earliest_stubborn", "first_failure"):
+                    df[col] = df[col].astype("Int64")
+        except (OSError, ValueError, TypeError, UnicodeDecodeError, pd.errors.ParserError) as e:
+            raise MemlawError(f"{path}: damaged: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        frames.append(df)
+    return PhaseAnalysis(summary=summary, records=frames[0], grid=frames[1])
 
 
 def load_or_analyze(sweep_dir: str | Path) -> PhaseAnalysis:
@@ -402,5 +418,8 @@ def load_or_analyze(sweep_dir: str | Path) -> PhaseAnalysis:
     results = sweep_dir / "results.parquet"
     if results.is_file() and all((out / n).is_file() for n in names):
         if min((out / n).stat().st_mtime for n in names) >= results.stat().st_mtime:
-            return read_analysis(out)
+            try:
+                return read_analysis(out)
+            except MemlawError as e:  # recover: the analysis is recomputed from the cells
+                print(f"note: {e}; analysing the cells again", file=sys.stderr)
     return analyze(sweep_dir)

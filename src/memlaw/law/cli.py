@@ -68,11 +68,19 @@ def register(subparsers: Any) -> None:
 
 # ---------------------------------------------------------------------- fit
 def cmd_fit(args: argparse.Namespace) -> int:
-    from ..sweep.results import read_results, results_path
+    from ..sweep.results import read_results, results_path, sweep_table
     from .groups import Holdout, fit_groups
 
-    path = results_path(Path(args.results))
-    table = read_results(path)
+    given = Path(args.results)
+    if given.is_dir() and not (given / "results.parquet").is_file() and (given / "results.csv").is_file():
+        path = results_path(given)
+        table = read_results(path)
+    elif given.is_dir() or (given.name == "results.parquet" and (given.parent / "grid.yaml").is_file()):
+        folder = given if given.is_dir() else given.parent
+        path, table = folder / "results.parquet", sweep_table(folder)  # rebuilt from the cells if damaged
+    else:
+        path = results_path(given)
+        table = read_results(path)
     by = [c.strip() for c in args.by.split(",") if c.strip()]
     holdout = Holdout.parse(args.holdout) if args.holdout is not None else None
     try:

@@ -46,6 +46,45 @@ def cell_status(out: Path, cell: Cell) -> str | None:
     return "failed" if run.error_path.is_file() else None
 
 
+def verify_cell(out: Path, cell: Cell) -> None:
+    """Read every file a finished cell's users read (config, metrics, records, adapter); MemlawError naming
+    the first that cannot be read. A sweep counts such a cell as unfinished."""
+    from ..model.memory_unit import ADAPTER_FILE, read_spec
+
+    run = cell_dir(out, cell)
+    run.read_config()
+    metrics = run.read_metrics()
+    records = run.read_records()
+    if len(records) != metrics.n_records:
+        raise MemlawError(f"{run.records_path}: damaged: {len(records)} records, metrics.json says {metrics.n_records}")
+    read_spec(run.path)
+    path = run.path / ADAPTER_FILE
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+    except Exception as e:  # noqa: BLE001 - any failure to read it is damage
+        raise MemlawError(f"{path}: damaged: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    heldout = heldout_dir(out, cell)
+    if heldout is not None:
+        heldout.read_metrics()
+
+
+def set_aside(out: Path, cell: Cell) -> Path:
+    """Move a damaged cell folder to cells/<name>.damaged-<time>/ (kept for inspection); return where."""
+    import time
+
+    src = cell_dir(out, cell).path
+    dest = src.with_name(f"{src.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while dest.exists():
+        dest, n = src.with_name(f"{src.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    src.rename(dest)
+    return dest
+
+
 def cell_row(grid: Grid, out: Path, cell: Cell) -> dict[str, Any] | None:
     """The results row of a finished or failed cell (None while pending)."""
     status = cell_status(out, cell)
@@ -103,6 +142,46 @@ def results_path(path: Path) -> Path:
     if path.suffix not in (".parquet", ".csv"):
         raise MemlawError(f"{path}: expected a .parquet or .csv results table")
     return path
+
+
+def sweep_table(sweep_dir: str | Path):
+    """A sweep folder's results table. A missing or damaged results.parquet in a folder that holds grid.yaml
+    and cells/ is rebuilt from the cell folders and written back (a note on stderr says so)."""
+    import sys
+
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / "results.parquet"
+    if path.is_file():
+        try:
+            return read_results(path)
+        except MemlawError as e:
+            problem = str(e)
+    else:
+        problem = f"no results.parquet in {sweep_dir}"
+    if not ((sweep_dir / "grid.yaml").is_file() and (sweep_dir / "cells").is_dir()):
+        raise MemlawError(f"{problem} (not a sweep folder, or the sweep has not run)")
+    frame = rebuild_results(sweep_dir)
+    print(f"note: {problem}; rebuilt the results from {len(frame)} cell folders", file=sys.stderr)
+    return frame
+
+
+def rebuild_results(sweep_dir: Path):
+    """results.parquet and results.csv from grid.yaml and the cell folders; unreadable cells are left out."""
+    import sys
+
+    from .grid import load_grid
+
+    grid = load_grid(sweep_dir / "grid.yaml")
+    rows = []
+    for cell in grid.cells():
+        try:
+            row = cell_row(grid, sweep_dir, cell)
+        except MemlawError as e:
+            print(f"note: cell {cell.name} left out: {e}", file=sys.stderr)
+            continue
+        if row is not None:
+            rows.append(row)
+    return write_results(sweep_dir, rows)
 
 
 def read_results(path: Path):

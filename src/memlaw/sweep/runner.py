@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +27,7 @@ from ..io import write_yaml
 from ..lock import FolderLock
 from ..rundir import ERROR_FILE
 from .grid import Cell, Grid
-from .results import cell_row, write_results
+from .results import cell_row, set_aside, verify_cell, write_results
 from .worker import SCRATCH, CellOutcome, CellWorker, clean_leftovers, data_payload, publish_cell
 
 ENGINES = ("local", "ray")
@@ -109,7 +110,7 @@ def _sweep(grid: Grid, out: Path, engine: str, address: str | None, workers: int
     prepare_sweep_dir(grid, out, overwrite)
     clean_leftovers(out)
     cells = grid.cells()
-    rows = {c.name: cell_row(grid, out, c) for c in cells}
+    rows = {c.name: readable_row(grid, out, c) for c in cells}
     failed_before = [c for c in cells if rows[c.name] is not None and rows[c.name]["status"] == "failed"]
     todo = [c for c in cells if rows[c.name] is None or (retry_failed and c in failed_before)]
     skipped = len(cells) - len(todo)
@@ -145,6 +146,21 @@ def _sweep(grid: Grid, out: Path, engine: str, address: str | None, workers: int
     frame = write_results(out, [r for r in rows.values() if r is not None])
     frame.attrs["skipped"] = skipped
     return frame
+
+
+def readable_row(grid: Grid, out: Path, cell: Cell) -> dict | None:
+    """The cell's row; a cell whose files cannot be read is moved aside (kept for inspection), said so in
+    one line, and counts as unfinished (None), so this sweep runs it again."""
+    try:
+        row = cell_row(grid, out, cell)
+        if row is not None and row["status"] == "ok":
+            verify_cell(out, cell)
+        return row
+    except MemlawError as e:
+        moved = set_aside(out, cell)
+        print(f"cell {cell.name} is damaged ({e}); moved to {moved.relative_to(out)}, running it again",
+              file=sys.stderr, flush=True)
+        return None
 
 
 def _run_local(grid: Grid, out: Path, todo: list[Cell], finished: Callable[[CellOutcome], None], status,
