@@ -106,16 +106,8 @@ def record_row(cell: Mapping[str, Any], record: Mapping[str, Any]) -> dict:
 
 
 def read_cell_records(path: Path) -> list[dict]:
-    """The objects of one records.jsonl; MemlawError on a malformed line."""
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise MemlawError(f"{path}:{n}: not JSON ({e.msg})")
-    return rows
+    """The objects of one cell's records.jsonl; one MemlawError naming the file if it is damaged."""
+    return RunDir(path.parent).read_records()
 
 
 def min_pool(values: np.ndarray, width: int, reduce=np.fmin) -> np.ndarray:
@@ -187,11 +179,13 @@ def analyze(sweep_dir: str | Path, bins: int = DEFAULT_BINS) -> PhaseAnalysis:
         for rec in read_cell_records(path):
             try:
                 rows.append(record_row(cell, rec))
+                probs = np.asarray(rec["target_probs"], dtype=float)
+                mask = np.zeros(len(probs), dtype=bool)
+                mask[[int(i) for i in rec.get("stubborn_positions") or []]] = True
             except KeyError as e:
                 raise MemlawError(f"{path}: a record lacks the field {e}")
-            probs = np.asarray(rec["target_probs"], dtype=float)
-            mask = np.zeros(len(probs), dtype=bool)
-            mask[[int(i) for i in rec.get("stubborn_positions") or []]] = True
+            except (TypeError, ValueError, IndexError) as e:  # a field of the wrong type or out of range
+                raise MemlawError(f"{path}: damaged: a record's probabilities or positions are unreadable ({e})") from None
             profiles.append((probs, mask))
     if not rows:
         raise MemlawError(f"no records in {sweep_dir}: {len(cells)} ok cells, none with a non-empty records.jsonl")

@@ -57,16 +57,21 @@ def verify_cell(out: Path, cell: Cell) -> None:
     records = run.read_records()
     if len(records) != metrics.n_records:
         raise MemlawError(f"{run.records_path}: damaged: {len(records)} records, metrics.json says {metrics.n_records}")
-    read_spec(run.path)
+    spec = read_spec(run.path)
     path = run.path / ADAPTER_FILE
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                f.get_tensor(key)
+            shapes = {key: tuple(f.get_tensor(key).shape) for key in f.keys()}
     except Exception as e:  # noqa: BLE001 - any failure to read it is damage
         raise MemlawError(f"{path}: damaged: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    for key, shape in shapes.items():  # the shapes adapter.json implies (the full check needs the model: load_adapter)
+        want = {".A": (spec.hidden_size, spec.rank), ".B": (spec.rank, spec.hidden_size)}.get(key[-2:]) \
+            if spec.component == "mlp" else None
+        lora_rank = shape[0] if "lora_A" in key else shape[-1] if "lora_B" in key else spec.rank
+        if (want is not None and shape != want) or lora_rank != spec.rank:
+            raise MemlawError(f"{path}: damaged: tensor {key} has shape {shape}, which adapter.json does not allow")
     heldout = heldout_dir(out, cell)
     if heldout is not None:
         heldout.read_metrics()

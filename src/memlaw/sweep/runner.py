@@ -53,7 +53,10 @@ def prepare_sweep_dir(grid: Grid, out: Path, overwrite: bool) -> None:
     if path.is_file():
         try:
             previous = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            if not overwrite:
+                raise MemlawError(f"{path} is damaged ({str(e).splitlines()[0]}): it says which grid DIR holds; restore "
+                                  "it (or delete it, if this is the same grid), or pass --overwrite to start over") from None
             previous = None
         if previous == current:
             return

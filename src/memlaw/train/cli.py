@@ -87,6 +87,8 @@ def register(subparsers) -> None:
     rank.type, rank.metavar = rank_or_auto, "R|auto"
     rank.help = "rank of the memory unit, or auto: the smallest rank that stores --data, from --law or a quick probe (see plan --data)"
     p.add_argument("--law", default=None, help="--rank auto: the law.json to plan with (default for the default model: the shipped study law)")
+    p.add_argument("--no-locality", action="store_true",
+                   help="skip measuring what the unit changed away from the records (KL, perplexity, unrelated answers)")
     p.add_argument("--into", default=None, metavar="RUN", help="add the --data records to this memorized run")
     p.add_argument("--replace", action="store_true", help="--into: a record whose query RUN holds replaces its target")
 
@@ -139,7 +141,7 @@ def cmd_memorize(args: argparse.Namespace) -> int:
         raise MemlawError("memorize: --out DIR is required (or --into RUN to add to a memorized run)")
     cfg = config_from_args(args, MEMORIZE_DEFAULTS)
 
-    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live, locality=True)
+    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live, locality=not args.no_locality)
     run = RunDir(args.out)
     print_record_table(run)
     print_run_metrics(metrics, run)
@@ -174,7 +176,8 @@ def memorize_into(args: argparse.Namespace, live) -> int:
     overrides = {k: v for k, v in flag_values(args).items() if v is not None and k != "data"}
     memory = Memory.load(args.into)
     before = len(memory.records)
-    report = memory.add(args.data, replace=args.replace, out=args.out, progress=True, on_check=live, **overrides)
+    report = memory.add(args.data, replace=args.replace, out=args.out, progress=True, on_check=live,
+                        locality=not args.no_locality, **overrides)
     if report.new == 0:
         print(f"nothing to add: every record of {args.data} is already in {args.into} with the same target")
         return 0 if report.all_certified else 1
