@@ -442,3 +442,18 @@ def test_cli_fit_holdout_and_saturation_flags(tmp_path, capsys):
     assert f"{law['groups'][0]['holdout']['paper']['mape']:.2f}" in printed
     user_error(main(["fit", str(path), "--out", str(out), "--holdout", "rank=>3"]), capsys, "--holdout: expected")
     user_error(main(["fit", str(path), "--out", str(out), "--by", "colour"]), capsys, "--by: unknown column(s) colour")
+
+
+def test_only_fits_the_chosen_cells_and_records_it():
+    """--only keeps the matching cells: the same law as fitting a table of just those cells."""
+    rank, length, y = law_points(seed=6, seeds=1)
+    table = points_table(rank, length, y)
+    only = fit_groups(table, only=Holdout.parse("length<=1000", "--only"), n_bootstrap=0)
+    subset = fit_groups(table[table["length"] <= 1000].reset_index(drop=True), n_bootstrap=0)
+    assert only["only"] == "length<=1000" and subset["only"] is None
+    assert only["combined"][0]["n"] == int((length <= 1000).sum()) == subset["combined"][0]["n"]
+    assert only["combined"][0]["laws"]["paper"]["C"] == subset["combined"][0]["laws"]["paper"]["C"]
+    with pytest.raises(MemlawError, match=r"--only length>1e9: no cell matches"):
+        fit_groups(table, only=Holdout.parse("length>1e9", "--only"), n_bootstrap=0)
+    with pytest.raises(MemlawError, match=r"--only: expected COLUMN OP VALUE"):
+        Holdout.parse("length", "--only")

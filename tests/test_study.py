@@ -32,6 +32,8 @@ def fit_args(law: dict) -> list[str]:
             "--seed", str(est["random_state"])]
     if law["holdout"]:
         args += ["--holdout", law["holdout"]]
+    if law.get("only"):
+        args += ["--only", law["only"]]
     if law["saturation"]["excluded"]:
         args += ["--exclude-saturated", "--saturation-margin", str(law["saturation"]["margin"])]
     return args

@@ -37,6 +37,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--holdout", default=None, metavar="COND,...",
                    help="hold these cells out of a second fit and report its error on them, e.g. 'rank>=16' or "
                    "'length>=max' (all conditions must hold; max/min: the column's extreme value)")
+    p.add_argument("--only", default=None, metavar="COND,...",
+                   help="fit only these cells, e.g. 'length<=160' (same syntax as --holdout); recorded in law.json")
     p.add_argument("--exclude-saturated", action="store_true",
                    help="leave out saturated cells (everything stored, or only what every rank stores); "
                    "listed in law.json with the reason")
@@ -83,8 +85,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         table = read_results(path)
     by = [c.strip() for c in args.by.split(",") if c.strip()]
     holdout = Holdout.parse(args.holdout) if args.holdout is not None else None
+    only = Holdout.parse(args.only, "--only") if args.only is not None else None
     try:
-        law = fit_groups(table, by, holdout=holdout, exclude_saturated=args.exclude_saturated,
+        law = fit_groups(table, by, holdout=holdout, only=only, exclude_saturated=args.exclude_saturated,
                          saturation_margin=args.saturation_margin, loss=args.loss, n_bootstrap=args.bootstrap,
                          random_state=args.seed)
     except MemlawError as e:

@@ -43,7 +43,8 @@ CONDITION = re.compile(r"^\s*([A-Za-z_]\w*)\s*(>=|<=|==|!=|>|<)\s*(\S+)\s*$")
 # ---------------------------------------------------------------------- holdout
 @dataclass(frozen=True)
 class Holdout:
-    """Rows held out of a fit: conditions on numeric columns, all of which must hold ("rank>=16,length>4000").
+    """Cells chosen by conditions on numeric columns, all of which must hold ("rank>=16,length>4000"): those
+    held out of a fit (--holdout), or those a fit keeps (--only; `flag` names the option in messages).
 
     A value may be `max` or `min`: the column's largest or smallest value in the table
     ("rank>=max" holds out the largest rank).
@@ -51,24 +52,25 @@ class Holdout:
 
     text: str
     conditions: tuple[tuple[str, str, str], ...]
+    flag: str = "--holdout"
 
     @classmethod
-    def parse(cls, text: str) -> Holdout:
+    def parse(cls, text: str, flag: str = "--holdout") -> Holdout:
         conditions = []
         for part in filter(None, (p.strip() for p in text.split(","))):
             m = CONDITION.match(part)
             if not m:
-                raise MemlawError(f"--holdout: expected COLUMN OP VALUE (OP one of {' '.join(OPERATORS)}), got {part!r}")
+                raise MemlawError(f"{flag}: expected COLUMN OP VALUE (OP one of {' '.join(OPERATORS)}), got {part!r}")
             column, op, value = m.groups()
             if value not in ("max", "min"):
                 try:
                     float(value)
                 except ValueError:
-                    raise MemlawError(f"--holdout {part!r}: {value!r} is not a number, max or min") from None
+                    raise MemlawError(f"{flag} {part!r}: {value!r} is not a number, max or min") from None
             conditions.append((column, op, value))
         if not conditions:
-            raise MemlawError("--holdout is empty")
-        return cls(text, tuple(conditions))
+            raise MemlawError(f"{flag} is empty")
+        return cls(text, tuple(conditions), flag)
 
     def mask(self, rows: Any) -> np.ndarray:
         """Which rows are held out."""
@@ -77,10 +79,10 @@ class Holdout:
         held = np.ones(len(rows), dtype=bool)
         for column, op, value in self.conditions:
             if column not in rows.columns:
-                raise MemlawError(f"--holdout: no column {column!r} in the results (have: {', '.join(map(str, rows.columns))})")
+                raise MemlawError(f"{self.flag}: no column {column!r} in the results (have: {', '.join(map(str, rows.columns))})")
             values = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
             if np.isnan(values).all():
-                raise MemlawError(f"--holdout: column {column!r} has no numeric values")
+                raise MemlawError(f"{self.flag}: column {column!r} has no numeric values")
             bound = np.nanmax(values) if value == "max" else np.nanmin(values) if value == "min" else float(value)
             held &= OPERATORS[op](values, bound)
         return held
@@ -125,6 +127,7 @@ def fit_groups(
     *,
     forms: Sequence[str] = tuple(FORMS),
     holdout: Holdout | None = None,
+    only: Holdout | None = None,
     exclude_saturated: bool = False,
     saturation_margin: float = SATURATION_MARGIN,
     **params: Any,
@@ -155,6 +158,10 @@ def fit_groups(
     if len(rows) == 0:
         raise MemlawError("no rows with status 'ok' and finite rank, length and delta_loss")
 
+    if only is not None:  # the cells the fit is about; saturation is judged among them
+        rows = rows[only.mask(rows)].reset_index(drop=True)
+        if len(rows) == 0:
+            raise MemlawError(f"--only {only}: no cell matches")
     excluded = []
     if exclude_saturated:
         reasons = saturated_cells(rows, saturation_margin)
@@ -183,6 +190,7 @@ def fit_groups(
         "group_cols": [c for c in by if c in rows.columns],
         "combined_cols": [c for c in COMBINED_KEYS if c in rows.columns],
         "holdout": None if holdout is None else str(holdout),
+        "only": None if only is None else str(only),
         "saturation": {"excluded": exclude_saturated, "margin": saturation_margin},
         "estimator": dict(sorted(params.items())),  # with the keys above: every option that rebuilds this file
         **out,
