@@ -146,11 +146,22 @@ def capacity_warning(summary: DataSummary, rank: int, table: str | Path | None) 
 
 
 def advise(summary: DataSummary, law: str | Path | None = None, group: str | None = None, form: str | None = None,
-           probe: dict | None = None) -> Advice:
-    """The rank for this data: from `law` (or the default model's shipped law), else from a probe."""
+           probe: dict | None = None, method: str | None = None) -> Advice:
+    """The rank for this data: from `law` (or the default model's shipped law), else from a probe.
+
+    Without `group`, the law's group for `method` (the method that will train) if it has one, else its
+    combined law."""
     default_model = summary.model == "default"
     law = law if law is not None else (default_file(DEFAULT_MODEL_LAW) if default_model else None)
     if law is not None:
+        if group is None and method is not None:
+            from .lawfile import pick_group, read_law
+
+            try:
+                pick_group(read_law(law), f"method={method}", law)
+                group = f"method={method}"
+            except MemlawError:
+                pass  # no group of its own: the combined law
         advice = law_advice(summary, law, group, form)
     else:
         advice = probe_advice(summary.path, summary.model, **(probe or {}))

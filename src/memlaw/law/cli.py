@@ -162,7 +162,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def plan_for_data(data: str, model: str, law: str | None, group: str | None, form: str | None, chat_template: bool,
-                  probe_steps: int | None = None):
+                  probe_steps: int | None = None, method: str | None = None):
     """Measure a records file and advise a rank (memlaw.law.advice), printing each step; shared by
     `plan --data` and `memorize --rank auto`. Returns (advice, summary)."""
     from .advice import advise, summarize_data
@@ -179,7 +179,7 @@ def plan_for_data(data: str, model: str, law: str | None, group: str | None, for
         print(f"probe    rank {rank}: {metrics.certified_fraction:.0%} certified in {metrics.steps} steps", flush=True)
 
     probe = {"progress": probed, "chat_template": chat_template, **({"max_steps": probe_steps} if probe_steps else {})}
-    advice = advise(summary, law, group, form, probe)
+    advice = advise(summary, law, group, form, probe, method)
     print(f"why      {advice.reason}")
     if advice.warning:
         print(f"warning  {advice.warning}")

@@ -160,7 +160,7 @@ def auto_rank(args: argparse.Namespace) -> int:
     cfg = config_from_args(argparse.Namespace(**{**vars(args), "rank": None}), MEMORIZE_DEFAULTS)
     if not cfg.data:
         raise MemlawError("--rank auto needs --data FILE to plan for")
-    advice, _ = plan_for_data(cfg.data, cfg.model, args.law, None, None, cfg.chat_template)
+    advice, _ = plan_for_data(cfg.data, cfg.model, args.law, None, None, cfg.chat_template, method=cfg.method)
     print(f"rank auto: rank {advice.rank} ({advice.source})", flush=True)
     return advice.rank
 
