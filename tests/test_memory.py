@@ -243,7 +243,14 @@ def test_export_answers_like_memlaw_without_memlaw(tiny_model_dir, tmp_path, cap
     for r in PHONES:
         answer = memory.ask(r["query"])
         n = len(answer.token_ids)
-        assert hf_greedy(model, tokenizer, prompt_ids(tokenizer, r["query"]), n) == answer.token_ids
+        # the prompt as the export's README builds it, with transformers alone
+        messages = [{"role": "system", "content": prompt["system"]}, {"role": "user", "content": r["query"]}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=False)
+        if tokenizer.bos_token and text.startswith(tokenizer.bos_token):
+            text = text[len(tokenizer.bos_token):]
+        ids = tokenizer(text)["input_ids"]
+        assert ids == prompt_ids(tokenizer, r["query"])
+        assert hf_greedy(model, tokenizer, ids, n) == answer.token_ids
         assert answer.text == r["target"]
     assert main(["export", str(tmp_path / "run"), "--out", str(export)]) == 2  # never overwrites
     assert "exists; export into a new folder" in capsys.readouterr().err

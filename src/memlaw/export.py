@@ -75,9 +75,11 @@ def prompt_spec(session) -> dict:
         "chat_template": template,
         "system": SYSTEM_PROMPT if template and supports_system_turn(tok) else None,
         "enable_thinking": False,
-        "note": "messages = [system turn if 'system' is set, {'role': 'user', 'content': query}]; "
-                "apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False); greedy decoding; "
-                "the answer ends at the end-of-turn token. Without a chat template the prompt is the raw query.",
+        "drop_leading_bos": template,
+        "note": "messages = [system turn if 'system' is set, {'role': 'user', 'content': query}]; text = "
+                "apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=False); "
+                "if text starts with the tokenizer's BOS token, drop it; ids = tokenizer(text); greedy decoding; the "
+                "answer ends at the end-of-turn token. Without a chat template the prompt is the raw query.",
     }
 
 
@@ -151,7 +153,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER")
 tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")
 messages = [{{"role": "system", "content": "{system}"}}, {{"role": "user", "content": "YOUR QUERY"}}]  # see prompt.json
-ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, return_tensors="pt")
+text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=False)
+if tokenizer.bos_token and text.startswith(tokenizer.bos_token):  # memlaw's prompt: the template's leading BOS
+    text = text[len(tokenizer.bos_token):]                         # is dropped, the tokenizer adds its own if any
+ids = tokenizer(text, return_tensors="pt").input_ids
 out = model.generate(ids, do_sample=False, max_new_tokens=32)
 print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 ```
@@ -167,7 +172,10 @@ import memlaw_memory
 
 model, tokenizer = memlaw_memory.load("THIS_FOLDER")
 messages = [{{"role": "system", "content": "{system}"}}, {{"role": "user", "content": "YOUR QUERY"}}]  # see prompt.json
-ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, return_tensors="pt")
+text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=False)
+if tokenizer.bos_token and text.startswith(tokenizer.bos_token):  # memlaw's prompt: the template's leading BOS
+    text = text[len(tokenizer.bos_token):]                         # is dropped, the tokenizer adds its own if any
+ids = tokenizer(text, return_tensors="pt").input_ids
 out = model.generate(ids, do_sample=False, max_new_tokens=32)
 print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 ```
