@@ -44,19 +44,20 @@ def forbid_writes() -> None:
 
 def crash_in_cell() -> None:
     """Kill this worker process (os._exit, as an out-of-memory kill or a lost node would) in the middle of
-    training the cell named MEMLAW_TEST_CRASH, the first MEMLAW_TEST_CRASH_TIMES times it is trained;
-    each crash leaves a file in MEMLAW_TEST_MARKERS."""
+    training a cell: MEMLAW_TEST_CRASH is "name:times,name:times", and the cell `name` is killed the first
+    `times` times it is trained; each crash leaves a file crash-<name>-<k> in MEMLAW_TEST_MARKERS."""
     import memlaw.train.trainer as trainer
 
-    name, times = os.environ["MEMLAW_TEST_CRASH"], int(os.environ["MEMLAW_TEST_CRASH_TIMES"])
+    plan = dict((name, int(times)) for name, times in (item.rsplit(":", 1) for item in os.environ["MEMLAW_TEST_CRASH"].split(",")))
     markers = Path(os.environ["MEMLAW_TEST_MARKERS"])
     original = trainer.train_loop
 
     def train_loop(session, forward, run, *args, **kwargs):
-        crashes = len(list(markers.glob("crash-*")))
-        if Path(run.path).parent.name.startswith(f"{name}-") and crashes < times:
-            (markers / f"crash-{crashes}").write_text(str(os.getpid()), encoding="utf-8")
-            os._exit(1)
+        for name, times in plan.items():
+            crashes = len(list(markers.glob(f"crash-{name}-*")))
+            if Path(run.path).parent.name.startswith(f"{name}-") and crashes < times:
+                (markers / f"crash-{name}-{crashes}").write_text(str(os.getpid()), encoding="utf-8")
+                os._exit(1)
         return original(session, forward, run, *args, **kwargs)
 
     trainer.train_loop = train_loop
