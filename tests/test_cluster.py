@@ -198,3 +198,24 @@ def test_two_trains_on_one_folder(tiny_model_dir, small_records, tmp_path, capsy
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["steps"] > 0
     assert main(argv) == 0  # the same finished run again: the folder is free
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tiny_model_dir, small_records, tmp_path, capsys):
+    """kill -9 while holding the lock: the kernel released it; the next command notes the dead holder and goes on."""
+    import signal
+
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(small_records), "--out", str(out), "--model", str(tiny_model_dir), "--layer", "1",
+            "--rank", "2", "--epochs", "300", "--lr", "0.01", "--device", "cpu", "--quiet"]
+    first = start(argv)
+    try:
+        holder = wait_for_holder(out, first)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        first.kill()
+        first.wait()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"was left locked by pid {holder['pid']} on {holder['host']}" in err and "no longer running; taking over" in err
+    assert (out / LOCK_FILE).read_text(encoding="utf-8") == ""
