@@ -36,7 +36,7 @@ PARAMS = FORMS[DEFAULT_FORM].params  # the paper's form: C, alpha, beta, b
 LOSSES = ("soft_l1", "huber", "cauchy", "linear")
 DEFAULT_EXPONENT_GRID = tuple(float(v) for v in np.linspace(-1.0, 3.0, 21))
 RELATIVE_F_SCALE = 0.05  # default robust scale: 5% of the median |ΔL| of the data
-MAX_STARTS = 3  # grid local minima refined per fit, at most ...
+MAX_STARTS = 3  # grid local minima refined per fit, at most (a bootstrap refit refines only the best one) ...
 START_TOLERANCE = 0.1  # ... and only those within 10% of the best grid cost (a worse one sits in a worse basin)
 MAX_DRAWS_PER_SAMPLE = 100  # bootstrap redraws a degenerate resample at most this often on average
 
@@ -143,7 +143,7 @@ class ParametricMemoryLaw:
                 break
             idx = rng.integers(0, len(y), len(y))
             if data_problem(r[idx], ell[idx], y[idx]) is None:
-                samples.append(_fit_points(self.form_, r[idx], ell[idx], y[idx], self.loss, f, *grids))
+                samples.append(_fit_points(self.form_, r[idx], ell[idx], y[idx], self.loss, f, *grids, starts_k=1))
         if len(samples) < self.n_bootstrap:
             raise MemlawError(f"bootstrap: too few resamples of the {len(y)} points can identify the law; use more points")
         return np.array(samples, dtype=float).reshape(-1, 4)
@@ -350,7 +350,7 @@ def _grid_starts(cost: np.ndarray, k: int) -> np.ndarray:
 
 def _fit_points(
     form: LawForm, rank: np.ndarray, length: np.ndarray, y: np.ndarray, loss: str, f: float,
-    alpha_grid: np.ndarray, beta_grid: np.ndarray,
+    alpha_grid: np.ndarray, beta_grid: np.ndarray, starts_k: int = MAX_STARTS,
 ) -> np.ndarray:
     """The form's parameters minimizing the summed robust loss: grid + linear solve, then joint refinement."""
     from scipy.optimize import least_squares
@@ -360,7 +360,7 @@ def _fit_points(
     a, be = (g.ravel() for g in np.meshgrid(alpha_grid, beta_grid, indexing="ij"))
     starts, cost = form.grid(lr, ll, y, lambda z: _rho_and_weight(z, loss), f, a, be)  # (G, 4), (G,)
     best = None
-    for i in _grid_starts(cost.reshape(len(alpha_grid), len(beta_grid)), MAX_STARTS):
+    for i in _grid_starts(cost.reshape(len(alpha_grid), len(beta_grid)), starts_k):
         res = least_squares(lambda p: form.value(p, lr, ll) - y, starts[i], jac=lambda p: form.jacobian(p, lr, ll),
                             loss=loss, f_scale=f, method="trf", x_scale="jac")
         if best is None or res.cost < best.cost:
