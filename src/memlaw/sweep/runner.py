@@ -238,14 +238,13 @@ def _run_ray(
                 if attempt <= max_retries:
                     pending.append((cell, attempt + 1))
                     continue
-                outcome = CellOutcome.failure(cell, f"the worker died {attempt} time(s) running this cell; last: {e}")
+                last = " ".join(str(e).split())[:300]
+                outcome = CellOutcome.failure(cell, f"the worker died {attempt} time(s) running this cell; last: {last}")
             except ray.exceptions.RayError as e:  # anything else the worker could not catch: failed, not retried
                 idle.append(actor)
-                outcome = CellOutcome.failure(cell, f"Ray could not run this cell: {e}")
+                outcome = CellOutcome.failure(cell, f"Ray could not run this cell: {' '.join(str(e).split())[:300]}")
             finished(outcome)
-    finally:
-        for ref in inflight:
-            ray.cancel(ref, force=True)
+    finally:  # killing the actors ends the cells still in flight (Ray cannot force-cancel actor tasks)
         for actor in actors:
             try:
                 ray.kill(actor, no_restart=True)
