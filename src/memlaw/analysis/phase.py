@@ -9,7 +9,6 @@ violation and points to a bug.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
