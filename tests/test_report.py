@@ -249,3 +249,12 @@ def test_position_grids_render_short_long_and_missing_cells():
     png = position_grids("phonebook · sft", {(100, 1): short, (100, 4): long, (400, 1): None})
     image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert image.shape[0] > 300 and image.shape[1] > 500 and colors(image) > 10
+
+
+def test_means_over_lengths_say_when_a_length_is_missing():
+    from memlaw.report.html import over_lengths
+
+    cells = pd.DataFrame({"model": "m", "benchmark": "phonebook", "ratio": None, "method": ["sft", "sft", "memft_ot"],
+                          "rank": 2, "length": [10, 20, 10], "seed": 0, "exact_match": [0.5, 0.25, 1.0]})
+    [t] = html_tables(over_lengths(cells, cells, ("exact_match",), "mean", ".1f", 100.0))
+    assert table_cells(t) == {("memft_ot", "r = 2"): "100.0 (1 of 2 ℓ)", ("sft", "r = 2"): "37.5"}

@@ -235,9 +235,17 @@ def over_lengths(cells: pd.DataFrame, ok: pd.DataFrame, columns: tuple[str, ...]
     for key, d in split_by(cells, SETTING_KEYS):
         per_length = d.groupby(["method", "rank", "length"])[list(columns)].mean()
         combined = per_length.groupby(level=["method", "rank"]).agg(how) * scale
+        counts = per_length.groupby(level=["method", "rank"]).size()
+        n_lengths = d["length"].nunique()
+
+        def text(m, r) -> str:
+            if (m, r) not in combined.index:
+                return "—"
+            mark = f" ({counts[(m, r)]} of {n_lengths} ℓ)" if counts[(m, r)] < n_lengths else ""  # not comparable
+            return " / ".join(num(combined.loc[(m, r), c], spec) for c in columns) + mark
+
         ranks = sorted(d["rank"].unique())
-        rows = [[m, *(" / ".join(num(combined.loc[(m, r), c], spec) for c in columns) if (m, r) in combined.index
-                      else "—" for r in ranks)] for m in sorted(d["method"].unique())]
+        rows = [[m, *(text(m, r) for r in ranks)] for m in sorted(d["method"].unique())]
         lengths = ", ".join(map(str, sorted(d["length"].unique())))
         parts.append(table(["method", *(f"r = {r}" for r in ranks)], rows,
                            caption=f"{setting_label(key, ok)} · {how} over ℓ = {lengths}"))
