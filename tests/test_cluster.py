@@ -21,28 +21,15 @@ import yaml
 
 from memlaw.cli import main
 from memlaw.lock import LOCK_FILE
-from memlaw.sweep import TIMING_COLUMNS, parse_grid, run_sweep
+from memlaw.sweep import parse_grid, run_sweep
 from memlaw.sweep.worker import CellWorker
+from test_sweep import tiny_grid, without_timing
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
-
-
-def tiny_grid(model_dir, **changes) -> dict:
-    grid = {
-        "name": "tiny", "model": str(model_dir), "benchmark": "phonebook", "methods": ["memft_ot"],
-        "ranks": [1, 4], "lengths": [20, 40], "seeds": [42], "layer": 1,
-        "train": {"lr": 0.1, "epochs": 2, "batch_size": 4, "dropout": 0.0, "device": "cpu"},
-    }
-    grid.update(changes)
-    return grid
-
-
-def without_timing(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.drop(columns=list(TIMING_COLUMNS))
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +142,12 @@ def start(argv: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
+def long_train_argv(model: Path, records: Path, out: Path) -> list[str]:
+    """A `memlaw train` long enough on the tiny model to be caught holding its folder's lock."""
+    return ["train", "--data", str(records), "--out", str(out), "--model", str(model), "--layer", "1", "--rank", "2",
+            "--epochs", "300", "--lr", "0.01", "--device", "cpu", "--quiet"]
+
+
 def test_two_sweeps_on_one_folder(tiny_model_dir, small_records, tmp_path, capsys):
     grid_path = tmp_path / "grid.yaml"
     grid_path.write_text(yaml.safe_dump(tiny_grid(tiny_model_dir, ranks=[1, 2], lengths=[20, 30, 40], train={
@@ -182,8 +175,7 @@ def test_two_sweeps_on_one_folder(tiny_model_dir, small_records, tmp_path, capsy
 
 def test_two_trains_on_one_folder(tiny_model_dir, small_records, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--data", str(small_records), "--out", str(out), "--model", str(tiny_model_dir), "--layer", "1",
-            "--rank", "2", "--epochs", "300", "--lr", "0.01", "--device", "cpu", "--quiet"]
+    argv = long_train_argv(tiny_model_dir, small_records, out)
     first = start(argv)
     try:
         holder = wait_for_holder(out, first)
@@ -205,8 +197,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tiny_model_dir, small_rec
     import signal
 
     out = tmp_path / "run"
-    argv = ["train", "--data", str(small_records), "--out", str(out), "--model", str(tiny_model_dir), "--layer", "1",
-            "--rank", "2", "--epochs", "300", "--lr", "0.01", "--device", "cpu", "--quiet"]
+    argv = long_train_argv(tiny_model_dir, small_records, out)
     first = start(argv)
     try:
         holder = wait_for_holder(out, first)

@@ -106,7 +106,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
             _export_mlp(session, work)
             usage = MLP_USAGE
         atomic_write_text(work / "prompt.json", json.dumps(spec, indent=2) + "\n")
-        atomic_write_text(work / "README.md", usage.format(run=run.path, system=spec["system"]))
+        ask = ASK.replace("SYSTEM", str(spec["system"]))
+        atomic_write_text(work / "README.md", usage.format(run=run.path, ask=ask))
         replace_folder(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -145,6 +146,15 @@ def _export_mlp(session, work: Path) -> None:
     atomic_write_text(work / "memlaw_memory.py", LOADER)
 
 
+ASK = """messages = [{"role": "system", "content": "SYSTEM"}, {"role": "user", "content": "YOUR QUERY"}]  # see prompt.json
+text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=False)
+if tokenizer.bos_token and text.startswith(tokenizer.bos_token):  # memlaw's prompt: the template's leading BOS
+    text = text[len(tokenizer.bos_token):]                         # is dropped, the tokenizer adds its own if any
+ids = tokenizer(text, return_tensors="pt").input_ids
+out = model.generate(ids, do_sample=False, max_new_tokens=32)
+print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+"""  # the usage snippets' common part: memlaw's prompt, greedy decoding (SYSTEM: prompt.json's system turn)
+
 LORA_USAGE = """# memlaw export of {run} (LoRA, merged)
 
 ```python
@@ -152,14 +162,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER")
 tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")
-messages = [{{"role": "system", "content": "{system}"}}, {{"role": "user", "content": "YOUR QUERY"}}]  # see prompt.json
-text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=False)
-if tokenizer.bos_token and text.startswith(tokenizer.bos_token):  # memlaw's prompt: the template's leading BOS
-    text = text[len(tokenizer.bos_token):]                         # is dropped, the tokenizer adds its own if any
-ids = tokenizer(text, return_tensors="pt").input_ids
-out = model.generate(ids, do_sample=False, max_new_tokens=32)
-print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-```
+{ask}```
 
 `peft/` holds the unmerged adapter: `PeftModel.from_pretrained(base_model, "THIS_FOLDER/peft")`.
 """
@@ -171,14 +174,7 @@ import sys; sys.path.insert(0, "THIS_FOLDER")
 import memlaw_memory
 
 model, tokenizer = memlaw_memory.load("THIS_FOLDER")
-messages = [{{"role": "system", "content": "{system}"}}, {{"role": "user", "content": "YOUR QUERY"}}]  # see prompt.json
-text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=False)
-if tokenizer.bos_token and text.startswith(tokenizer.bos_token):  # memlaw's prompt: the template's leading BOS
-    text = text[len(tokenizer.bos_token):]                         # is dropped, the tokenizer adds its own if any
-ids = tokenizer(text, return_tensors="pt").input_ids
-out = model.generate(ids, do_sample=False, max_new_tokens=32)
-print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-```
+{ask}```
 
 `model/` is the unchanged base model; `memory.safetensors` holds A and B per layer (`memory.json`).
 """

@@ -72,15 +72,15 @@ class Memory:
     @classmethod
     def load(cls, run_dir: str | Path) -> Memory:
         """Load a finished run (config.yaml, adapter, records.jsonl) written by train / memorize."""
-        from .session import saved_session
+        from .model.loading import load_model
 
         run = RunDir(run_dir)
         if not run.path.is_dir():
             raise MemlawError(f"run folder {run.path} does not exist")
-        cfg = run.read_config()
-        rows = run.read_records() if run.records_path.is_file() else []
-        session = saved_session(run.path, cfg)
-        return cls(run.path, session, {r["query"]: r for r in rows if isinstance(r, dict) and "query" in r})
+        cfg, records = _contents(run)  # checked before the model is loaded
+        memory = cls(run.path, None)
+        memory._hold(run, load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code), cfg, records)
+        return memory
 
     @property
     def max_new_tokens(self) -> int:
@@ -95,7 +95,6 @@ class Memory:
         """Copy the run folder to `folder` (which must not exist); a data file kept in the run goes along."""
         import shutil
 
-        from .io import write_yaml
         from .lock import LOCK_FILE
 
         folder = Path(folder)
@@ -103,10 +102,9 @@ class Memory:
             raise MemlawError(f"{folder} exists; save into a new folder")
         shutil.copytree(self.path, folder, ignore=shutil.ignore_patterns(LOCK_FILE))
         run = RunDir(folder)
-        config = run.read_config().to_dict()
-        data = Path(config["data"])
+        data = Path(run.read_config().data)
         if data.parent.resolve() == self.path.resolve():
-            write_yaml(run.config_path, {**config, "data": str(folder.resolve() / data.name)})
+            run.set_data(folder.resolve() / data.name)
         return folder
 
     def locality(self):
@@ -153,7 +151,7 @@ class Memory:
         import uuid
 
         from .config import replace as cfg_replace
-        from .io import replace_folder, write_jsonl, write_yaml
+        from .io import replace_folder, write_jsonl
         from .lock import FolderLock
         from .train.trainer import train
 
@@ -189,9 +187,7 @@ class Memory:
                 # An in-place update happens only if every record is certified: an incomplete attempt never
                 # replaces a memory that still holds its records; it goes beside it.
                 target = dest if complete or out is not None else self.path.with_name(self.path.name + INCOMPLETE)
-                run = RunDir(work)
-                config = run.read_config().to_dict()
-                write_yaml(run.config_path, {**config, "data": str(target.resolve() / DATA_FILE)})
+                RunDir(work).set_data(target.resolve() / DATA_FILE)
                 replace_folder(work, target)
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
@@ -209,14 +205,15 @@ class Memory:
 
     def _reattach(self, run_dir: Path, loaded) -> None:
         """Hold `run_dir` with the already loaded base model: its config, adapter and records."""
+        run = RunDir(run_dir)
+        self._hold(run, loaded, *_contents(run))
+
+    def _hold(self, run: RunDir, loaded, cfg, records: dict[str, dict]) -> None:
         from .model.memory_unit import load_adapter
         from .session import Session
 
-        run = RunDir(run_dir)
-        rows = run.read_records() if run.records_path.is_file() else []
-        self.path = Path(run_dir)
-        self.session = Session(run.read_config(), loaded, load_adapter(loaded.model, run.path))
-        self.records = {r["query"]: r for r in rows if isinstance(r, dict) and "query" in r}
+        self.path, self.records = run.path, records
+        self.session = Session(cfg, loaded, load_adapter(loaded.model, run.path))
 
     def _as_records(self, records: Any) -> tuple[list, str]:
         """Records from a JSONL path or a list of dicts, checked as `memlaw train` checks its data."""
@@ -228,6 +225,13 @@ class Memory:
         if not out:
             raise MemlawError("no records to add")
         return out, "records"
+
+
+def _contents(run: RunDir) -> tuple[Any, dict[str, dict]]:
+    """A run's config and its records by query (none before it was evaluated)."""
+    cfg = run.read_config()
+    rows = run.read_records() if run.records_path.is_file() else []
+    return cfg, {r["query"]: r for r in rows}
 
 
 # ---------------------------------------------------------------------- adding records

@@ -273,6 +273,10 @@ class RunDir:
         except (TypeError, ValueError) as e:  # a value of the wrong type that validation compares or converts
             raise MemlawError(f"{path}: damaged: {e}") from None
 
+    def set_data(self, path: str | Path) -> None:
+        """Point config.yaml's data at `path`: the run's data file moved (a worker's scratch copy, a saved memory)."""
+        write_yaml(self.config_path, {**read_yaml_mapping(self.config_path), "data": str(path)})
+
     def write_metrics(self, metrics: RunMetrics) -> None:
         write_json(self.metrics_path, metrics.to_dict())
 

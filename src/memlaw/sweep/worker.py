@@ -23,10 +23,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..errors import TrainingInterrupted
-from ..io import atomic_write_bytes, replace_folder, write_yaml
+from ..io import atomic_write_bytes, replace_folder
 from ..lock import LOCK_FILE
 from ..rundir import RunDir
 from .grid import Cell, Grid, data_paths, ensure_data
@@ -112,8 +110,7 @@ class CellWorker:
                 train(cfg, run.path, overwrite=True, progress=False, also_evaluate=() if heldout is None else (heldout,),
                       loaded=self.loaded_model(cfg))
                 # The scratch copy of the data goes away; the cell names the driver's copy, as if it had run there.
-                config = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
-                write_yaml(run.config_path, {**config, "data": str(Path(data_dir) / train_file.name)})
+                run.set_data(Path(data_dir) / train_file.name)
                 status = "ok"
             except TrainingInterrupted:
                 raise
