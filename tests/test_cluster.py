@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -136,10 +137,17 @@ def wait_for_holder(folder: Path, proc: subprocess.Popen, timeout: float = 120) 
     raise AssertionError("the first command never took the lock")
 
 
-def start(argv: list[str]) -> subprocess.Popen:
+@contextmanager
+def holding(argv: list[str], folder: Path):
+    """Start `memlaw ARGV` in a subprocess; yield it with the lock holder it wrote into `folder`; kill it at the end."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "memlaw.cli", *argv], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "memlaw.cli", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield proc, wait_for_holder(folder, proc)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def long_train_argv(model: Path, records: Path, out: Path) -> list[str]:
@@ -153,9 +161,7 @@ def test_two_sweeps_on_one_folder(tiny_model_dir, small_records, tmp_path, capsy
     grid_path.write_text(yaml.safe_dump(tiny_grid(tiny_model_dir, ranks=[1, 2], lengths=[20, 30, 40], train={
         "lr": 0.1, "epochs": 10, "batch_size": 2, "dropout": 0.0})), encoding="utf-8")
     out = tmp_path / "sweep"
-    first = start(["sweep", str(grid_path), "--out", str(out)])
-    try:
-        holder = wait_for_holder(out, first)
+    with holding(["sweep", str(grid_path), "--out", str(out)], out) as (first, holder):
         assert holder["pid"] == first.pid and "sweep" in holder["command"]
         assert main(["sweep", str(grid_path), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -164,9 +170,6 @@ def test_two_sweeps_on_one_folder(tiny_model_dir, small_records, tmp_path, capsy
         assert main(["train", "--data", str(small_records), "--out", str(out), "--model", str(tiny_model_dir)]) == 2
         assert f"{out} is in use by pid {first.pid}" in capsys.readouterr().err
         assert first.wait(timeout=300) == 0, first.stderr.read()
-    finally:
-        first.kill()
-        first.wait()
     frame = pd.read_parquet(out / "results.parquet")
     assert len(frame) == 6 and frame["cell"].is_unique and frame["status"].eq("ok").all()
     assert main(["sweep", str(grid_path), "--out", str(out)]) == 0  # free again: resumes, nothing to run
@@ -176,17 +179,12 @@ def test_two_sweeps_on_one_folder(tiny_model_dir, small_records, tmp_path, capsy
 def test_two_trains_on_one_folder(tiny_model_dir, small_records, tmp_path, capsys):
     out = tmp_path / "run"
     argv = long_train_argv(tiny_model_dir, small_records, out)
-    first = start(argv)
-    try:
-        holder = wait_for_holder(out, first)
+    with holding(argv, out) as (first, holder):
         assert holder["pid"] == first.pid
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"{out} is in use by pid {first.pid} on " in err[0]
         assert first.wait(timeout=300) == 0, first.stderr.read()
-    finally:
-        first.kill()
-        first.wait()
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["steps"] > 0
     assert main(argv) == 0  # the same finished run again: the folder is free
@@ -198,14 +196,9 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tiny_model_dir, small_rec
 
     out = tmp_path / "run"
     argv = long_train_argv(tiny_model_dir, small_records, out)
-    first = start(argv)
-    try:
-        holder = wait_for_holder(out, first)
+    with holding(argv, out) as (first, holder):
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
-    finally:
-        first.kill()
-        first.wait()
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert f"was left locked by pid {holder['pid']} on {holder['host']}" in err and "no longer running; taking over" in err
