@@ -11,7 +11,8 @@ import pytest
 
 from memlaw.cli import main
 from memlaw.errors import MemlawError
-from memlaw.law.fit import PARAMS, ParametricMemoryLaw, next_power_of_two
+from memlaw.law.fit import PARAMS, ParametricMemoryLaw, _fit_points, next_power_of_two
+from memlaw.law.forms import FORMS
 from memlaw.law.groups import Holdout, fit_groups, saturated_cells
 from memlaw.law.lawfile import (
     GROUP_KEYS, LAW_FILE, default_group, group_key, group_label, group_law, pick_group, read_law, write_law,
@@ -74,6 +75,30 @@ def test_exponent_grid_is_only_a_start():
     """A coarse grid that misses the true exponents still refines to them."""
     law = ParametricMemoryLaw(alpha_grid=[0.0, 1.5], beta_grid=[0.0, 1.5], n_bootstrap=0).fit(*law_points())
     assert worst_error(law) < 1
+
+
+# memft_sw's unsaturated PhoneBook cells of the committed study (results/smollm2-135m): a lattice grid
+# whose bootstrap resamples can keep only points with two values of rank/length.
+LATTICE = ([1, 1, 1, 1, 2, 2, 2, 4, 4], [40, 80, 160, 320, 80, 160, 320, 160, 320],
+           [3.48349194, 3.00309966, 2.5552398, 2.30550156, 3.49484649, 3.06054005, 2.74017535, 3.48920858, 3.12877028])
+
+
+def test_a_resample_on_a_flat_valley_is_redrawn():
+    """Points with two values of rank/length fit exactly at every scale of α = β: no unique minimum."""
+    r, ell = np.array([1, 1, 2, 4, 4.0]), np.array([40, 80, 80, 160, 320.0])
+    y = np.where(r / ell == 1 / 40, 3.0, 2.5)
+    grid = np.linspace(-1.0, 3.0, 21)
+    assert _fit_points(FORMS["paper"], r, ell, y, "soft_l1", 0.1, grid, grid, unique=True) is None
+    assert _fit_points(FORMS["paper"], r, ell, y, "soft_l1", 0.1, grid, grid) is not None  # the main fit still fits
+
+
+def test_bootstrap_does_not_depend_on_the_last_bits():
+    """Another machine rounds differently (here: ΔL × (1 ± 1e-13)); the intervals must not move (law.json is committed)."""
+    r, ell, y = (np.array(v, dtype=float) for v in LATTICE)
+    wobble = 1 + 1e-13 * np.random.default_rng(1).standard_normal(len(y))
+    a = ParametricMemoryLaw(n_bootstrap=200, random_state=0).fit(r, ell, y)
+    b = ParametricMemoryLaw(n_bootstrap=200, random_state=0).fit(r, ell, y * wobble)
+    np.testing.assert_allclose(a.bootstrap_params_, b.bootstrap_params_, rtol=1e-6, atol=1e-9)
 
 
 # ---------------------------------------------------------------------- using a fitted law

@@ -39,6 +39,7 @@ RELATIVE_F_SCALE = 0.05  # default robust scale: 5% of the median |ΔL| of the d
 MAX_STARTS = 3  # grid local minima refined per fit, at most (a bootstrap refit refines only the best one) ...
 START_TOLERANCE = 0.1  # ... and only those within 10% of the best grid cost (a worse one sits in a worse basin)
 MAX_DRAWS_PER_SAMPLE = 100  # bootstrap redraws a degenerate resample at most this often on average
+TIE_TOLERANCE = 1e-9  # grid points whose costs differ by less (relative) are tied: a flat valley, not a minimum
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,9 @@ class ParametricMemoryLaw:
                 break
             idx = rng.integers(0, len(y), len(y))
             if data_problem(r[idx], ell[idx], y[idx]) is None:
-                samples.append(_fit_points(self.form_, r[idx], ell[idx], y[idx], self.loss, f, *grids, starts_k=1))
+                fitted = _fit_points(self.form_, r[idx], ell[idx], y[idx], self.loss, f, *grids, starts_k=1, unique=True)
+                if fitted is not None:
+                    samples.append(fitted)
         if len(samples) < self.n_bootstrap:
             raise MemlawError(f"bootstrap: too few resamples of the {len(y)} points can identify the law; use more points")
         return np.array(samples, dtype=float).reshape(-1, 4)
@@ -350,15 +353,25 @@ def _grid_starts(cost: np.ndarray, k: int) -> np.ndarray:
 
 def _fit_points(
     form: LawForm, rank: np.ndarray, length: np.ndarray, y: np.ndarray, loss: str, f: float,
-    alpha_grid: np.ndarray, beta_grid: np.ndarray, starts_k: int = MAX_STARTS,
-) -> np.ndarray:
-    """The form's parameters minimizing the summed robust loss: grid + linear solve, then joint refinement."""
+    alpha_grid: np.ndarray, beta_grid: np.ndarray, starts_k: int = MAX_STARTS, unique: bool = False,
+) -> np.ndarray | None:
+    """The form's parameters minimizing the summed robust loss: grid + linear solve, then joint refinement.
+
+    With `unique`, None when the grid's best cost is tied (TIE_TOLERANCE) at several exponent pairs. A
+    bootstrap resample of a lattice grid (ranks 2^j, lengths ℓ0·2^k) can keep only points whose
+    covariate α·ln r − β·ln ℓ takes two values in some direction; both linear parameters then fit those
+    two groups exactly at every scale of (α, β), the minimum is a flat valley, and which point of it the
+    refinement ends at depends on the last bits of the arithmetic, i.e. on the machine. Such a resample
+    does not identify the law and is redrawn, which keeps law.json the same on every machine.
+    """
     from scipy.optimize import least_squares
 
     r0, l0 = np.exp(np.log(rank).mean()), np.exp(np.log(length).mean())
     lr, ll = np.log(rank / r0), np.log(length / l0)
     a, be = (g.ravel() for g in np.meshgrid(alpha_grid, beta_grid, indexing="ij"))
     starts, cost = form.grid(lr, ll, y, lambda z: _rho_and_weight(z, loss), f, a, be)  # (G, 4), (G,)
+    if unique and np.count_nonzero(cost <= np.nanmin(cost) * (1.0 + TIE_TOLERANCE)) > 1:
+        return None
     best = None
     for i in _grid_starts(cost.reshape(len(alpha_grid), len(beta_grid)), starts_k):
         res = least_squares(lambda p: form.value(p, lr, ll) - y, starts[i], jac=lambda p: form.jacobian(p, lr, ll),
