@@ -326,3 +326,27 @@ def test_plan_bad_input_is_one_line(tiny_model_dir, tmp_path, capsys, argv, mess
     assert main([a.format(**fill) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message.format(**fill) in err[0]
+
+
+def test_the_shipped_law_falls_back_to_the_probe_a_chosen_law_does_not(law_file, monkeypatch):
+    """For the default model, a file the shipped law cannot answer is probed (and said why); a --law that cannot is an error."""
+    from memlaw.errors import MemlawError
+    from memlaw.law import advice
+
+    def no_answer(summary, law, group, form):
+        raise MemlawError(f"{law}: target ΔL 4.238 is at or above the law's ceiling L0=4.151")
+
+    monkeypatch.setattr(advice, "default_file", lambda name: law_file if name == advice.DEFAULT_MODEL_LAW else None)
+    monkeypatch.setattr(advice, "probe_advice", lambda path, model, **kw: advice.Advice(2, "probe", "probed"))
+    summary = advice.DataSummary("facts.jsonl", "default", 8, 71, 87, 4.461)
+    assert advice.advise(summary).source == "law"  # the shipped law answers where it can
+    monkeypatch.setattr(advice, "law_advice", no_answer)
+    heard = []
+    chosen = advice.advise(summary, note=heard.append)
+    assert (chosen.source, chosen.rank) == ("probe", 2)
+    assert heard == ["the shipped law (smollm2-135m-law.json) cannot answer for this file: target ΔL 4.238 is at or "
+                     "above the law's ceiling L0=4.151; probing instead"]
+    with pytest.raises(MemlawError, match="ceiling"):
+        advice.advise(summary, law=law_file)
+    other = advice.DataSummary("facts.jsonl", str(law_file.parent), 8, 71, 87, 4.461)  # not the default model: no shipped law
+    assert advice.advise(other).source == "probe"

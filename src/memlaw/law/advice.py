@@ -146,13 +146,18 @@ def capacity_warning(summary: DataSummary, rank: int, table: str | Path | None) 
 
 
 def advise(summary: DataSummary, law: str | Path | None = None, group: str | None = None, form: str | None = None,
-           probe: dict | None = None, method: str | None = None) -> Advice:
+           probe: dict | None = None, method: str | None = None, note=None) -> Advice:
     """The rank for this data: from `law` (or the default model's shipped law), else from a probe.
 
     Without `group`, the law's group for `method` (the method that will train) if it has one, else its
-    combined law."""
+    combined law. The shipped law was fitted on PhoneBook (initial loss about 3.7 nats); for a file it
+    cannot answer (a higher initial loss puts "everything stored" above the law's ceiling, say) the
+    probe answers instead, and `note` (a callable, if given) hears why first. A law the user chose
+    that cannot answer is an error."""
     default_model = summary.model == "default"
+    shipped = law is None and default_model
     law = law if law is not None else (default_file(DEFAULT_MODEL_LAW) if default_model else None)
+    advice = None
     if law is not None:
         if group is None and method is not None:
             from .lawfile import pick_group, read_law
@@ -162,8 +167,15 @@ def advise(summary: DataSummary, law: str | Path | None = None, group: str | Non
                 group = f"method={method}"
             except MemlawError:
                 pass  # no group of its own: the combined law
-        advice = law_advice(summary, law, group, form)
-    else:
+        try:
+            advice = law_advice(summary, law, group, form)
+        except MemlawError as e:
+            if not shipped:
+                raise
+            why = f"the shipped law ({DEFAULT_MODEL_LAW}) cannot answer for this file: {str(e).split(': ', 1)[-1]}"
+            if note is not None:
+                note(why + "; probing instead")
+    if advice is None:
         advice = probe_advice(summary.path, summary.model, **(probe or {}))
     advice.warning = capacity_warning(summary, advice.rank, default_file(DEFAULT_MODEL_CAPACITY) if default_model else None)
     return advice

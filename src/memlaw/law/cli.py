@@ -179,7 +179,7 @@ def plan_for_data(data: str, model: str, law: str | None, group: str | None, for
         print(f"probe    rank {rank}: {metrics.certified_fraction:.0%} certified in {metrics.steps} steps", flush=True)
 
     probe = {"progress": probed, "chat_template": chat_template, **({"max_steps": probe_steps} if probe_steps else {})}
-    advice = advise(summary, law, group, form, probe, method)
+    advice = advise(summary, law, group, form, probe, method, note=lambda why: print(f"law      {why}", flush=True))
     print(f"why      {advice.reason}")
     if advice.warning:
         print(f"warning  {advice.warning}")
