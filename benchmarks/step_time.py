@@ -15,8 +15,10 @@ step of each are counted with torch's FlopCounterMode: their ratio is the speed-
 FLOP-bound machine could at most show.
 
     .venv/bin/python benchmarks/step_time.py [--rounds 3] [--steps 4] [--device auto] [--dtype auto]
+    .venv/bin/python benchmarks/step_time.py --dtype float32,bfloat16   # each in its own process, then
+                                                                         # bfloat16's speed over float32's
 
-Prints a table and one JSON line.
+Prints a table and one JSON line per dtype (and the ratios across dtypes).
 """
 
 from __future__ import annotations
@@ -93,9 +95,38 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (a, b, c each once per round)")
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per variant per round")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--dtype", default="auto", help="a dtype, or several (comma-separated) to compare, one process each")
     args = p.parse_args()
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    if len(dtypes) > 1:
+        compare_dtypes(dtypes)
+    else:
+        measure(args)
 
+
+def compare_dtypes(dtypes: list[str]) -> None:
+    """Run each dtype in a child process, one after the other; print their results and rates over the first's."""
+    import subprocess
+
+    results = []
+    for dtype in dtypes:
+        argv = [a for a in sys.argv[1:]]
+        i = argv.index("--dtype") if "--dtype" in argv else None
+        argv = argv[:i] + argv[i + 2:] if i is not None else argv
+        child = subprocess.run([sys.executable, __file__, *argv, "--dtype", dtype], capture_output=True, text=True)
+        if child.returncode != 0:
+            sys.exit(f"--dtype {dtype} failed:\n{child.stderr}")
+        print(child.stdout, end="")
+        results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    base = results[0]
+    ratios = {r["dtype"]: {n: round(v / base["steps_per_second"][n], 2) for n, v in r["steps_per_second"].items()}
+              for r in results[1:]}
+    for dtype, ratio in ratios.items():
+        print(f"{dtype} / {base['dtype']} steps/s: " + ", ".join(f"{n} {v:.2f}x" for n, v in ratio.items()))
+    print(json.dumps({"over": base["dtype"], "speed_ratio": ratios}))
+
+
+def measure(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pb.jsonl"
         rows = generate_phonebook(load_tokenizer(args.model), seed=42, length=args.length)

@@ -28,10 +28,14 @@ def test_cache_dir_honours_env(monkeypatch, tmp_path):
     assert loading.cache_dir() == tmp_path / "xdg" / "memlaw"
 
 
-def test_device_and_dtype_resolution():
+def test_device_and_dtype_resolution(monkeypatch):
     assert loading.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv(loading.CPU_BF16_ENV, "0")
     assert loading.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setenv(loading.CPU_BF16_ENV, "1")
+    assert loading.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
     assert loading.resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert loading.resolve_dtype("float32", torch.device("cuda")) == torch.float32
     assert loading.resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     if not torch.cuda.is_available():
         with pytest.raises(MemlawError, match="no CUDA device"):

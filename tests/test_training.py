@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import math
 
 import pytest
@@ -98,8 +99,10 @@ def test_train_log_has_one_row_per_optimizer_step(memorized):
 def test_resolved_config_is_saved_and_replays(memorized, tmp_path):
     run, data = memorized
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    gpu = torch.cuda.is_available()  # --device auto / --dtype auto resolve to what ran
-    assert cfg["device"] == ("cuda" if gpu else "cpu") and cfg["dtype"] == ("bfloat16" if gpu else "float32")
+    gpu = torch.cuda.is_available()  # --device auto / --dtype auto resolve to what ran, and say why
+    cpu_bf16 = os.environ["MEMLAW_CPU_BF16"] == "1"  # conftest pins the CPU rule
+    assert cfg["device"] == ("cuda" if gpu else "cpu") and cfg["dtype"] == ("bfloat16" if gpu or cpu_bf16 else "float32")
+    assert cfg["dtype-reason"] == ("auto: CUDA device" if gpu else f"auto: MEMLAW_CPU_BF16={int(cpu_bf16)}")
     assert cfg["layer"] == [1] and cfg["rank"] == 4
     # the saved config is a valid --config file that reproduces the run exactly
     again = tmp_path / "again"

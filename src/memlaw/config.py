@@ -28,8 +28,9 @@ CACHE_DEVICES = ("model", "cpu")
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
+def _help(text: str, flag: bool = True, **kw: Any) -> Any:
+    """A field with its help text; `flag=False`: recorded in config.yaml by memlaw, no command-line flag."""
+    return field(metadata={"help": text, "flag": flag}, **kw)
 
 
 @dataclass
@@ -39,7 +40,17 @@ class TrainConfig:
     data: str = _help("Records JSONL (query/target, PhoneBook or Long-Context format).", default="")
     model: str = _help("'default' (embedded SmolLM2-135M-Instruct), a local HF model dir or a hub id.", default="default")
     device: str = _help("auto | cpu | cuda.", default="auto")
-    dtype: str = _help("auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16.", default="auto")
+    dtype: str = _help(
+        "auto (bfloat16 on CUDA and on a CPU with native bf16 matrix products, e.g. AVX512-BF16 or AMX; "
+        "float32 on other CPUs) | float32 | bfloat16 | float16. The memory unit always trains in float32.",
+        default="auto",
+    )
+    dtype_reason: str | None = _help(
+        "Written by memlaw into config.yaml, not read: how the dtype was chosen (e.g. 'auto: this CPU runs "
+        "bf16 matrix products natively (avx512_bf16)').",
+        flag=False,
+        default=None,
+    )
     trust_remote_code: bool = _help("Allow custom model code from the model directory/hub.", default=False)
     component: str = _help("mlp: the paper's parallel low-rank map on the MLP block; lora: PEFT LoRA on linear modules.", default="mlp")
     layer: list[int] | None = _help("Decoder layer index(es) of the memory unit; default about 2/3 of the depth.", default=None)
@@ -286,7 +297,10 @@ def build_config(
     """Field defaults < command defaults < YAML < explicit overrides (None means 'not given')."""
     values: dict[str, Any] = dict(defaults or {})
     values.update(load_yaml(yaml_path) if yaml_path else {})
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "dtype" in given:  # a reason read from a run's config.yaml was about that run's dtype
+        values.pop("dtype_reason", None)
+    values.update(given)
     try:
         cfg = TrainConfig(**values)
     except TypeError as e:  # pragma: no cover - keys are checked above

@@ -70,7 +70,10 @@ def resolve(cfg: TrainConfig, loaded: LoadedModel) -> TrainConfig:
     """Fill in what 'auto'/None stood for, so config.yaml says exactly what ran."""
     layers = cfg.layer if cfg.layer is not None else default_layers(loaded.model.config, len(decoder_layers(loaded.model)))
     dtype = str(loaded.dtype).replace("torch.", "")
-    return replace(cfg, layer=list(layers), device=loaded.device.type, dtype=dtype, data=str(Path(cfg.data).resolve()))
+    # a concrete dtype keeps the reason it came with (a run's config reused: memorize --into)
+    reason = loaded.dtype_reason if cfg.dtype == "auto" else cfg.dtype_reason or "given (--dtype)"
+    return replace(cfg, layer=list(layers), device=loaded.device.type, dtype=dtype, dtype_reason=reason,
+                   data=str(Path(cfg.data).resolve()))
 
 
 def adapter_spec(cfg: TrainConfig, model: torch.nn.Module) -> AdapterSpec:

@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="where to write metrics (default: RUN, or RUN/eval-<data> with --data)")
     p.add_argument("--no-locality", action="store_true",
                    help="skip measuring what the unit changed away from the records (KL, perplexity, unrelated answers)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="load the base model in this dtype instead of the run's (results go to RUN/eval-<dtype>): "
+                   "e.g. float32 to check that a bfloat16 run's certificate holds in full precision")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser(
@@ -37,8 +40,8 @@ def register(subparsers) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .run import evaluate_run, evaluation_dir
 
-    metrics = evaluate_run(args.run, data=args.data, out=args.out, locality=not args.no_locality)
-    target = evaluation_dir(args.run, args.data, args.out)
+    metrics = evaluate_run(args.run, data=args.data, out=args.out, locality=not args.no_locality, dtype=args.dtype)
+    target = evaluation_dir(args.run, args.data, args.out, args.dtype)
     print_run_metrics(metrics, target)
     print_locality(target)
     if metrics.train_exact_match is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.records import Record
+from ..errors import MemlawError
 from ..model.forward import AnswerForward
 from ..rundir import RunDir, RunMetrics
 from ..session import Session, saved_session
@@ -54,24 +55,43 @@ def evaluate_session(
     return metrics
 
 
-def evaluation_dir(run_dir: str | Path, data: str | None = None, out: str | Path | None = None) -> RunDir:
-    """Where `memlaw eval` writes: `out`, else the run itself, or RUN/eval-<data> for another records file."""
+def evaluation_dir(run_dir: str | Path, data: str | None = None, out: str | Path | None = None,
+                   dtype: str | None = None) -> RunDir:
+    """Where `memlaw eval` writes: `out`, else the run itself, or RUN/eval-<data> for another records file;
+    in another dtype than the run's, RUN/eval-<dtype> (or RUN/eval-<data>-<dtype>), never over the run's own."""
     run = RunDir(run_dir)
-    return RunDir(out) if out is not None else run if data is None else run.eval_dir(data)
+    if out is not None:
+        return RunDir(out)
+    other_dtype = dtype is not None and dtype != run.read_config().dtype
+    if data is None:
+        return RunDir(run.path / f"eval-{dtype}") if other_dtype else run
+    target = run.eval_dir(data)
+    return RunDir(f"{target.path}-{dtype}") if other_dtype else target
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path | None = None,
-                 locality: bool = False) -> RunMetrics:
+                 locality: bool = False, dtype: str | None = None) -> RunMetrics:
     """Re-evaluate a saved run, on its training data (default) or another records file; with `locality`,
-    also what the unit changed away from the records (locality.json beside the metrics)."""
+    also what the unit changed away from the records (locality.json beside the metrics). `dtype`: load the
+    base model in this dtype instead of the run's (e.g. float32 for a run trained in bfloat16: does its
+    certificate still hold where the memory will be used?)."""
+    from ..config import DTYPES, replace
+
     run = RunDir(run_dir)
     cfg = run.read_config()
+    if dtype is not None:
+        if dtype not in DTYPES or dtype == "auto":
+            raise MemlawError(f"--dtype: choose from {', '.join(d for d in DTYPES if d != 'auto')}, got {dtype!r}")
+        cfg = replace(cfg, dtype=dtype)
     session = saved_session(run.path, cfg)
     records, encoded = session.load_data(data)
     forward = session.answer_forward(encoded)
-    target = evaluation_dir(run_dir, data, out)
+    target = evaluation_dir(run_dir, data, out, dtype)
     # memory EM (the run's own data) beside the EM on the other data
     train_em = run.read_metrics().exact_match if data is not None and run.metrics_path.is_file() else None
+    if data is None and target.path != run.path:
+        target.path.mkdir(parents=True, exist_ok=True)
+        target.write_config({**cfg.to_dict(), "dtype-reason": "given (memlaw eval --dtype)"})
     metrics = evaluate_session(session, records, forward, target, run.read_state(), train_exact_match=train_em)
     if locality:
         from .locality import measure_locality

@@ -29,6 +29,7 @@ class LoadedModel:
     source: str  # where it was loaded from
     device: torch.device
     dtype: torch.dtype
+    dtype_reason: str = "given (--dtype)"  # how the dtype was chosen (memlaw.model.loading.choose_dtype)
 
 
 def cache_dir() -> Path:
@@ -47,10 +48,133 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CPU_BF16_ENV = "MEMLAW_CPU_BF16"  # 1/0 skips the check below (tests; a machine where it misleads)
+CPU_DTYPE_FILE = "cpu-dtype.json"  # in cache_dir(): the micro-benchmark's result per machine
+BF16_MIN_SPEEDUP = 1.3  # bf16 must beat float32 by this much in the micro-benchmark to be chosen
+BENCH_SHAPES = ((256, 576, 1536), (256, 1536, 576))  # (tokens, in, out): a step's MLP products at SmolLM2's width
+
+
+def cpu_bf16_flag() -> str | None:
+    """The CPU feature through which PyTorch's oneDNN runs bf16 matrix products natively, or None.
+
+    Read from torch's own checks (torch.cpu._is_*_supported: private, present in the releases
+    tested, 2.2-2.13; if a release drops them the answer is None and auto stays float32).
+    """
+    for flag, name in (("amx_tile", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
+        check = getattr(getattr(torch, "cpu", None), name, None)
+        try:
+            if check is not None and check():
+                return flag
+        except Exception:  # noqa: BLE001 - a failing probe means "not known to be native"
+            continue
+    return None
+
+
+def bf16_matmul_speedup(reps: int = 20) -> float:
+    """float32 time / bfloat16 time of the products in BENCH_SHAPES on this CPU (> 1: bf16 is faster).
+
+    The two dtypes alternate and each keeps its fastest round, so load from elsewhere slows both
+    alike; about 0.2 s in all.
+    """
+    import time
+
+    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    pairs = {dt: [(torch.randn(m, k, dtype=dt), torch.randn(k, n, dtype=dt)) for m, k, n in BENCH_SHAPES] for dt in best}
+    for round_ in range(reps + 2):  # the first two rounds warm up (oneDNN builds its kernels)
+        for dt, operands in pairs.items():
+            start = time.perf_counter()
+            for x, w in operands:
+                x @ w
+            if round_ >= 2:
+                best[dt] = min(best[dt], time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+def _machine_key() -> str:
+    """What the micro-benchmark's answer depends on: the CPU (model and flags), torch, the thread count."""
+    import hashlib
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+        cpu = "|".join(sorted({line for line in info if line.startswith(("model name", "flags"))}))
+    except OSError:
+        pass
+    text = f"{cpu}|{platform.machine()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def cpu_bf16_choice() -> tuple[bool, str]:
+    """Whether --dtype auto runs the base model in bfloat16 on this CPU, and why.
+
+    A CPU flag is not enough: on a 2-core AVX512-BF16 machine without AMX, bf16 products ran at
+    0.55x float32's speed (training steps 1.6x slower), while on one with native bf16 throughput
+    they were about 2x faster (docs/benchmarks.md). So where the flag is present a micro-benchmark
+    decides, once per machine: its result is cached in cache_dir()/cpu-dtype.json.
+    """
+    import json
+
+    from ..io import write_json
+
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1", f"{CPU_BF16_ENV}={forced}"
+    flag = cpu_bf16_flag()
+    if flag is None:
+        return False, "this CPU has no native bf16 matrix instructions (avx512_bf16/amx)"
+    path, key = cache_dir() / CPU_DTYPE_FILE, _machine_key()
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key) if isinstance(known, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("speedup"), (int, float)):
+        entry = {"speedup": round(bf16_matmul_speedup(), 3), "flag": flag, "torch": torch.__version__}
+        try:
+            write_json(path, {**(known if isinstance(known, dict) else {}), key: entry})
+        except OSError:
+            pass  # a read-only cache: measure again next time
+    speedup = float(entry["speedup"])
+    verdict = "faster" if speedup >= BF16_MIN_SPEEDUP else f"not {BF16_MIN_SPEEDUP:g}x faster"
+    return speedup >= BF16_MIN_SPEEDUP, (f"this CPU has {flag}, and bf16 matrix products measured {speedup:.2f}x "
+                                         f"float32's speed ({verdict}; {path})")
+
+
+def choose_dtype(dtype: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The dtype to load the base model in, and why (recorded in config.yaml as dtype-reason).
+
+    auto: bfloat16 on CUDA and on a CPU where bf16 matrix products are measured faster than
+    float32's (cpu_bf16_choice), float32 on other CPUs. bfloat16 is the reference's own numerics
+    (it loads its models in bfloat16). The memory unit and its optimizer state stay float32
+    whatever this says (memlaw.model.memory_unit).
+    """
+    if dtype != "auto":
+        return DTYPES[dtype], "given (--dtype)"
+    if device.type == "cuda":
+        return torch.bfloat16, "auto: CUDA device"
+    if device.type == "cpu":
+        native, why = cpu_bf16_choice()
+        return (torch.bfloat16 if native else torch.float32), f"auto: {why}"
+    return torch.float32, f"auto: {device.type} device"
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    return choose_dtype(dtype, device)[0]
+
+
+_said: set[tuple[str, str]] = set()
+
+
+def say_dtype_once(dtype: torch.dtype, reason: str) -> None:
+    """Tell the terminal once per process what --dtype auto chose and why (a sweep loads many times)."""
+    name = str(dtype).replace("torch.", "")
+    if (name, reason) in _said:
+        return
+    _said.add((name, reason))
+    hint = " (--dtype float32 for full precision)" if dtype != torch.float32 else ""
+    print(f"memlaw: dtype {name}, {reason}{hint}", file=sys.stderr, flush=True)
 
 
 def default_gguf_path() -> Path:
@@ -136,7 +260,9 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    dt, dtype_reason = choose_dtype(dtype, dev)
+    if dtype == "auto":
+        say_dtype_once(dt, dtype_reason)
     if name == DEFAULT_MODEL:
         source = str(default_model_dir())
     else:
@@ -154,7 +280,8 @@ def load_model(
     model.to(dev)
     model.eval()
     model.requires_grad_(False)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source, device=dev, dtype=dt)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source, device=dev, dtype=dt,
+                       dtype_reason=dtype_reason)
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:

@@ -33,6 +33,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (same name, dashes); defaults None so YAML/defaults apply."""
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
+        if not f.metadata.get("flag", True):
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {default if not isinstance(default, list) else ','.join(map(str, default))})"
@@ -46,7 +48,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def flag_values(args: argparse.Namespace) -> dict:
     """Every TrainConfig flag's value (None where not given), list flags parsed."""
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
     for name, item in LIST_ITEM_TYPES.items():
         if overrides[name] is not None:
             overrides[name] = parse_list(overrides[name], item, name)
