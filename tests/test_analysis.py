@@ -122,7 +122,7 @@ def make_sweep(root: Path, ranks=(1, 2, 4, 8), lengths=(100, 200, 400), methods=
                         "exact_match": em, "token_accuracy": None if em is None else 0.5 + em / 2,
                         "free_run_token_accuracy": None if em is None else em ** 0.5, "initial_loss": 12.0, "final_loss": None if dl is None else 12.0 - dl,
                         "delta_loss": dl, "stubborn_tokens": 3, "certified_fraction": 0.25, "certificate_violations": 0,
-                        "bits_stored": length * (1 + 0.01 * seed), "trainable_params": 100 * rank,
+                        "loss_bits": length * (1 + 0.01 * seed), "trainable_params": 100 * rank,
                         "bits_per_param": length * (1 + 0.01 * seed) / (100 * rank), "steps": 50,
                         "train_seconds": 1.0, "stopped": "epochs", "steps_to_certified": None, "seconds_to_certified": None,
                         "heldout_exact_match": em * 0.6 if ok and bench == "linear-rule" else None,

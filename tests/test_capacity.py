@@ -7,6 +7,7 @@ import json
 import pytest
 
 from memlaw.capacity import search_sizes
+from memlaw.data.information import PHONEBOOK_BITS
 from memlaw.cli import main
 
 
@@ -41,5 +42,6 @@ def test_capacity_command_on_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert s["records"] == max(ok, default=0)
     assert all(b > s["records"] for b in bad)  # every failure is above the reported capacity
     if s["records"]:
-        assert s["bits_per_param"] == pytest.approx(s["bits_stored"] / s["trainable_params"])
+        assert s["bits_per_param"] == pytest.approx(s["bits_memorized"] / s["trainable_params"])
+        assert s["bits_memorized"] == pytest.approx(s["records"] * PHONEBOOK_BITS)  # every record recalled
         assert (out / f"n{s['records']}" / "metrics.json").is_file()

@@ -429,32 +429,72 @@ def test_holdout_syntax_errors(text, message):
 
 
 def test_saturation_rule_excludes_exactly_the_planted_cells():
-    """Full: ΔL ≥ 95% of the initial loss. Floor: a length where no record is recalled and ΔL is flat over ranks."""
+    """Saturated: every record recalled or certified. Floor: nothing recalled and the final loss within 5% of
+    the format floor. Not ΔL near the initial loss: that cell stays when not every record is recalled."""
     rank, length, y = law_points(seed=6, seeds=1)
-    table = points_table(rank, length, y).assign(initial_loss=10.0, exact_match=0.5, cell=[f"c{i}" for i in range(len(y))])
-    full = (rank == 64) & (length == 50)
-    table.loc[full, "delta_loss"] = 9.8  # everything stored
+    n = len(y)
+    table = points_table(rank, length, y).assign(
+        initial_loss=10.0, exact_match=0.5, certified_fraction=0.25, format_floor_loss=2.0,
+        final_loss=10.0 - y, cell=[f"c{i}" for i in range(n)])
+    recalled = (rank == 64) & (length == 50)
+    table.loc[recalled, "exact_match"] = 1.0
+    certified = (rank == 64) & (length == 100)  # every record certified (EM < 1 would be a violation: planted anyway)
+    table.loc[certified, "certified_fraction"] = 1.0
+    near_ceiling = (rank == 32) & (length == 50)  # ΔL at 98% of the initial loss, EM 0.875: in the regime
+    table.loc[near_ceiling, ["delta_loss", "final_loss", "exact_match"]] = [9.8, 0.2, 0.875]
     floor = length == 10000
     table.loc[floor, "exact_match"] = 0.0
-    table.loc[floor, "delta_loss"] = 0.07 + 0.0005 * np.log2(rank[floor])  # 0.070 … 0.073: spread 4.2% ≤ 5%
-    near = length == 5000  # recalled nothing but still grows with rank: not saturated
-    table.loc[near, "exact_match"] = 0.0
+    table.loc[floor, "final_loss"] = 2.0 * (0.97 + 0.001 * np.log2(rank[floor]))  # within 5% of the floor 2.0
+    below = length == 5000  # recalled nothing, but the loss went 10% below the floor: records partly stored
+    table.loc[below, ["exact_match", "final_loss"]] = [0.0, 1.8]
+    full = recalled | certified
     assert sorted(saturated_cells(table)) == sorted(np.flatnonzero(full | floor))
     law = fit_groups(table, forms=["paper"], exclude_saturated=True, n_bootstrap=0)
     assert sorted(e["cell"] for e in law["excluded"]) == sorted(table["cell"][full | floor])
     reasons = {e["cell"]: e["reason"] for e in law["excluded"]}
-    assert reasons[table["cell"][full].item()].startswith("full: ΔL 9.8 ≥ 95% of the initial loss 10")
-    assert all(reasons[c].startswith("floor: ") and "at length 10000" in reasons[c] for c in table["cell"][floor])
-    assert law["groups"][0]["n"] == len(y) - (full | floor).sum() and law["saturation"] == {"excluded": True, "margin": 0.05}
+    assert reasons[table["cell"][recalled].item()] == "saturated: every record recalled (EM 1, certified 25%)"
+    assert reasons[table["cell"][certified].item()].startswith("saturated: every record recalled (EM 0.5, certified 100%)")
+    assert all(reasons[c].startswith("floor: no record recalled") and "format floor 2" in reasons[c]
+               for c in table["cell"][floor])
+    assert law["groups"][0]["n"] == n - (full | floor).sum() and law["saturation"] == {"excluded": True, "margin": 0.05}
     assert fit_groups(table, forms=["paper"], n_bootstrap=0)["excluded"] == []  # off by default
     with pytest.raises(MemlawError, match="needs the column"):
-        fit_groups(table.drop(columns="initial_loss"), exclude_saturated=True)
+        fit_groups(table.drop(columns="exact_match"), exclude_saturated=True)
+
+
+def test_saturation_floor_falls_back_to_the_flat_column_without_a_format_floor():
+    """Tables written before the format floor existed: a length where nothing is recalled and ΔL is flat over ranks."""
+    rank, length, y = law_points(seed=6, seeds=1)
+    table = points_table(rank, length, y).assign(initial_loss=10.0, exact_match=0.5, cell=[f"c{i}" for i in range(len(y))])
+    floor = length == 10000
+    table.loc[floor, "exact_match"] = 0.0
+    table.loc[floor, "delta_loss"] = 0.07 + 0.0005 * np.log2(rank[floor])  # 0.070 … 0.073: spread 4.2% ≤ 5%
+    near = length == 5000  # recalled nothing but still grows with rank: not at the floor
+    table.loc[near, "exact_match"] = 0.0
+    reasons = saturated_cells(table)
+    assert sorted(reasons) == sorted(np.flatnonzero(floor))
+    assert all(r.startswith("floor: ") and "at length 10000" in r for r in reasons.values())
+
+
+def test_fit_on_the_memorized_part_of_the_loss():
+    """--target memorized_delta_loss fits the law to that column and says so in law.json."""
+    rank, length, y = law_points(seed=8, seeds=1)
+    table = points_table(rank, length, 0.5 * y).assign(memorized_delta_loss=y)
+    plain = fit_groups(table, forms=["paper"], n_bootstrap=0)
+    memorized = fit_groups(table, forms=["paper"], n_bootstrap=0, target="memorized_delta_loss")
+    assert plain["target"] == "delta_loss" and memorized["target"] == "memorized_delta_loss"
+    c_plain, c_mem = plain["combined"][0]["laws"]["paper"]["C"], memorized["combined"][0]["laws"]["paper"]["C"]
+    assert c_mem == pytest.approx(2 * c_plain, rel=1e-3)  # y doubled: C (and b) double, the exponents stay
+    with pytest.raises(MemlawError, match="missing column.*memorized_delta_loss.*re-evaluate"):
+        fit_groups(table.drop(columns="memorized_delta_loss"), target="memorized_delta_loss")
+    with pytest.raises(MemlawError, match="--target: unknown"):
+        fit_groups(table, target="bits")
 
 
 def test_cli_fit_holdout_and_saturation_flags(tmp_path, capsys):
     rank, length, y = law_points(seed=7, seeds=1)
     table = points_table(rank, length, y).assign(initial_loss=10.0, exact_match=0.5)
-    table.loc[(rank == 64) & (length == 50), "delta_loss"] = 9.9
+    table.loc[(rank == 64) & (length == 50), "exact_match"] = 1.0
     path = tmp_path / "results.csv"
     table.to_csv(path, index=False)
     out = tmp_path / "law.json"

@@ -328,25 +328,83 @@ def test_plan_bad_input_is_one_line(tiny_model_dir, tmp_path, capsys, argv, mess
     assert len(err) == 1 and message.format(**fill) in err[0]
 
 
-def test_the_shipped_law_falls_back_to_the_probe_a_chosen_law_does_not(law_file, monkeypatch):
-    """For the default model, a file the shipped law cannot answer is probed (and said why); a --law that cannot is an error."""
+def capacity_file(tmp_path: Path, bits: dict[int, float]) -> Path:
+    """A capacity file as `memlaw capacity --fit` writes it, from planted bits per rank."""
+    from memlaw.io import write_json
+    from memlaw.law.capacity import CapacityLaw
+
+    ranks = {str(r): {"records": round(b / 31.9), "answer_tokens": 10 * round(b / 31.9), "bits_memorized": b,
+                      "trainable_params": 1152 * r, "bits_per_param": b / (1152 * r)} for r, b in bits.items()}
+    path = tmp_path / "capacity.json"
+    write_json(path, {"model": "default", "benchmark": "phonebook", "protocol": {"text": "sft, within 300 steps"},
+                      "ranks": ranks, "law": CapacityLaw.fit(list(bits), list(bits.values())).to_dict()})
+    return path
+
+
+def test_capacity_law_fits_a_power_law_and_scores_the_largest_rank_held_out():
+    from memlaw.law.capacity import CapacityLaw
+
+    ranks = [1, 2, 4, 8]
+    law = CapacityLaw.fit(ranks, [300 * r ** 0.75 for r in ranks])
+    assert (law.k, law.a) == (pytest.approx(300), pytest.approx(0.75))
+    assert law.rank_for(law.bits_at(3.0)) == pytest.approx(3.0)
+    assert law.heldout["rank"] == 8 and law.heldout["error"] == pytest.approx(0, abs=1e-9)
+    bent = CapacityLaw.fit(ranks, [300, 500, 800, 1000])  # rank 8 below the trend of ranks 1-4: predicted too high
+    assert bent.heldout["predicted_bits"] > 1000 and bent.heldout["error"] > 0
+    from memlaw.errors import MemlawError
+
+    with pytest.raises(MemlawError, match="two ranks or more"):
+        CapacityLaw.fit([4, 4], [100, 120])
+    with pytest.raises(MemlawError, match="positive ranks and bits"):
+        CapacityLaw.fit([1, 2], [0, 120])
+
+
+def test_the_capacity_law_plans_for_the_default_model_and_falls_back_to_the_probe(tmp_path, monkeypatch):
+    """For the default model the shipped capacity law answers from the file's bits; beyond 2x its largest measured
+    rank the probe answers (and says why); a --law (a ΔL law) that cannot answer is an error."""
     from memlaw.errors import MemlawError
     from memlaw.law import advice
 
-    def no_answer(summary, law, group, form):
-        raise MemlawError(f"{law}: target ΔL 4.238 is at or above the law's ceiling L0=4.151")
+    shipped = capacity_file(tmp_path, {1: 400.0, 2: 650.0, 4: 1050.0, 8: 1700.0})
+    monkeypatch.setattr(advice, "default_file", lambda name: shipped if name == advice.DEFAULT_MODEL_CAPACITY else None)
+    monkeypatch.setattr(advice, "probe_advice", lambda path, model, **kw: advice.Advice(64, "probe", "probed"))
 
-    monkeypatch.setattr(advice, "default_file", lambda name: law_file if name == advice.DEFAULT_MODEL_LAW else None)
-    monkeypatch.setattr(advice, "probe_advice", lambda path, model, **kw: advice.Advice(2, "probe", "probed"))
-    summary = advice.DataSummary("facts.jsonl", "default", 8, 71, 87, 4.461)
-    assert advice.advise(summary).source == "law"  # the shipped law answers where it can
-    monkeypatch.setattr(advice, "law_advice", no_answer)
+    def summary(bits: float, model: str = "default"):
+        return advice.DataSummary("keys.jsonl", model, 12, 200, 224, 7.17, bits, "base-model loss (upper bound)")
+
+    for bits, rank in ((100.0, 1), (420.0, 2), (900.0, 4), (1100.0, 8), (2500.0, 16)):
+        chosen = advice.advise(summary(bits))
+        assert (chosen.source, chosen.rank) == ("capacity", rank), bits
+    assert "holds 900 bits from rank" in advice.advise(summary(900.0)).reason
     heard = []
-    chosen = advice.advise(summary, note=heard.append)
-    assert (chosen.source, chosen.rank) == ("probe", 2)
-    assert heard == ["the shipped law (smollm2-135m-law.json) cannot answer for this file: target ΔL 4.238 is at or "
-                     "above the law's ceiling L0=4.151; probing instead"]
-    with pytest.raises(MemlawError, match="ceiling"):
-        advice.advise(summary, law=law_file)
-    other = advice.DataSummary("facts.jsonl", str(law_file.parent), 8, 71, 87, 4.461)  # not the default model: no shipped law
-    assert advice.advise(other).source == "probe"
+    far = advice.advise(summary(9000.0), note=heard.append)  # rank ~ 60: beyond 2 x 8
+    assert (far.source, far.rank) == ("probe", 64) and "beyond 2x its largest measured rank 8" in heard[0]
+    assert advice.advise(summary(900.0, model=str(tmp_path))).source == "probe"  # no shipped law for another model
+    with pytest.raises(MemlawError, match="law file not found"):
+        advice.advise(summary(900.0), law=tmp_path / "none.json")
+
+
+def test_capacity_fit_joins_searches_of_one_protocol(tmp_path, capsys):
+    import json
+
+    from memlaw.io import write_json
+
+    runs = []
+    for rank, records in ((1, 10), (2, 17), (4, 28)):
+        folder = tmp_path / f"r{rank}"
+        write_json(folder / "capacity.json", {
+            "benchmark": "phonebook", "model": "default", "rank": rank, "method": "sft", "max_steps": 300,
+            "protocol": {"method": "sft", "max_steps": 300, "text": "sft, within 300 steps"}, "records": records,
+            "answer_tokens": 10 * records, "bits_memorized": 31.9 * records, "trainable_params": 1152 * rank,
+            "bits_per_param": 31.9 * records / (1152 * rank)})
+        runs.append(str(folder))
+    out = tmp_path / "joined.json"
+    assert main(["capacity", "--fit", *runs, "--out", str(out)]) == 0
+    joined = json.loads(out.read_text())
+    assert sorted(joined["ranks"]) == ["1", "2", "4"] and joined["law"]["heldout"]["rank"] == 4
+    assert "law      K(r) =" in capsys.readouterr().out
+    other = tmp_path / "r8"
+    write_json(other / "capacity.json", {**json.loads((tmp_path / "r4" / "capacity.json").read_text()), "rank": 8,
+                                         "protocol": {"method": "memft_ot", "max_steps": 300, "text": "other"}})
+    assert main(["capacity", "--fit", *runs, str(other), "--out", str(out)]) == 2
+    assert "the searches used different settings" in capsys.readouterr().err

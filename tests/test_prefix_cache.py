@@ -195,7 +195,7 @@ def run_train(model_dir, data, out, *flags) -> dict:
 
 
 METRIC_KEYS = ["exact_match", "token_accuracy", "certified_fraction", "stubborn_tokens", "steps",
-               "initial_loss", "final_loss", "delta_loss", "bits_stored"]
+               "initial_loss", "final_loss", "delta_loss", "loss_bits"]
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
@@ -256,7 +256,7 @@ def test_sweep_cell_same_rows_with_and_without_cache(tiny_model_dir, tmp_path):
     assert (on["status"] == "ok").all() and len(on) == 2
     exact = ["cell", "method", "n_records", "target_tokens", "exact_match", "stubborn_tokens", "certified_fraction", "steps"]
     assert on[exact].equals(off[exact])
-    for column in ("initial_loss", "final_loss", "delta_loss", "token_accuracy", "bits_stored"):
+    for column in ("initial_loss", "final_loss", "delta_loss", "token_accuracy", "loss_bits"):
         assert on[column].to_numpy() == pytest.approx(off[column].to_numpy(), rel=1e-4, abs=1e-6), column
 
 

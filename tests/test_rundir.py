@@ -39,7 +39,7 @@ def metrics(**changes) -> RunMetrics:
     values = dict(n_records=2, target_tokens=9, exact_match=0.5, token_accuracy=0.75, free_run_token_accuracy=0.5,
                   initial_loss=3.0, final_loss=1.0, delta_loss=2.0, initial_answer_loss=3.2,
                   final_answer_loss=1.2, delta_answer_loss=2.0, stubborn_tokens=1, certified_fraction=0.5,
-                  certificate_violations=0, bits_stored=25.9, trainable_params=128, bits_per_param=0.2)
+                  certificate_violations=0, loss_bits=25.9, trainable_params=128, bits_per_param=0.2)
     return RunMetrics(**{**values, **changes})
 
 

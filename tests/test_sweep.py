@@ -23,7 +23,8 @@ SCHEMA = [
     "layer", "component", "lr", "epochs", "batch_size", "n_records", "target_tokens", "exact_match",
     "token_accuracy", "free_run_token_accuracy", "initial_loss", "final_loss", "delta_loss", "initial_answer_loss",
     "final_answer_loss", "delta_answer_loss", "stubborn_tokens",
-    "certified_fraction", "certificate_violations", "bits_stored", "trainable_params", "bits_per_param", "steps",
+    "certified_fraction", "certificate_violations", "loss_bits", "trainable_params", "bits_per_param",
+    "bits_memorized", "information_bits", "information_source", "format_floor_loss", "memorized_delta_loss", "steps",
     "train_seconds", "stopped", "steps_to_certified", "seconds_to_certified", "heldout_exact_match", "run_dir",
 ]
 PAPER_8B = ["llama3.1-8b-long-context", "llama3.1-8b-phonebook", "qwen3-8b-long-context", "qwen3-8b-phonebook"]

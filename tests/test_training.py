@@ -16,7 +16,7 @@ from memlaw.cli import main
 
 METRIC_KEYS = {
     "exact_match", "token_accuracy", "free_run_token_accuracy", "initial_loss", "final_loss", "delta_loss",
-    "stubborn_tokens", "certified_fraction", "bits_stored", "trainable_params", "bits_per_param", "n_records",
+    "stubborn_tokens", "certified_fraction", "bits_memorized", "loss_bits", "trainable_params", "bits_per_param", "n_records",
     "target_tokens", "steps", "train_seconds",
 }
 RECORD_KEYS = {"id", "query", "target", "generated", "exact", "first_failure", "target_probs", "stubborn_positions", "certified"}
@@ -64,9 +64,14 @@ def test_tiny_model_memorizes_and_certificate_holds(memorized):
     assert m["final_loss"] < math.log(2) < m["initial_loss"]
     assert m["delta_loss"] == pytest.approx(m["initial_loss"] - m["final_loss"])
     # bits count the answer's own 9 tokens; delta_loss also averages over the trained end-of-turn suffix
-    assert m["bits_stored"] == pytest.approx(m["delta_answer_loss"] * 9 / math.log(2))
+    assert m["loss_bits"] == pytest.approx(m["delta_answer_loss"] * 9 / math.log(2))
     assert m["trainable_params"] == 2 * HIDDEN * 4
-    assert m["bits_per_param"] == pytest.approx(m["bits_stored"] / m["trainable_params"])
+    # undeclared, non-PhoneBook records: their information is the base model's loss on them (an upper bound),
+    # and every record is recalled, so all of it counts as memorized
+    assert m["information_source"] == "base-model loss (upper bound)"
+    assert m["information_bits"] == pytest.approx(m["initial_answer_loss"] * 9 / math.log(2))
+    assert m["bits_memorized"] == pytest.approx(m["information_bits"])
+    assert m["bits_per_param"] == pytest.approx(m["bits_memorized"] / m["trainable_params"])
     rows = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(RECORD_KEYS <= set(r) for r in rows)
     for r in rows:

@@ -28,13 +28,14 @@ class Probe:
     answer_tokens: int
     certified_fraction: float
     steps: int
-    bits_stored: float
+    bits_memorized: float  # the information of the records recalled exactly (memlaw.data.information)
+    loss_bits: float  # the answer loss removed, in bits: an upper bound that also counts learning the format
     trainable_params: int
     seconds: float
 
     @property
     def bits_per_param(self) -> float:
-        return self.bits_stored / self.trainable_params
+        return self.bits_memorized / self.trainable_params
 
 
 def search_sizes(probe: Callable[[int], bool], start: int = 1, limit: int = 100_000) -> int:
@@ -54,6 +55,15 @@ def search_sizes(probe: Callable[[int], bool], start: int = 1, limit: int = 100_
         else:
             hi = mid
     return lo
+
+
+def protocol(cfg: TrainConfig) -> dict:
+    """The settings a capacity depends on (besides the rank): searches join into one law only if these agree."""
+    keys = ("method", "lr", "dropout", "batch_size", "max_steps", "a_init", "chat_template", "layer", "component")
+    values = {k: getattr(cfg, k) for k in keys}
+    values["text"] = (f"{cfg.method}, lr {cfg.lr:g}, dropout {cfg.dropout:g}, batch {cfg.batch_size}, every record "
+                      f"certified within {cfg.max_steps} steps")
+    return values
 
 
 def capacity_search(
@@ -81,7 +91,8 @@ def capacity_search(
             answer_tokens=m.target_tokens,
             certified_fraction=m.certified_fraction,
             steps=m.steps,
-            bits_stored=m.bits_stored,
+            bits_memorized=m.bits_memorized or 0.0,
+            loss_bits=m.loss_bits,
             trainable_params=m.trainable_params,
             seconds=m.train_seconds,
         )
@@ -97,6 +108,7 @@ def capacity_search(
         "rank": base.rank,
         "method": base.method,
         "max_steps": base.max_steps,
+        "protocol": protocol(base),
         "records": best,
         "probes": [dataclasses.asdict(p) | {"bits_per_param": p.bits_per_param} for p in sorted(probes.values(), key=lambda p: p.records)],
     }
@@ -104,11 +116,12 @@ def capacity_search(
         p = probes[best]
         summary.update(
             answer_tokens=p.answer_tokens,
-            bits_stored=p.bits_stored,
+            bits_memorized=p.bits_memorized,
+            loss_bits=p.loss_bits,
             trainable_params=p.trainable_params,
             bits_per_param=p.bits_per_param,
         )
     else:
-        summary.update(answer_tokens=0, bits_stored=0.0, trainable_params=None, bits_per_param=0.0)
+        summary.update(answer_tokens=0, bits_memorized=0.0, loss_bits=0.0, trainable_params=None, bits_per_param=0.0)
     write_json(out / "capacity.json", summary)
     return summary

@@ -118,9 +118,20 @@ class RunMetrics:
     certified_fraction: float = _metric()
     # A certified record that is not an exact match would contradict the certificate: must be 0.
     certificate_violations: int = _metric(shown=False)
-    bits_stored: float = _metric()
+    # loss_bits: the answer loss removed, in bits; an upper bound on memory, since it also counts learning
+    # the answers' format (it was called bits_stored). bits_per_param = bits_memorized / trainable_params.
+    loss_bits: float = _metric()
     trainable_params: int = _metric()
     bits_per_param: float = _metric()
+    # Memory in bits (memlaw.data.information): the information of the records recalled exactly, of all
+    # records, and where those counts come from (None in metrics written before they existed).
+    bits_memorized: float | None = _metric(default=None)
+    information_bits: float | None = _metric(shown=False, default=None)
+    information_source: str | None = _metric(shown=False, default=None)
+    # The loss per trained token of a model that knows only the answers' format, and how far below it
+    # the run went: the part of ΔL that stored records rather than the format.
+    format_floor_loss: float | None = _metric(shown=False, default=None)
+    memorized_delta_loss: float | None = _metric(shown=False, default=None)
     steps: int | None = _metric(default=None)
     train_seconds: float | None = _metric(default=None)
     stopped: str | None = _metric(shown=False, default=None)
@@ -138,6 +149,8 @@ class RunMetrics:
         """The metrics in `values`, every field present (or defaulted) and of its type; else one MemlawError."""
         hints = typing.get_type_hints(cls)
         known = {f.name: f for f in fields(cls)}
+        if "bits_stored" in values and "loss_bits" not in values:  # metrics.json written before the rename
+            values = {("loss_bits" if k == "bits_stored" else k): v for k, v in values.items()}
         missing = [n for n, f in known.items() if n not in values and f.default is MISSING]
         if missing:
             raise MemlawError(f"{where}: damaged: not a memlaw metrics file (missing {', '.join(missing[:3])}"

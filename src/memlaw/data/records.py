@@ -1,7 +1,8 @@
 """Records: (query, target) pairs, read from JSONL in memlaw's or the reference formats.
 
 Accepted line formats
-* records / PhoneBook: ``{"query": str, "target": str, "id"?: any, "target_len"?: int}``
+* records / PhoneBook: ``{"query": str, "target": str, "id"?: any, "target_len"?: int, "info_bits"?: number}``
+  (``info_bits``: the information of the answer, if known; memlaw.data.information)
 * Long-Context:        ``{"question": str, "matching": str, "matching_ids"?: [int], ...}`` — the
   target is the first ``length`` tokens of ``matching`` (needs a tokenizer and a length). memlaw's
   generator also stores the exact ids (``matching_ids``, made for the tokenizer named in
@@ -26,6 +27,7 @@ class Record:
     target: str
     id: Any = None
     target_ids: tuple[int, ...] | None = None  # set when the target is defined in token space
+    info_bits: float | None = None  # the answer's information, if the line declares it (memlaw.data.information)
 
 
 def _where(path: Path, line: int) -> str:
@@ -59,7 +61,11 @@ def parse_line(obj: Any, where: str, tokenizer=None, length: int | None = None) 
         _require_strings(obj, ("query", "target"), where)
         if not obj["target"]:
             raise MemlawError(f"{where}: empty target")
-        return Record(query=obj["query"], target=obj["target"], id=obj.get("id"))
+        info = obj.get("info_bits")
+        if info is not None and (isinstance(info, bool) or not isinstance(info, (int, float)) or not info >= 0):
+            raise MemlawError(f"{where}: field 'info_bits' must be a number >= 0, got {info!r}")
+        return Record(query=obj["query"], target=obj["target"], id=obj.get("id"),
+                      info_bits=None if info is None else float(info))
     if "question" in obj or "matching" in obj:
         _require_strings(obj, ("question", "matching"), where, " (Long-Context format)")
         length = length if length is not None else obj.get("length")

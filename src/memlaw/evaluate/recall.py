@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..data.encoding import Encoded, left_pad
+from ..data.information import Information, format_floor_nats, record_information
 from ..model.forward import AnswerForward
 from ..model.hf_compat import cache_kwarg, forward_of, returned_cache
 
@@ -123,12 +124,16 @@ def summarize(
     final: list[TokenStats],
     initial: list[TokenStats],
     generated: list[list[int]],
+    info: Information | None = None,
 ) -> tuple[dict, list[dict]]:
     """Aggregate metrics and per-record rows (without text fields).
 
     The reported losses (initial/final/delta_loss) average over every trained token, the
     template's suffix included, as the reference reports them; the *_answer_loss ones, the
     token counts, EM, accuracies, bits and the certificate count the answer's own tokens.
+    `info`: each record's information (memlaw.data.information; default: the base model's
+    loss on it, an upper bound). bits_memorized counts it for the records recalled exactly;
+    loss_bits is the loss removed, in bits, which also counts what learning the format removed.
     """
     rows = []
     n_tokens = sum(e.answer_len for e in encoded)
@@ -166,6 +171,17 @@ def summarize(
         "certified_fraction": sum(r["certified"] for r in rows) / len(rows),
         # A certified record that is not an exact match would contradict the certificate.
         "certificate_violations": sum(r["certified"] and not r["exact"] for r in rows),
-        "bits_stored": (init_answer - final_answer) / math.log(2),
+        "loss_bits": (init_answer - final_answer) / math.log(2),
     }
+    if info is None:
+        info = record_information([""] * len(encoded), [""] * len(encoded), [None] * len(encoded),
+                                  [float(s.answer_losses.sum()) for s in initial])
+    floor = format_floor_nats(info) / n_trained  # a format-only model's loss per trained token (suffix: 0)
+    metrics.update(
+        information_bits=info.total,
+        bits_memorized=info.of([r["exact"] for r in rows]),
+        information_source=info.source,
+        format_floor_loss=floor,
+        memorized_delta_loss=floor - metrics["final_loss"],
+    )
     return metrics, rows

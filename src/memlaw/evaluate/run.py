@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.information import record_information
 from ..data.records import Record
 from ..errors import MemlawError
 from ..model.forward import AnswerForward
@@ -32,12 +33,14 @@ def evaluate_session(
     initial = initial if initial is not None else initial_stats(session, forward)
     final = teacher_forced(forward, bs)
     generated = greedy_decode(session.adapter.model, encoded, session.pad_id, bs, device)
-    recall, rows = summarize(encoded, final, initial, generated)
+    info = record_information([r.query for r in records], [r.target for r in records], [r.info_bits for r in records],
+                              [float(s.answer_losses.sum()) for s in initial])
+    recall, rows = summarize(encoded, final, initial, generated, info)
     params = session.adapter.num_parameters()
     metrics = RunMetrics(
         **recall,
         trainable_params=params,
-        bits_per_param=recall["bits_stored"] / params,
+        bits_per_param=recall["bits_memorized"] / params,
         steps=train_summary.get("steps"),
         train_seconds=train_summary.get("train_seconds"),
         stopped=train_summary.get("stopped"),

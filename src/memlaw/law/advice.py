@@ -1,16 +1,21 @@
 """A rank for your own data: `memlaw plan --data FILE` and `memlaw memorize --rank auto`.
 
 The data are measured as training would measure them: the records are encoded with the
-model's tokenizer and the run's prompt construction, and the answer tokens counted (the law's
-length ℓ, what a sweep's `length` counts); the base model's teacher-forced loss on them is the
-initial loss. "Everything stored" is what `memlaw fit --exclude-saturated` calls a full cell: a
-loss reduction of at least (1 − 0.05) of the initial loss. Then:
+model's tokenizer and the run's prompt construction, the answer tokens counted (the law's
+length ℓ, what a sweep's `length` counts), the base model's teacher-forced loss on them taken
+(the initial loss) and their information counted (memlaw.data.information: exact for generated
+benchmarks and declared ``info_bits``, else the base model's loss in bits, an upper bound). Then:
 
-* with a fitted law (``--law``, or the law shipped for the default model from the committed study,
-  results/smollm2-135m): the smallest power-of-two rank at which the law predicts that ΔL at ℓ;
-  the law describes the protocol of the sweep it was fitted on, which the report names;
-* without one: a quick probe, memorizing the file at ranks 1, 2, 4, … with `memlaw memorize`'s
-  settings and a small step budget, until every record is certified.
+* for the default model, with no ``--law``: the capacity law shipped with memlaw
+  (memlaw.law.capacity; `memlaw capacity` searches at ranks 1-8 under the probe's protocol): the
+  smallest power-of-two rank that certifies the file's bits. It counts information, so it
+  answers for any file, not only for files that look like the benchmark it was measured on;
+* with ``--law LAW`` (a ΔL law from `memlaw fit`): the smallest power-of-two rank at which the
+  law predicts ΔL ≥ 95 % of the initial loss at ℓ, a stand-in for "every record stored" (a ΔL
+  law cannot tell recall; law.json's group names the protocol it describes);
+* otherwise, or where the capacity law would extrapolate beyond twice its largest measured rank:
+  a quick probe, memorizing the file at ranks 1, 2, 4, … with `memlaw memorize`'s settings and a
+  small step budget, until every record is certified.
 
 A capacity table measured with `memlaw capacity` (shipped for the default model) adds a warning
 when the file holds more records than the chosen rank held in that search.
@@ -43,17 +48,19 @@ class DataSummary:
     answer_tokens: int  # what the law's length counts
     trained_tokens: int  # answer tokens + each record's end-of-turn suffix (what the reported losses average over)
     initial_loss: float  # base model, nats per trained token (the reported initial loss)
+    information_bits: float = float("nan")  # the records' information (memlaw.data.information)
+    information_source: str = ""
 
     @property
     def target_delta_loss(self) -> float:
-        """ΔL of a cell with everything stored (memlaw fit's 'full' saturation rule)."""
+        """The ΔL a ΔL law is asked for: 95 % of the initial loss, its stand-in for "every record stored"."""
         return (1.0 - SATURATION_MARGIN) * self.initial_loss
 
 
 @dataclass
 class Advice:
     rank: int
-    source: str  # "law" | "probe"
+    source: str  # "law" | "capacity" | "probe"
     reason: str
     warning: str | None = None
 
@@ -67,13 +74,17 @@ def summarize_data(path: str | Path, model: str = "default", chat_template: bool
     from ..model.forward import AnswerForward
     from ..model.loading import load_model
 
+    from ..data.information import record_information
+
     loaded = load_model(model, device, dtype, trust_remote_code)
     records = load_records(path, loaded.tokenizer)
     encoded = encode_records(loaded.tokenizer, records, chat_template)
     stats = teacher_forced(AnswerForward(loaded.model, encoded, int(loaded.tokenizer.pad_token_id), loaded.device), 32)
     trained = sum(len(e.target_ids) for e in encoded)
+    info = record_information([r.query for r in records], [r.target for r in records], [r.info_bits for r in records],
+                              [float(s.answer_losses.sum()) for s in stats])
     return DataSummary(str(path), model, len(records), sum(e.answer_len for e in encoded), trained,
-                       sum(float(s.losses.sum()) for s in stats) / trained)
+                       sum(float(s.losses.sum()) for s in stats) / trained, info.total, info.source)
 
 
 def default_file(name: str) -> Path | None:
@@ -97,8 +108,8 @@ def law_advice(summary: DataSummary, law_path: str | Path, group: str | None = N
         raise MemlawError(f"{law_path} ({label}, {fitted.form} form): no rank reaches ΔL {target:.3f} at "
                           f"{summary.answer_tokens} answer tokens (the law's ceiling is below it); split the file")
     reason = (f"the law {Path(law_path).name} ({label}, {fitted.form} form, R² {fitted.r2_:.3f}) predicts ΔL ≥ {target:.3f} "
-              f"(95% of the initial loss {summary.initial_loss:.3f}: every record stored) at {summary.answer_tokens} "
-              f"answer tokens from rank {plan.rank:.3g}")
+              f"(95% of the initial loss {summary.initial_loss:.3f}, its stand-in for every record stored) at "
+              f"{summary.answer_tokens} answer tokens from rank {plan.rank:.3g}")
     outside = []
     for name, value, seen in (("rank", plan.power_of_two, entry.get("ranks")), ("length", summary.answer_tokens, entry.get("lengths"))):
         if seen and not min(seen) <= value <= max(seen):
@@ -141,22 +152,31 @@ def capacity_warning(summary: DataSummary, rank: int, table: str | Path | None) 
     held = values.get("ranks", {}).get(str(rank))
     if held is None or summary.records <= held["records"]:
         return None
+    protocol = values.get("protocol", "see docs/benchmarks.md")
+    protocol = protocol.get("text", protocol) if isinstance(protocol, dict) else protocol
     return (f"{summary.records} records exceed the {held['records']} that rank {rank} held in `memlaw capacity` "
-            f"({values.get('protocol', 'see docs/benchmarks.md')}); expect to need more steps or a larger rank")
+            f"({protocol}); expect to need more steps or a larger rank")
+
+
+def capacity_advice(summary: DataSummary, path: str | Path) -> Advice:
+    """The smallest power-of-two rank whose measured capacity (memlaw.law.capacity) holds the file's bits."""
+    from .capacity import rank_for_bits, read_capacity
+
+    rank, reason = rank_for_bits(read_capacity(path), summary.information_bits, str(path))
+    return Advice(rank, "capacity", f"{reason}; the file holds {summary.information_bits:.0f} bits "
+                                    f"({summary.information_source})")
 
 
 def advise(summary: DataSummary, law: str | Path | None = None, group: str | None = None, form: str | None = None,
            probe: dict | None = None, method: str | None = None, note=None) -> Advice:
-    """The rank for this data: from `law` (or the default model's shipped law), else from a probe.
+    """The rank for this data: from `law` (a ΔL law), else for the default model from its shipped capacity
+    law, else from a probe.
 
-    Without `group`, the law's group for `method` (the method that will train) if it has one, else its
-    combined law. The shipped law was fitted on PhoneBook (initial loss about 3.7 nats); for a file it
-    cannot answer (a higher initial loss puts "everything stored" above the law's ceiling, say) the
-    probe answers instead, and `note` (a callable, if given) hears why first. A law the user chose
-    that cannot answer is an error."""
+    With `law` and no `group`, the law's group for `method` (the method that will train) if it has one,
+    else its combined law; a law the user chose that cannot answer is an error. Where the shipped
+    capacity law cannot answer (it would extrapolate too far), the probe answers instead, and `note`
+    (a callable, if given) hears why first."""
     default_model = summary.model == "default"
-    shipped = law is None and default_model
-    law = law if law is not None else (default_file(DEFAULT_MODEL_LAW) if default_model else None)
     advice = None
     if law is not None:
         if group is None and method is not None:
@@ -167,14 +187,14 @@ def advise(summary: DataSummary, law: str | Path | None = None, group: str | Non
                 group = f"method={method}"
             except MemlawError:
                 pass  # no group of its own: the combined law
+        advice = law_advice(summary, law, group, form)
+    elif default_model and (capacity := default_file(DEFAULT_MODEL_CAPACITY)) is not None:
         try:
-            advice = law_advice(summary, law, group, form)
+            advice = capacity_advice(summary, capacity)
         except MemlawError as e:
-            if not shipped:
-                raise
-            why = f"the shipped law ({DEFAULT_MODEL_LAW}) cannot answer for this file: {str(e).split(': ', 1)[-1]}"
             if note is not None:
-                note(why + "; probing instead")
+                note(f"the shipped capacity law ({DEFAULT_MODEL_CAPACITY}) cannot answer for this file: "
+                     f"{str(e).split(': ', 1)[-1]}; probing instead")
     if advice is None:
         advice = probe_advice(summary.path, summary.model, **(probe or {}))
     advice.warning = capacity_warning(summary, advice.rank, default_file(DEFAULT_MODEL_CAPACITY) if default_model else None)

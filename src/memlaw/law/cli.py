@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import MemlawError
 from .forms import FORMS
-from .groups import GROUP_KEYS, SATURATION_MARGIN
+from .groups import GROUP_KEYS, SATURATION_MARGIN, TARGETS
 from .lawfile import LAW_FILE, ci_text, default_group, group_key, group_label, group_law, law_rows, pick_group, read_law, write_law
 
 MAX_LISTED_EXCLUDED = 10
@@ -40,10 +40,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--only", default=None, metavar="COND,...",
                    help="fit only these cells, e.g. 'length<=160' (same syntax as --holdout); recorded in law.json")
     p.add_argument("--exclude-saturated", action="store_true",
-                   help="leave out saturated cells (everything stored, or only what every rank stores); "
+                   help="leave out cells outside the law's regime, read from recall: saturated (every record "
+                   "recalled or certified) or at the format floor (no record recalled, nothing below the format floor); "
                    "listed in law.json with the reason")
     p.add_argument("--saturation-margin", type=float, default=SATURATION_MARGIN,
-                   help=f"how close to the initial loss, or how flat over ranks, counts as saturated (default: {SATURATION_MARGIN})")
+                   help=f"how close to the format floor counts as 'nothing beyond the format stored' (default: {SATURATION_MARGIN})")
+    p.add_argument("--target", default="delta_loss", choices=sorted(TARGETS),
+                   help="what the law describes: delta_loss (ΔL, the paper's target; the default) or memorized_delta_loss "
+                   "(the part of ΔL below the format floor, what stored records rather than the answers' format)")
     p.set_defaults(func=cmd_fit)
 
     p = subparsers.add_parser(
@@ -54,7 +58,8 @@ def register(subparsers: Any) -> None:
         "a law, from a quick probe at ranks 1, 2, 4, ...")
     p.add_argument("--law", default=None, help=f"{LAW_FILE} written by `memlaw fit`")
     p.add_argument("--length", type=int, default=None, help="answer tokens to memorize")
-    p.add_argument("--delta-loss", type=float, default=None, help="target loss reduction, nats per answer token")
+    p.add_argument("--delta-loss", type=float, default=None,
+                   help="target loss reduction, nats per trained token (answer and end-of-turn suffix, as the law's ΔL)")
     p.add_argument("--data", default=None, metavar="FILE", help="a records JSONL file to plan for (replaces --length and --delta-loss)")
     p.add_argument("--model", default="default", help="--data: the model whose tokenizer counts and whose loss is measured (default: the embedded one)")
     p.add_argument("--no-chat-template", action="store_true", help="--data: raw query + target, as `memlaw train --no-chat-template`")
@@ -88,7 +93,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     only = Holdout.parse(args.only, "--only") if args.only is not None else None
     try:
         law = fit_groups(table, by, holdout=holdout, only=only, exclude_saturated=args.exclude_saturated,
-                         saturation_margin=args.saturation_margin, loss=args.loss, n_bootstrap=args.bootstrap,
+                         saturation_margin=args.saturation_margin, target=args.target, loss=args.loss, n_bootstrap=args.bootstrap,
                          random_state=args.seed)
     except MemlawError as e:
         raise MemlawError(f"{path}: {e}") from None
@@ -148,7 +153,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     fitted = group_law(group, args.form)
     plan = fitted.rank_for(args.length, args.delta_loss)
     print(f"law      {label}, {fitted.form} form (n={fitted.n_}, R² {_num(fitted.r2_, '.4f')})")
-    print(f"target   ΔL ≥ {plan.delta_loss:g} nats per answer token at length {plan.length:g}")
+    print(f"target   ΔL ≥ {plan.delta_loss:g} nats per trained token at length {plan.length:g}")
     if plan.interval is None:
         print(f"rank     {plan.rank:.4g}")
         print(f"choose   rank {plan.power_of_two} (smallest power of two ≥ {plan.rank:.4g})")
@@ -172,8 +177,8 @@ def plan_for_data(data: str, model: str, law: str | None, group: str | None, for
     summary = summarize_data(data, model, chat_template)
     print(f"data     {data}: {summary.records} records, {summary.answer_tokens} answer tokens "
           f"({summary.trained_tokens} trained with the end-of-turn suffixes), tokenizer of {model}")
-    print(f"initial  loss {summary.initial_loss:.3f} nats per trained token (the base model); everything stored: "
-          f"ΔL ≥ {summary.target_delta_loss:.3f}")
+    print(f"initial  loss {summary.initial_loss:.3f} nats per trained token (the base model)")
+    print(f"bits     {summary.information_bits:.0f} bits of information in the records ({summary.information_source})")
 
     def probed(rank: int, metrics) -> None:
         print(f"probe    rank {rank}: {metrics.certified_fraction:.0%} certified in {metrics.steps} steps", flush=True)

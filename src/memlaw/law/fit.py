@@ -181,7 +181,7 @@ class ParametricMemoryLaw:
             raise MemlawError("the memory law is not fitted: call fit() or from_dict() first")
 
     def predict(self, rank: ArrayLike, length: ArrayLike) -> np.ndarray:
-        """Predicted ΔL (nats per answer token); rank and length broadcast."""
+        """Predicted ΔL (nats per trained token: answer and end-of-turn suffix); rank and length broadcast."""
         r, ell = np.asarray(rank, dtype=float), np.asarray(length, dtype=float)
         if np.any(r <= 0) or np.any(ell <= 0):
             raise MemlawError("rank and length must be positive")

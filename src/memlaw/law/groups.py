@@ -4,11 +4,14 @@
   *combined* law per (model, benchmark) across its ratios and methods, as the paper fits one
   law per model.
 - **Saturation** (``exclude_saturated``): cells whose ΔL the law cannot describe are left out
-  and listed with their reason. *Full*: ΔL ≥ (1 − margin) × the initial loss (everything
-  is stored; ΔL is capped by the initial loss, not set by r and ℓ). *Floor*: in one setting
-  (model, benchmark, ratio, method) at one length, no cell recalls a single record and the
-  mean ΔL per rank spans at most margin × its mean (only what every rank learns, such as
-  the answer format, is stored; the column says nothing about α).
+  and listed with their reason; both rules read recall, not ΔL. *Saturated*: every record is
+  certified, or recalled exactly (the rank holds more than the cell asks of it; ΔL then says
+  nothing about how much more). *Floor*: no record is recalled and the final loss is within
+  margin × the format floor of that floor (``format_floor_loss``: the loss of a model that
+  knows only the answers' format, memlaw.data.information), i.e. nothing beyond the format is
+  stored. Tables without a format floor (written before it existed) fall back to the flat-
+  column test: in one setting (model, benchmark, ratio, method) at one length, no cell recalls
+  a record and the mean ΔL per rank spans at most margin × its mean.
 - **Forms.** Every group is fitted in each form (memlaw.law.forms) with AIC and BIC.
 - **Holdout** (``holdout="rank>=16"``): each form is also fitted on the group's other rows
   and scored (MAPE, R²) on the held-out rows: extrapolation error, which in-sample R² does
@@ -34,6 +37,10 @@ from .forms import DEFAULT_FORM, FORMS
 GROUP_KEYS = ("model", "benchmark", "ratio", "method")  # the finest setting law.json keys a group by
 COMBINED_KEYS = ("model", "benchmark")  # the combined law: one per model and benchmark
 POINT_COLUMNS = ("rank", "length", "delta_loss")
+TARGETS = {  # what a law describes (memlaw fit --target)
+    "delta_loss": "ΔL, the loss reduction per trained token (the paper's target)",
+    "memorized_delta_loss": "the part of ΔL below the format floor: what stored records rather than the format",
+}
 SATURATION_MARGIN = 0.05
 OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt,
              "<": operator.lt}
@@ -93,21 +100,30 @@ class Holdout:
 
 # ---------------------------------------------------------------------- saturation
 def saturated_cells(rows: Any, margin: float = SATURATION_MARGIN) -> dict[int, str]:
-    """Position in `rows` -> why that cell is saturated (full, or at the floor), for the ok rows of a results table."""
+    """Position in `rows` -> why that cell is out of the law's regime (saturated, or at the format floor),
+    for the ok rows of a results table (see the module docstring)."""
     if not 0 < margin < 1:
         raise MemlawError(f"--saturation-margin must lie in (0, 1), got {margin}")
-    needed = [c for c in ("initial_loss", "exact_match") if c not in rows.columns]
+    needed = [c for c in ("exact_match",) if c not in rows.columns]
     if needed:
         raise MemlawError(f"--exclude-saturated needs the column(s) {', '.join(needed)}")
-    y = rows["delta_loss"].to_numpy(dtype=float)
-    initial = rows["initial_loss"].to_numpy(dtype=float)
-    out = {
-        int(i): f"full: ΔL {y[i]:.4g} ≥ {1 - margin:.0%} of the initial loss {initial[i]:.4g}"
-        for i in np.flatnonzero(y >= (1 - margin) * initial)
-    }
+    em = rows["exact_match"].to_numpy(dtype=float)
+    certified = _column(rows, "certified_fraction")
+    out = {}
+    for i in range(len(rows)):
+        if em[i] >= 1.0 or certified[i] >= 1.0:
+            out[i] = f"saturated: every record recalled (EM {em[i]:.3g}, certified {_percent(certified[i])})"
+    floor, final = _column(rows, "format_floor_loss"), _column(rows, "final_loss")
+    known = ~np.isnan(floor)
+    for i in np.flatnonzero(known & (em == 0) & (final >= (1 - margin) * floor)):
+        out.setdefault(int(i), f"floor: no record recalled and the final loss {final[i]:.4g} is within {margin:.0%} "
+                               f"of the format floor {floor[i]:.4g} (nothing beyond the format stored)")
     setting = [c for c in GROUP_KEYS if c in rows.columns]
     for _, column in _split(rows, [*setting, "length"]).items():
+        column = [i for i in column if not known[i]]  # cells without a format floor: the flat-column test
         ranks = rows.iloc[column]
+        if not column:
+            continue
         per_rank = ranks.groupby("rank")["delta_loss"].mean()
         if len(per_rank) < 2 or ranks["exact_match"].to_numpy(dtype=float).max() > 0:
             continue
@@ -117,7 +133,20 @@ def saturated_cells(rows: Any, margin: float = SATURATION_MARGIN) -> dict[int, s
                       f"(spread {spread:.1%} ≤ {margin:.0%}) at length {ranks['length'].iloc[0]}")
             for i in column:
                 out.setdefault(i, reason)
-    return out
+    return dict(sorted(out.items()))
+
+
+def _column(rows: Any, name: str) -> np.ndarray:
+    """A numeric column as floats (NaN where missing, or everywhere if the table has no such column)."""
+    import pandas as pd
+
+    if name not in rows.columns:
+        return np.full(len(rows), np.nan)
+    return pd.to_numeric(rows[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.0%}"
 
 
 # ---------------------------------------------------------------------- fitting
@@ -130,12 +159,13 @@ def fit_groups(
     only: Holdout | None = None,
     exclude_saturated: bool = False,
     saturation_margin: float = SATURATION_MARGIN,
+    target: str = "delta_loss",
     **params: Any,
 ) -> dict[str, Any]:
     """Fit every form per group of `by` and per (model, benchmark); the content of law.json (without "source").
 
     Uses rows with status "ok" (every row if there is no status column) and finite rank,
-    length, delta_loss. Group columns absent from the table are left out of the keys; missing
+    length and `target` (TARGETS; the law's y, stored in law.json). Group columns absent from the table are left out of the keys; missing
     values (e.g. ratio on PhoneBook) form one group value, None. ``params`` go to
     ParametricMemoryLaw. Groups whose points cannot identify the law are listed under "skipped".
     """
@@ -148,15 +178,21 @@ def fit_groups(
     bad_forms = [f for f in forms if f not in FORMS]
     if bad_forms or not forms:
         raise MemlawError(f"unknown law form(s) {', '.join(bad_forms) or '(none given)'}; choose from {', '.join(FORMS)}")
+    if target not in TARGETS:
+        raise MemlawError(f"--target: unknown {target!r}; choose from {', '.join(TARGETS)}")
     missing = [c for c in POINT_COLUMNS if c not in df.columns]
+    if target not in df.columns:
+        missing.append(target)
     if missing:
-        raise MemlawError(f"missing column(s) {', '.join(missing)} (have: {', '.join(map(str, df.columns))})")
+        extra = " (a table written before memlaw counted information: re-evaluate its cells)" if target in missing else ""
+        raise MemlawError(f"missing column(s) {', '.join(missing)}{extra} (have: {', '.join(map(str, df.columns))})")
+    columns = ("rank", "length", target)
     rows = df[df["status"].isin(["ok"]).to_numpy(dtype=bool)] if "status" in df.columns else df
-    points = rows[list(POINT_COLUMNS)].apply(pd.to_numeric, errors="coerce")  # non-numbers -> NaN
-    keep = np.isfinite(points.to_numpy(dtype=float, na_value=np.nan)).all(axis=1)
+    points = rows[list(dict.fromkeys((*POINT_COLUMNS, target)))].apply(pd.to_numeric, errors="coerce")  # non-numbers -> NaN
+    keep = np.isfinite(points[list(columns)].to_numpy(dtype=float, na_value=np.nan)).all(axis=1)
     rows = rows.assign(**points)[keep].reset_index(drop=True)
     if len(rows) == 0:
-        raise MemlawError("no rows with status 'ok' and finite rank, length and delta_loss")
+        raise MemlawError(f"no rows with status 'ok' and finite rank, length and {target}")
 
     if only is not None:  # the cells the fit is about; saturation is judged among them
         rows = rows[only.mask(rows)].reset_index(drop=True)
@@ -175,7 +211,7 @@ def fit_groups(
     for part, cols in (("groups", [c for c in by if c in rows.columns]), ("combined", [c for c in COMBINED_KEYS if c in rows.columns])):
         for key, members in sorted(_split(rows, cols).items(), key=lambda kv: tuple(str(v) for v in kv[0])):
             named = dict(zip(cols, key))
-            r, ell, y = rows.iloc[members][list(POINT_COLUMNS)].to_numpy(dtype=float).T
+            r, ell, y = rows.iloc[members][list(columns)].to_numpy(dtype=float).T
             problem = data_problem(r, ell, y)
             if problem:
                 out["skipped"].append({"key": named, **({"combined": True} if part == "combined" else {}), "reason": problem})
@@ -186,6 +222,7 @@ def fit_groups(
         raise MemlawError(f"cannot fit the memory law: {out['skipped'][0]['reason']}")
     return {
         "version": 2,
+        "target": target,
         "forms": {name: FORMS[name].formula for name in forms},
         "group_cols": [c for c in by if c in rows.columns],
         "combined_cols": [c for c in COMBINED_KEYS if c in rows.columns],

@@ -22,7 +22,7 @@ from ..errors import MemlawError
 from ..io import write_json
 from .fit import ParametricMemoryLaw
 from .forms import DEFAULT_FORM, FORMS
-from .groups import GROUP_KEYS
+from .groups import GROUP_KEYS, TARGETS
 
 __all__ = ["ALL_CELLS", "GROUP_KEYS", "LAW_FILE", "ci_text", "default_group", "group_key", "group_label", "group_law", "law_rows",
            "pick_group", "read_law", "write_law"]
@@ -69,6 +69,9 @@ def read_law(path: str | os.PathLike) -> dict:
         law = _upgrade_v1(law)
     if not isinstance(law["combined"], list):
         raise MemlawError(f"{not_law}: 'combined' is not a list")
+    law.setdefault("target", "delta_loss")  # written before --target: ΔL
+    if law["target"] not in TARGETS:
+        raise MemlawError(f"{not_law}: unknown target {law['target']!r} (known: {', '.join(TARGETS)})")
     for group in law["groups"] + law["combined"]:
         if not isinstance(group, dict) or not isinstance(group.get("laws"), dict) or not group["laws"]:
             raise MemlawError(f"{not_law}: a group without fitted laws")

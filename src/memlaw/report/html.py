@@ -383,7 +383,7 @@ def render(sweep_dir: Path, results: pd.DataFrame, ok: pd.DataFrame, law: dict |
         "of a fit without those cells on them: how well the form extrapolates.",
         parameter_table(law) if law else note(NO_LAW)))
     parts.append(section(
-        "ΔL against rank", "Loss reduction per answer token (mean over seeds: line; single seeds: dots) on log-log "
+        "ΔL against rank", "Loss reduction per trained token (mean over seeds: line; single seeds: dots) on log-log "
         "axes, one line per length; the dashed curves are the fitted law. Higher rank stores more, so lines rise.",
         law_note, img(delta_loss_curves(panels, "rank"), "delta loss against rank")))
     parts.append(section(

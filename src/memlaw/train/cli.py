@@ -103,6 +103,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="folder for the probes and capacity.json (default: runs/capacity-r<RANK>)")
     p.add_argument("--start", type=int, default=1, help="first probe size in records (default: 1)")
     p.add_argument("--limit", type=int, default=100_000, help="largest size to probe (default: 100000)")
+    p.add_argument("--fit", nargs="+", default=None, metavar="DIR",
+                   help="instead of searching: join the capacity.json of these searches (one rank each, same settings) "
+                   "into one capacity file with its law K(r) = k·r^a in bits, written to --out (e.g. the file "
+                   "`memlaw plan --data` reads for the default model)")
     p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
     add_config_flags(p)
     p.set_defaults(func=cmd_capacity)
@@ -217,6 +221,9 @@ def _clip(text: str, width: int) -> str:
 def cmd_capacity(args: argparse.Namespace) -> int:
     from ..capacity import capacity_search
 
+    if args.fit is not None:
+        return fit_capacity(args)
+
     cfg = config_from_args(args, CAPACITY_DEFAULTS)
     out = Path(args.out or f"runs/capacity-r{cfg.rank}")
 
@@ -224,13 +231,33 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         verdict = "stored" if p.success else "FAILED"
         print(
             f"probe {p.records:>6} records ({p.answer_tokens:>6} answer tokens): {verdict:<6}  "
-            f"certified {p.certified_fraction:.1%}  steps {p.steps:>5}  bits {p.bits_stored:9.1f}  {p.seconds:7.1f}s",
+            f"certified {p.certified_fraction:.1%}  steps {p.steps:>5}  bits memorized {p.bits_memorized:7.1f}  {p.seconds:7.1f}s",
             flush=True,
         )
 
     s = capacity_search(cfg, out, benchmark=args.benchmark, start=args.start, limit=args.limit, on_probe=show)
     print(f"rank {s['rank']} ({s['method']}, budget {s['max_steps']} steps): capacity {s['records']} records, "
-          f"{s['answer_tokens']} answer tokens, {s['bits_stored']:.1f} bits stored, "
+          f"{s['answer_tokens']} answer tokens, {s['bits_memorized']:.1f} bits memorized, "
           f"{s['trainable_params']} trainable params, {s['bits_per_param']:.4f} bits/param")
     print(f"results: {out / 'capacity.json'}")
+    return 0
+
+
+def fit_capacity(args: argparse.Namespace) -> int:
+    """`memlaw capacity --fit DIR ... --out FILE`: one capacity file with its law, from several searches."""
+    from ..law.capacity import fit_capacity_files
+
+    if args.out is None:
+        raise MemlawError("capacity --fit: give --out FILE for the joined capacity file")
+    result = fit_capacity_files(args.fit, args.out)
+    law = result["law"]
+    for rank, entry in result["ranks"].items():
+        print(f"rank {rank:>4}: {entry['records']:>5} records, {entry['bits_memorized']:8.1f} bits, "
+              f"{entry['bits_per_param']:.4f} bits/param")
+    print(f"law      K(r) = {law['k']:.4g}·r^{law['a']:.3f} bits")
+    if law["heldout"]:
+        h = law["heldout"]
+        print(f"held out rank {h['rank']:g}: predicted {h['predicted_bits']:.1f} bits, measured {h['measured_bits']:.1f} "
+              f"({h['error']:+.1%})")
+    print(f"capacity: {args.out}")
     return 0
