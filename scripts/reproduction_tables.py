@@ -74,13 +74,27 @@ def main() -> int:
     em = em_table(ok)
     print("\norderings (EM):")
     orderings(em)
-    print("\n### Bits per parameter per rank (largest over lengths)\n")
-    bits = ok.groupby(["method", "rank", "length"])["bits_per_param"].mean().groupby(level=["method", "rank"]).max()
+    print("\n### Bits per parameter per rank (largest over lengths): memorized information / loss removed in bits\n")
+    loss_bits = ok["loss_bits"] if "loss_bits" in ok else ok["bits_stored"]
+    with_loss = ok.assign(loss_bits_per_param=loss_bits / ok["trainable_params"])
+    per_cell = with_loss.groupby(["method", "rank", "length"])[["bits_per_param", "loss_bits_per_param"]].mean()
+    bits = per_cell.groupby(level=["method", "rank"]).max()
     ranks = sorted(ok["rank"].unique())
     print("| method | " + " | ".join(f"r = {r}" for r in ranks) + " |")
     print("|---|" + "---|" * len(ranks))
     for m in [m for m in METHODS if m in bits.index.get_level_values(0)]:
-        print(f"| {m} | " + " | ".join(f"{bits.loc[(m, r)]:.3f}" if (m, r) in bits.index else "—" for r in ranks) + " |")
+        print(f"| {m} | " + " | ".join(f"{bits.loc[(m, r), 'bits_per_param']:.3f} / {bits.loc[(m, r), 'loss_bits_per_param']:.3f}"
+                                        if (m, r) in bits.index else "—" for r in ranks) + " |")
+    if "information_bits" in ok:
+        over = ok[loss_bits > ok["information_bits"]]
+        print(f"\nloss_bits exceeds the records' information in {len(over)} of {len(ok)} cells")
+        share = ((ok["initial_loss"] - ok["format_floor_loss"]) / ok["initial_loss"]).agg(["min", "max"])
+        print(f"the format's share of the initial loss: {share['min']:.1%}–{share['max']:.1%}")
+        near_ceiling = (ok["delta_loss"] >= 0.95 * ok["initial_loss"]).sum()
+        near_floor = (ok["final_loss"] >= 0.95 * ok["format_floor_loss"]).sum() if "format_floor_loss" in ok else 0
+        recalled = ((ok["exact_match"] >= 1) | (ok["certified_fraction"] >= 1)).sum()
+        print(f"cells with every record recalled or certified: {recalled}; ΔL within 5 % of the initial loss: {near_ceiling}; "
+              f"final loss within 5 % of the format floor (or above it): {near_floor}")
     phase = pb / "analysis" / "phase.json"
     if phase.is_file():
         summary = json.loads(phase.read_text(encoding="utf-8"))
@@ -103,8 +117,8 @@ def main() -> int:
     if seeds.is_file():
         s43 = pd.read_parquet(seeds)
         print("\n### Seed 42 vs seed 43 (same grid cell, other records)\n")
-        print("| method | rank | length | ΔL s42 | ΔL s43 | |Δ| % | EM s42 | EM s43 |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| method | rank | length | initial loss s42 / s43 | ΔL s42 | ΔL s43 | |Δ| % | EM s42 | EM s43 |")
+        print("|---|---|---|---|---|---|---|---|---|")
         diffs = []
         for row in s43[s43["status"] == "ok"].itertuples():
             base = ok[(ok["method"] == row.method) & (ok["rank"] == row.rank) & (ok["length"] == row.length)]
@@ -113,7 +127,8 @@ def main() -> int:
             b = base.iloc[0]
             diff = abs(row.delta_loss - b["delta_loss"]) / b["delta_loss"] * 100
             diffs.append(diff)
-            print(f"| {row.method} | {row.rank} | {row.length} | {b['delta_loss']:.3f} | {row.delta_loss:.3f} | {diff:.1f} | "
+            print(f"| {row.method} | {row.rank} | {row.length} | {b['initial_loss']:.3f} / {row.initial_loss:.3f} | "
+                  f"{b['delta_loss']:.3f} | {row.delta_loss:.3f} | {diff:.1f} | "
                   f"{b['exact_match']:.3f} | {row.exact_match:.3f} |")
         if diffs:
             print(f"\nmean |ΔL(s43) − ΔL(s42)| / ΔL(s42) = {sum(diffs) / len(diffs):.2f} % over {len(diffs)} cells")

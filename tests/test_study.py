@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from memlaw.cli import main
+from memlaw.data.information import PHONEBOOK_BITS
 from memlaw.sweep.results import read_results
 
 STUDY = Path(__file__).resolve().parents[1] / "results" / "smollm2-135m"
@@ -37,7 +38,7 @@ def fit_args(law: dict) -> list[str]:
         args += ["--only", law["only"]]
     if law["saturation"]["excluded"]:
         args += ["--exclude-saturated", "--saturation-margin", str(law["saturation"]["margin"])]
-    return args
+    return [*args, "--target", law.get("target", "delta_loss")]
 
 
 def assert_close(a, b, where: str = "law") -> None:
@@ -95,6 +96,17 @@ def test_committed_tables_load_and_match_their_cells(sweep):
         metrics = json.loads((folder / "cells" / row.cell / "metrics.json").read_text(encoding="utf-8"))
         assert metrics["delta_loss"] == pytest.approx(row.delta_loss) and metrics["exact_match"] == pytest.approx(row.exact_match)
         assert (folder / "cells" / row.cell / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("sweep", ["phonebook", "seed43"])
+def test_committed_phonebook_cells_count_memory_as_information(sweep):
+    """bits_memorized = 31.9 bits x records recalled exactly, never more; bits_per_param is it over the unit's parameters."""
+    table = read_results(STUDY / sweep / "results.parquet")
+    recalled = (table["exact_match"] * table["n_records"]).round()
+    assert (table["information_source"] == "phonebook").all()
+    np.testing.assert_allclose(table["bits_memorized"], recalled * PHONEBOOK_BITS, rtol=1e-9)
+    assert (table["bits_memorized"] <= recalled * 31.9).all()
+    np.testing.assert_allclose(table["bits_per_param"], table["bits_memorized"] / table["trainable_params"], rtol=1e-9)
 
 
 def test_memlaw_fit_rebuilds_the_committed_law(tmp_path):
