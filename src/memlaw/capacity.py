@@ -59,10 +59,12 @@ def search_sizes(probe: Callable[[int], bool], start: int = 1, limit: int = 100_
 
 def protocol(cfg: TrainConfig) -> dict:
     """The settings a capacity depends on (besides the rank): searches join into one law only if these agree."""
-    keys = ("method", "lr", "dropout", "batch_size", "max_steps", "a_init", "chat_template", "layer", "component")
+    keys = ("method", "lr", "dropout", "batch_size", "epochs", "max_steps", "a_init", "chat_template", "layer",
+            "component")
     values = {k: getattr(cfg, k) for k in keys}
+    budget = f"{cfg.max_steps} steps" if cfg.max_steps is not None else f"{cfg.epochs} epochs"
     values["text"] = (f"{cfg.method}, lr {cfg.lr:g}, dropout {cfg.dropout:g}, batch {cfg.batch_size}, every record "
-                      f"certified within {cfg.max_steps} steps")
+                      f"certified within {budget}")
     return values
 
 

@@ -35,7 +35,7 @@ from ..errors import MemlawError
 from .groups import SATURATION_MARGIN
 
 PROBE_RANKS = (1, 2, 4, 8, 16, 32, 64, 128)
-PROBE_STEPS = 300
+PROBE_EPOCHS = 300  # a probe's budget: epochs, so a file of more records than one batch gets as many passes
 DEFAULT_MODEL_LAW = "smollm2-135m-law.json"  # memlaw/law/defaults/: the study's law, for model "default"
 DEFAULT_MODEL_CAPACITY = "smollm2-135m-capacity.json"  # memlaw/law/defaults/: `memlaw capacity` results
 
@@ -119,15 +119,19 @@ def law_advice(summary: DataSummary, law_path: str | Path, group: str | None = N
     return Advice(max(1, plan.power_of_two), "law", reason)
 
 
-def probe_advice(path: str | Path, model: str = "default", max_steps: int = PROBE_STEPS, ranks=PROBE_RANKS,
-                 progress=None, **config: Any) -> Advice:
-    """Memorize the file at ranks 1, 2, 4, … (memorize's settings, `max_steps` budget) until all are certified."""
+def probe_advice(path: str | Path, model: str = "default", max_steps: int | None = None, ranks=PROBE_RANKS,
+                 progress=None, epochs: int = PROBE_EPOCHS, **config: Any) -> Advice:
+    """Memorize the file at ranks 1, 2, 4, … (memorize's settings, `epochs` passes, at most `max_steps` steps if
+    given) until all are certified. The budget is in epochs, not steps: with a step budget a file of 17 records
+    (two batches of 16) would get half the passes of one of 16, and the probe would measure the batch split."""
     from ..config import TrainConfig, replace
     from ..memory import MEMORIZE_DEFAULTS
     from ..model.loading import load_model
     from ..train.trainer import train
 
-    cfg = TrainConfig(**{**MEMORIZE_DEFAULTS, "model": model, **config, "data": str(path), "max_steps": max_steps}).validate()
+    cfg = TrainConfig(**{**MEMORIZE_DEFAULTS, "model": model, **config, "data": str(path), "epochs": epochs,
+                         "max_steps": max_steps}).validate()
+    budget = f"{epochs} epochs" + (f" and {max_steps} steps" if max_steps else "")
     loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
     tried = []
     with tempfile.TemporaryDirectory(prefix="memlaw-probe-") as tmp:
@@ -139,8 +143,8 @@ def probe_advice(path: str | Path, model: str = "default", max_steps: int = PROB
                 progress(rank, metrics)
             if metrics.certified_fraction == 1.0:
                 return Advice(rank, "probe", f"a probe certified every record at rank {rank} within "
-                              f"{metrics.steps_to_certified} of {max_steps} steps (certified: {', '.join(tried)})")
-    raise MemlawError(f"{path}: no rank up to {ranks[-1]} certified every record within {max_steps} steps "
+                              f"{metrics.steps_to_certified} steps of a {budget} budget (certified: {', '.join(tried)})")
+    raise MemlawError(f"{path}: no rank up to {ranks[-1]} certified every record within {budget} "
                       f"({', '.join(tried)}); give --rank and a larger --max-steps")
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import MemlawError
 from ..io import write_json
+from ..rundir import read_json_object
 
 FORMULA = "K(r) = k·r^a (bits of records certified at rank r)"
 EXTRAPOLATION = 2.0  # plan answers up to this factor beyond the largest measured rank; beyond, it probes
@@ -85,18 +86,13 @@ class CapacityLaw:
 
 def read_capacity(path: str | Path) -> dict:
     """A capacity file (memlaw/law/defaults/*-capacity.json or `memlaw capacity --fit`'s output)."""
-    try:
-        values = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MemlawError(f"capacity file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MemlawError(f"cannot read the capacity file {path}: {e}") from None
-    if not isinstance(values, dict) or not isinstance(values.get("ranks"), dict):
+    values = read_json_object(Path(path))
+    if not isinstance(values.get("ranks"), dict):
         raise MemlawError(f"{path}: not a capacity file (no 'ranks')")
     return values
 
 
-def fit_capacity_files(paths: Sequence[str | Path], out: str | Path, note: str | None = None) -> dict:
+def fit_capacity_files(paths: Sequence[str | Path], out: str | Path) -> dict:
     """Join `memlaw capacity` results (each folder's capacity.json, one rank each) into one capacity file with
     its law; the protocol must be the same in every one."""
     runs = []
@@ -116,21 +112,15 @@ def fit_capacity_files(paths: Sequence[str | Path], out: str | Path, note: str |
     usable = {int(r): v["bits_memorized"] for r, v in ranks.items() if v["records"] > 0}
     law = CapacityLaw.fit(list(usable), list(usable.values()))
     result = {"model": runs[0][1]["model"], "benchmark": runs[0][1]["benchmark"], "protocol": runs[0][1]["protocol"],
-              **({"note": note} if note else {}), "ranks": ranks, "law": law.to_dict()}
+              "ranks": ranks, "law": law.to_dict()}
     write_json(out, result)
     return result
 
 
 def read_capacity_run(path: Path) -> dict:
     """One `memlaw capacity` search's capacity.json, with the protocol it ran under."""
-    try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MemlawError(f"capacity --fit: {path} not found (a folder written by `memlaw capacity`)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MemlawError(f"capacity --fit: cannot read {path}: {e}") from None
-    needed = ("rank", "records", "bits_memorized", "protocol")
-    missing = [k for k in needed if not isinstance(run, dict) or k not in run]
+    run = read_json_object(path)
+    missing = [k for k in ("rank", "records", "bits_memorized", "protocol") if k not in run]
     if missing:
         raise MemlawError(f"capacity --fit: {path} lacks {', '.join(missing)} (written by an older memlaw? run the search again)")
     return run

@@ -64,7 +64,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", default="default", help="--data: the model whose tokenizer counts and whose loss is measured (default: the embedded one)")
     p.add_argument("--no-chat-template", action="store_true", help="--data: raw query + target, as `memlaw train --no-chat-template`")
     p.add_argument("--probe-steps", type=int, default=None, metavar="N",
-                   help="--data without a law: step budget of each probe (default: 300)")
+                   help="--data, when probing: cap each probe at N steps (default: no cap; each probe has 300 epochs)")
     p.add_argument("--group", default=None, metavar="KEY=VALUE,...",
                    help="use this group's law (default: the combined law, when the file has one)")
     p.add_argument("--form", default=None, choices=sorted(FORMS),
