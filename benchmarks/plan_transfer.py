@@ -6,10 +6,10 @@ the smallest rank a probe certifies (ranks 1, 2, 4, … with memorize's settings
 its defaults (2000-step budget): does it certify every record? The law passes on a file when the
 planned rank certifies it and is within one doubling of the probe's rank.
 
-Files: examples/facts.jsonl, and two it writes (seeded): 12 API keys ("sk-" + 20 random
-characters) and 24 six-digit order codes; any --data FILE may be added.
+Files: examples/facts.jsonl, and two it writes (seeded): API keys ("sk-" + 20 random characters,
+--keys of them) and six-digit order codes (--codes); any --data FILE may be added.
 
-    .venv/bin/python benchmarks/plan_transfer.py [--data FILE ...] [--out runs/bench-plan]
+    .venv/bin/python benchmarks/plan_transfer.py [--keys 8] [--codes 16] [--data FILE ...] [--out runs/bench-plan]
 """
 
 from __future__ import annotations
@@ -41,12 +41,14 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="*", default=[], help="more records files to check")
+    p.add_argument("--keys", type=int, default=8, help="API-key records to write (default: 8)")
+    p.add_argument("--codes", type=int, default=16, help="order-code records to write (default: 16)")
     p.add_argument("--out", default="runs/bench-plan")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     files = [ROOT / "examples" / "facts.jsonl"]
-    for name, rows in (("keys.jsonl", key_records(12, 0)), ("codes.jsonl", code_records(24, 0))):
+    for name, rows in (("keys.jsonl", key_records(args.keys, 0)), ("codes.jsonl", code_records(args.codes, 0))):
         (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         files.append(out / name)
     files += [Path(f) for f in args.data]

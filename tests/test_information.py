@@ -9,15 +9,21 @@ import pytest
 
 from conftest import write_records
 from memlaw.cli import main
-from memlaw.data.information import (BASE_LOSS, DECLARED, LINEAR_RULE, PHONEBOOK, PHONEBOOK_BITS, format_floor_nats,
-                                     linear_rule_bits, linear_rule_record, record_information)
+from memlaw.data.information import (BASE_LOSS, DECLARED, LINEAR_RULE, LONG_CONTEXT, PHONEBOOK, PHONEBOOK_BITS,
+                                     format_floor_nats, linear_rule_bits, linear_rule_record, noise_token_bits,
+                                     record_information)
+from memlaw.data.records import Record
+
+
+def records(*pairs, info=None):
+    return [Record(q, t, info_bits=None if info is None else info[i]) for i, (q, t) in enumerate(pairs)]
 from memlaw.errors import MemlawError
 from memlaw.rundir import RunMetrics
 
 
 def test_phonebook_numbers_hold_31_9_bits():
     assert PHONEBOOK_BITS == pytest.approx(2 + 9 * math.log2(10)) == pytest.approx(31.897, abs=1e-3)
-    info = record_information(["A:", "B:"], ["8332181960", "7890838637"], [None, None], [40.0, 41.0])
+    info = record_information(records(("A:", "8332181960"), ("B:", "7890838637")), [[40.0], [41.0]])
     assert info.source == PHONEBOOK and info.bits == (PHONEBOOK_BITS, PHONEBOOK_BITS)
     assert info.of([True, False]) == PHONEBOOK_BITS
     # a format-only model's summed loss on the answers is the information itself, in nats
@@ -26,15 +32,34 @@ def test_phonebook_numbers_hold_31_9_bits():
 
 @pytest.mark.parametrize("target", ["5332181960", "833218196", "83321819600", "8332-181960"])
 def test_other_targets_are_not_read_as_phonebook(target):
-    info = record_information(["A:"], [target], [None], [10.0])
+    info = record_information(records(("A:", target)), [[4.0, 6.0]])
     assert info.source == BASE_LOSS and info.bits == (pytest.approx(10.0 / math.log(2)),)
 
 
 def test_declared_bits_win_and_sources_mix():
-    info = record_information(["A:", "B:", "C:", "f(3, 4) ="], ["8332181960", "KT-4471-B", "x", "36"],
-                              [None, 12.5, None, None], [40.0, 30.0, 1.0, 5.0])
+    info = record_information(records(("A:", "8332181960"), ("B:", "KT-4471-B"), ("C:", "x"), ("f(3, 4) =", "36"),
+                                      info=[None, 12.5, None, None]), [[40.0], [30.0], [1.0], [5.0]])
     assert info.bits == (PHONEBOOK_BITS, 12.5, pytest.approx(1 / math.log(2)), linear_rule_bits())
     assert info.source == f"mixed: {BASE_LOSS}, {DECLARED}, {LINEAR_RULE}, {PHONEBOOK}"
+
+
+def test_long_context_counts_random_tokens_exactly_and_natural_ones_by_the_base_loss():
+    record = Record("Q", "text", target_ids=(5, 6, 7, 8), noise_positions=(0, 2), noise_bits=15.0)
+    info = record_information([record], [[1.0, 2.0, 3.0, 4.0]])
+    assert info.source == LONG_CONTEXT and info.bits == (pytest.approx(2 * 15.0 + (2.0 + 4.0) / math.log(2)),)
+
+
+def test_long_context_records_made_for_the_tokenizer_carry_their_noise(tiny_model_dir, tmp_path):
+    from memlaw.data.records import load_records
+    from memlaw.model.loading import load_tokenizer
+
+    out = tmp_path / "lc.jsonl"
+    assert main(["data", "long-context", "--ratio", "r40", "--length", "50", "--out", str(out),
+                 "--model", str(tiny_model_dir)]) == 0
+    tok = load_tokenizer(str(tiny_model_dir))
+    (record,) = load_records(out, tok, 50)
+    assert record.noise_bits == pytest.approx(noise_token_bits(tok)) == pytest.approx(math.log2(256))  # byte tokens
+    assert len(record.noise_positions) == 20 and max(record.noise_positions) < 50  # 40 % of the first 50 tokens
 
 
 def test_linear_rule_answers_hold_their_entropy():

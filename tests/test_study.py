@@ -117,3 +117,17 @@ def test_memlaw_fit_rebuilds_the_committed_law(tmp_path):
     fresh = json.loads((tmp_path / "law" / "law.json").read_text(encoding="utf-8"))
     assert Path(fresh.pop("source")).name == Path(committed.pop("source")).name == "results.parquet"
     assert_close(fresh, committed)
+
+
+def test_the_shipped_capacity_law_is_rebuilt_from_the_committed_searches(tmp_path):
+    """memlaw/law/defaults/smollm2-135m-capacity.json (what `plan --data` reads) = `memlaw capacity --fit` over
+    the committed searches in results/smollm2-135m/capacity."""
+    from memlaw.law.advice import DEFAULT_MODEL_CAPACITY, default_file
+
+    out = tmp_path / "capacity.json"
+    searches = sorted(str(p) for p in (STUDY / "capacity").iterdir() if (p / "capacity.json").is_file())
+    assert len(searches) >= 2
+    assert main(["capacity", "--fit", *searches, "--out", str(out)]) == 0
+    shipped = json.loads(default_file(DEFAULT_MODEL_CAPACITY).read_text(encoding="utf-8"))
+    assert_close(json.loads(out.read_text(encoding="utf-8")), shipped)
+    assert shipped["law"]["a"] > 0 and shipped["law"]["k"] > 0

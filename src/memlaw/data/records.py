@@ -28,6 +28,9 @@ class Record:
     id: Any = None
     target_ids: tuple[int, ...] | None = None  # set when the target is defined in token space
     info_bits: float | None = None  # the answer's information, if the line declares it (memlaw.data.information)
+    # Long-Context made for this tokenizer: the target's randomly replaced positions and the bits each holds
+    noise_positions: tuple[int, ...] | None = None
+    noise_bits: float | None = None
 
 
 def _where(path: Path, line: int) -> str:
@@ -74,6 +77,9 @@ def parse_line(obj: Any, where: str, tokenizer=None, length: int | None = None) 
         if tokenizer is None:  # pragma: no cover - callers always pass one
             raise MemlawError(f"{where}: Long-Context data needs the model's tokenizer")
         ids = _matching_ids(obj, where, tokenizer)
+        noise = None
+        if ids is not None and isinstance(obj.get("noise_positions"), list):  # positions of this tokenizer's ids
+            noise = tuple(p for p in obj["noise_positions"] if type(p) is int and 0 <= p < int(length))
         if ids is None:
             ids = tokenizer(obj["matching"], add_special_tokens=False)["input_ids"]
         ids = ids[: int(length)]
@@ -81,7 +87,13 @@ def parse_line(obj: Any, where: str, tokenizer=None, length: int | None = None) 
             raise MemlawError(f"{where}: empty target ('matching' has no tokens)")
         if len(ids) < int(length):
             raise MemlawError(f"{where}: 'matching' has only {len(ids)} tokens, fewer than --length {length}")
-        return Record(query=obj["question"], target=tokenizer.decode(ids), id=obj.get("id"), target_ids=tuple(ids))
+        bits = None
+        if noise is not None:
+            from .information import noise_token_bits
+
+            bits = noise_token_bits(tokenizer)
+        return Record(query=obj["question"], target=tokenizer.decode(ids), id=obj.get("id"), target_ids=tuple(ids),
+                      noise_positions=noise, noise_bits=bits)
     raise MemlawError(f"{where}: missing fields 'query' and 'target' (or 'question' and 'matching')")
 
 

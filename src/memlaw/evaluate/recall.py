@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data.encoding import Encoded, left_pad
-from ..data.information import Information, format_floor_nats, record_information
+from ..data.information import BASE_LOSS, Information, format_floor_nats
 from ..model.forward import AnswerForward
 from ..model.hf_compat import cache_kwarg, forward_of, returned_cache
 
@@ -173,9 +173,8 @@ def summarize(
         "certificate_violations": sum(r["certified"] and not r["exact"] for r in rows),
         "loss_bits": (init_answer - final_answer) / math.log(2),
     }
-    if info is None:
-        info = record_information([""] * len(encoded), [""] * len(encoded), [None] * len(encoded),
-                                  [float(s.answer_losses.sum()) for s in initial])
+    if info is None:  # records unknown: each record's information is the base model's loss on it
+        info = Information(tuple(float(s.answer_losses.sum()) / math.log(2) for s in initial), BASE_LOSS)
     floor = format_floor_nats(info) / n_trained  # a format-only model's loss per trained token (suffix: 0)
     metrics.update(
         information_bits=info.total,

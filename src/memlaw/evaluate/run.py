@@ -33,8 +33,7 @@ def evaluate_session(
     initial = initial if initial is not None else initial_stats(session, forward)
     final = teacher_forced(forward, bs)
     generated = greedy_decode(session.adapter.model, encoded, session.pad_id, bs, device)
-    info = record_information([r.query for r in records], [r.target for r in records], [r.info_bits for r in records],
-                              [float(s.answer_losses.sum()) for s in initial])
+    info = record_information(records, [s.answer_losses for s in initial])
     recall, rows = summarize(encoded, final, initial, generated, info)
     params = session.adapter.num_parameters()
     metrics = RunMetrics(

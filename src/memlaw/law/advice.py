@@ -81,8 +81,7 @@ def summarize_data(path: str | Path, model: str = "default", chat_template: bool
     encoded = encode_records(loaded.tokenizer, records, chat_template)
     stats = teacher_forced(AnswerForward(loaded.model, encoded, int(loaded.tokenizer.pad_token_id), loaded.device), 32)
     trained = sum(len(e.target_ids) for e in encoded)
-    info = record_information([r.query for r in records], [r.target for r in records], [r.info_bits for r in records],
-                              [float(s.answer_losses.sum()) for s in stats])
+    info = record_information(records, [s.answer_losses for s in stats])
     return DataSummary(str(path), model, len(records), sum(e.answer_len for e in encoded), trained,
                        sum(float(s.losses.sum()) for s in stats) / trained, info.total, info.source)
 

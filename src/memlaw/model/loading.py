@@ -58,8 +58,8 @@ BENCH_SHAPES = ((256, 576, 1536), (256, 1536, 576))  # (tokens, in, out): a step
 def cpu_bf16_flag() -> str | None:
     """The CPU feature through which PyTorch's oneDNN runs bf16 matrix products natively, or None.
 
-    Read from torch's own checks (torch.cpu._is_*_supported: private, present in the releases
-    tested, 2.2-2.13; if a release drops them the answer is None and auto stays float32).
+    Read from torch's own checks (torch.cpu._is_*_supported: private functions, present in torch 2.13, the
+    release tested; if a release drops them the answer is None and auto stays float32).
     """
     for flag, name in (("amx_tile", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
         check = getattr(getattr(torch, "cpu", None), name, None)
@@ -110,9 +110,9 @@ def cpu_bf16_choice() -> tuple[bool, str]:
     """Whether --dtype auto runs the base model in bfloat16 on this CPU, and why.
 
     A CPU flag is not enough: on a 2-core AVX512-BF16 machine without AMX, bf16 products ran at
-    0.55x float32's speed (training steps 1.6x slower), while on one with native bf16 throughput
-    they were about 2x faster (docs/benchmarks.md). So where the flag is present a micro-benchmark
-    decides, once per machine: its result is cached in cache_dir()/cpu-dtype.json.
+    0.6x float32's speed and memorize 1.6x slower (docs/benchmarks.md), while the machine of issue 23
+    reported bf16 steps 1.7-2.4x faster. So where the flag is present a micro-benchmark decides,
+    once per machine: its result is cached in cache_dir()/cpu-dtype.json.
     """
     import json
 

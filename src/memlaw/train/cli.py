@@ -236,7 +236,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         )
 
     s = capacity_search(cfg, out, benchmark=args.benchmark, start=args.start, limit=args.limit, on_probe=show)
-    print(f"rank {s['rank']} ({s['method']}, budget {s['max_steps']} steps): capacity {s['records']} records, "
+    print(f"rank {s['rank']} ({s['protocol']['text']}): capacity {s['records']} records, "
           f"{s['answer_tokens']} answer tokens, {s['bits_memorized']:.1f} bits memorized, "
           f"{s['trainable_params']} trainable params, {s['bits_per_param']:.4f} bits/param")
     print(f"results: {out / 'capacity.json'}")
