@@ -166,8 +166,7 @@ def capacity_advice(summary: DataSummary, path: str | Path) -> Advice:
     from .capacity import rank_for_bits, read_capacity
 
     rank, reason = rank_for_bits(read_capacity(path), summary.information_bits, str(path))
-    return Advice(rank, "capacity", f"{reason}; the file holds {summary.information_bits:.0f} bits "
-                                    f"({summary.information_source})")
+    return Advice(rank, "capacity", f"{reason}, the file's information ({summary.information_source})")
 
 
 def advise(summary: DataSummary, law: str | Path | None = None, group: str | None = None, form: str | None = None,
