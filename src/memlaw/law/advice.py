@@ -7,7 +7,7 @@ length ℓ, what a sweep's `length` counts), the base model's teacher-forced los
 benchmarks and declared ``info_bits``, else the base model's loss in bits, an upper bound). Then:
 
 * for the default model, with no ``--law``: the capacity law shipped with memlaw
-  (memlaw.law.capacity; `memlaw capacity` searches at ranks 1-8 under the probe's protocol): the
+  (memlaw.law.capacity; `memlaw capacity` searches under the probe's protocol, ranks 1-2 today): the
   smallest power-of-two rank that certifies the file's bits. It counts information, so it
   answers for any file, not only for files that look like the benchmark it was measured on;
 * with ``--law LAW`` (a ΔL law from `memlaw fit`): the smallest power-of-two rank at which the
@@ -15,7 +15,7 @@ benchmarks and declared ``info_bits``, else the base model's loss in bits, an up
   law cannot tell recall; law.json's group names the protocol it describes);
 * otherwise, or where the capacity law would extrapolate beyond twice its largest measured rank:
   a quick probe, memorizing the file at ranks 1, 2, 4, … with `memlaw memorize`'s settings and a
-  small step budget, until every record is certified.
+  budget of 300 epochs, until every record is certified.
 
 A capacity table measured with `memlaw capacity` (shipped for the default model) adds a warning
 when the file holds more records than the chosen rank held in that search.
@@ -36,7 +36,6 @@ from .groups import SATURATION_MARGIN
 
 PROBE_RANKS = (1, 2, 4, 8, 16, 32, 64, 128)
 PROBE_EPOCHS = 300  # a probe's budget: epochs, so a file of more records than one batch gets as many passes
-DEFAULT_MODEL_LAW = "smollm2-135m-law.json"  # memlaw/law/defaults/: the study's law, for model "default"
 DEFAULT_MODEL_CAPACITY = "smollm2-135m-capacity.json"  # memlaw/law/defaults/: `memlaw capacity` results
 
 
@@ -72,9 +71,8 @@ def summarize_data(path: str | Path, model: str = "default", chat_template: bool
     from ..data.records import load_records
     from ..evaluate.recall import teacher_forced
     from ..model.forward import AnswerForward
-    from ..model.loading import load_model
-
     from ..data.information import record_information
+    from ..model.loading import load_model
 
     loaded = load_model(model, device, dtype, trust_remote_code)
     records = load_records(path, loaded.tokenizer)

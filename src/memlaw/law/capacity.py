@@ -6,7 +6,7 @@ loss) and format share differ from file to file, so it does not carry over (the 
 PhoneBook law cannot even express "every record stored" for a file whose initial loss is above
 its ceiling). Information does carry over: a rank certifies about as many *bits* of records
 whatever they look like. So the law shipped for `plan` is fitted to `memlaw capacity`
-measurements (the most PhoneBook records a rank certifies within the probe's step budget, times
+measurements (the most PhoneBook records a rank certifies within the probe's budget of 300 epochs, times
 31.9 bits per record) and is read against the file's information (memlaw.data.information: exact
 for generated benchmarks and declared ``info_bits``, else the base model's loss in bits, an upper
 bound, so the plan errs towards a larger rank).

@@ -114,9 +114,8 @@ def cpu_bf16_choice() -> tuple[bool, str]:
     reported bf16 steps 1.7-2.4x faster. So where the flag is present a micro-benchmark decides,
     once per machine: its result is cached in cache_dir()/cpu-dtype.json.
     """
-    import json
-
     from ..io import write_json
+    from ..rundir import read_json_object
 
     forced = os.environ.get(CPU_BF16_ENV, "").strip()
     if forced in ("0", "1"):
@@ -126,14 +125,14 @@ def cpu_bf16_choice() -> tuple[bool, str]:
         return False, "this CPU has no native bf16 matrix instructions (avx512_bf16/amx)"
     path, key = cache_dir() / CPU_DTYPE_FILE, _machine_key()
     try:
-        known = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        known = read_json_object(path)
+    except MemlawError:  # missing or damaged: measure (again)
         known = {}
-    entry = known.get(key) if isinstance(known, dict) else None
+    entry = known.get(key)
     if not isinstance(entry, dict) or not isinstance(entry.get("speedup"), (int, float)):
         entry = {"speedup": round(bf16_matmul_speedup(), 3), "flag": flag, "torch": torch.__version__}
         try:
-            write_json(path, {**(known if isinstance(known, dict) else {}), key: entry})
+            write_json(path, {**known, key: entry})
         except OSError:
             pass  # a read-only cache: measure again next time
     speedup = float(entry["speedup"])
