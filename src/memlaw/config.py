@@ -109,6 +109,16 @@ class TrainConfig:
     grad_accum: int = _help("Micro-batches per optimizer step.", default=1)
     weight_decay: float = _help("AdamW weight decay.", default=0.0)
     max_grad_norm: float = _help("Gradient-norm clipping (0 disables).", default=1.0)
+    preserve_weight: float = _help(
+        "Locality (mlp unit): weight of a penalty on the unit's output over replayed general text and prompts "
+        "(its mean squared norm there, relative to the MLP's own output); 0: off, the paper's objective.",
+        default=0.0,
+    )
+    preserve_energy: float = _help(
+        "Locality (mlp unit): keep A out of the input directions that carry this share of the replayed inputs' "
+        "energy (A <- P·A at the start and after every step); 0: off, the paper's unit.",
+        default=0.0,
+    )
     seed: int = _help("Seed for initialization, shuffling and dropout.", default=42)
     chat_template: bool = _help("Wrap the query in the tokenizer's chat template (if it has one).", default=True)
     length: int | None = _help("Long-Context data: the target is the first LENGTH tokens of 'matching'.", default=None)
@@ -186,6 +196,13 @@ class TrainConfig:
             raise bad("weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         if self.max_grad_norm < 0:
             raise bad("max_grad_norm", f"must be >= 0, got {self.max_grad_norm!r}")
+        if self.preserve_weight < 0:
+            raise bad("preserve_weight", f"must be >= 0, got {self.preserve_weight!r}")
+        if not 0.0 <= self.preserve_energy < 1.0:
+            raise bad("preserve_energy", f"must be in [0, 1), got {self.preserve_energy!r}")
+        if (self.preserve_weight or self.preserve_energy) and self.component != "mlp":
+            raise bad("preserve_weight" if self.preserve_weight else "preserve_energy",
+                      "the locality means act on the mlp unit's A and B; component lora has neither")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise bad("lora_alpha", f"must be > 0, got {self.lora_alpha!r}")
         if self.layer is not None:

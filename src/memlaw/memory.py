@@ -107,11 +107,12 @@ class Memory:
             run.set_data(folder.resolve() / data.name)
         return folder
 
-    def locality(self):
-        """What the unit changes away from its records (memlaw.evaluate.locality.Locality)."""
+    def locality(self, prompts_file: str | Path | None = None):
+        """What the unit changes away from its records (memlaw.evaluate.locality.Locality); the unrelated
+        prompts of `prompts_file` (one per line, or JSONL "query") instead of the built-in ones."""
         from .evaluate.locality import measure_locality
 
-        return measure_locality(self.session)
+        return measure_locality(self.session, prompts_file=prompts_file)
 
     def ask(self, query: str, max_new_tokens: int | None = None) -> Answer:
         return self.ask_many([query], max_new_tokens)[0]
@@ -136,7 +137,7 @@ class Memory:
         return answers
 
     def add(self, records: Any, replace: bool = False, out: str | Path | None = None, progress: bool = False,
-            on_check=None, locality: bool = True, **overrides: Any) -> AddReport:
+            on_check=None, locality: bool | str | Path = True, **overrides: Any) -> AddReport:
         """Add records to this memory and train until old and new are all certified (or the step budget ends).
 
         `records`: a JSONL path, or a list of {"query", "target"[, "id"]} dicts. Training starts from
@@ -289,7 +290,7 @@ def merge_records(old: list[dict], new: list, replace: bool, where: str) -> tupl
 
 # ---------------------------------------------------------------------- the Python entry point
 def memorize(records: Any, rank: int = 8, out: str | Path | None = None, model: str = "default",
-             progress: bool = False, locality: bool = True, **config: Any) -> Memory:
+             progress: bool = False, locality: bool | str | Path = True, **config: Any) -> Memory:
     """Memorize `records` (a JSONL path, or a list of {"query", "target"[, "id"]} dicts) into a rank-`rank`
     unit with `memlaw memorize`'s defaults (SFT until every record is certified, 2000-step budget);
     `config`: any other TrainConfig field. The run goes to `out` (default: a new temporary folder;

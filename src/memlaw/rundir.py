@@ -323,7 +323,8 @@ class RunDir:
         return self._read_json(self.state_path) if self.state_path.is_file() else {}
 
     def write_log(self, rows: list[dict[str, Any]]) -> None:
-        write_csv(self.log_path, rows, LOG_FIELDS)
+        extra = [k for k in (rows[0] if rows else {}) if k not in LOG_FIELDS]  # e.g. preserve_penalty, when on
+        write_csv(self.log_path, rows, LOG_FIELDS + extra)
 
     def write_token_probs(self, steps: Sequence[int], probs: np.ndarray, lengths: Sequence[int],
                           ids: Sequence[Any], threshold: float) -> None:

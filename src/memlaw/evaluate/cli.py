@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="where to write metrics (default: RUN, or RUN/eval-<data> with --data)")
     p.add_argument("--no-locality", action="store_true",
                    help="skip measuring what the unit changed away from the records (KL, perplexity, unrelated answers)")
+    p.add_argument("--locality-data", default=None, metavar="FILE",
+                   help="measure locality on your own unrelated prompts: one per line (.txt) or a \"query\" per line "
+                   "(.jsonl), instead of the 32 built-in ones")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="load the base model in this dtype instead of the run's (results go to RUN/eval-<dtype>): "
                    "e.g. float32 to check that a bfloat16 run's certificate holds in full precision")
@@ -40,7 +43,14 @@ def register(subparsers) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .run import evaluate_run, evaluation_dir
 
-    metrics = evaluate_run(args.run, data=args.data, out=args.out, locality=not args.no_locality, dtype=args.dtype)
+    if args.no_locality and args.locality_data:
+        raise MemlawError("--locality-data and --no-locality contradict each other")
+    if args.locality_data:
+        from .locality import read_locality_prompts
+
+        read_locality_prompts(args.locality_data)  # a bad file fails before the model loads
+    metrics = evaluate_run(args.run, data=args.data, out=args.out, locality=not args.no_locality, dtype=args.dtype,
+                           locality_data=args.locality_data)
     target = evaluation_dir(args.run, args.data, args.out, args.dtype)
     print_run_metrics(metrics, target)
     print_locality(target)

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from importlib import resources
+from pathlib import Path
 
 import torch
 
 from ..data.encoding import prompt_ids, suffix_ids
+from ..errors import MemlawError
 from .recall import greedy_generate
 
 WINDOW = 256  # tokens of general text per forward pass
@@ -39,6 +41,7 @@ class Locality:
     unchanged: float
     text_tokens: int
     prompts: int
+    source: str = "built-in"  # where the prompts came from: built-in, or the --locality-data file
 
     @property
     def ppl_change(self) -> float:
@@ -53,7 +56,8 @@ class Locality:
             f"  KL(base || adapted) on general text  {self.kl_text:.5f} nats/token ({self.text_tokens} tokens)",
             f"  perplexity of that text              {self.ppl_base:.3f} -> {self.ppl_adapted:.3f} ({self.ppl_change:+.2%})",
             f"  KL on unrelated prompts' answers     {self.kl_prompts:.5f} nats/token",
-            f"  unrelated prompts answered the same  {self.unchanged:.1%} of {self.prompts}",
+            f"  unrelated prompts answered the same  {self.unchanged:.1%} of {self.prompts}"
+            + ("" if self.source == "built-in" else f" (from {self.source})"),
         ]
 
 
@@ -64,6 +68,25 @@ def builtin_text() -> str:
 def builtin_prompts() -> list[str]:
     text = resources.files("memlaw.data").joinpath("unrelated_prompts.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_locality_prompts(path: str | Path) -> list[str]:
+    """--locality-data FILE: the user's own unrelated prompts, one per line (.txt) or a "query" per line (.jsonl)."""
+    from ..data.records import load_queries
+
+    path = Path(path)
+    if not path.is_file():
+        raise MemlawError(f"--locality-data {path}: no such file")
+    if path.suffix == ".jsonl":
+        prompts = [row["query"] for row in load_queries(path)]
+    else:
+        try:
+            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as e:
+            raise MemlawError(f"--locality-data {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not prompts:
+        raise MemlawError(f"--locality-data {path}: no prompt in it (one per line, or JSONL with \"query\")")
+    return prompts
 
 
 def _kl_and_nll(session, ids: list[int], positions: slice) -> tuple[float, float, int]:
@@ -80,12 +103,16 @@ def _kl_and_nll(session, ids: list[int], positions: slice) -> tuple[float, float
     return float(kl.sum()), (float(-adapted.gather(1, nxt[:, None]).sum()), float(-base.gather(1, nxt[:, None]).sum())), len(kl)
 
 
-def measure_locality(session, text: str | None = None, prompts: list[str] | None = None) -> Locality:
-    """The three measures of the module docstring for the session's attached unit (eval mode)."""
+def measure_locality(session, text: str | None = None, prompts: list[str] | None = None,
+                     prompts_file: str | Path | None = None) -> Locality:
+    """The three measures of the module docstring for the session's attached unit (eval mode); the unrelated
+    prompts are `prompts`, else those of `prompts_file` (--locality-data), else the built-in ones."""
     tok, cfg = session.loaded.tokenizer, session.cfg
     session.adapter.set_training(False)
     text = builtin_text() if text is None else text
-    prompts = builtin_prompts() if prompts is None else prompts
+    source = "built-in" if prompts is None and prompts_file is None else str(prompts_file or "given")
+    if prompts is None:
+        prompts = read_locality_prompts(prompts_file) if prompts_file is not None else builtin_prompts()
 
     ids = tok(text)["input_ids"]
     kl_sum, nll_adapted, nll_base, n = 0.0, 0.0, 0.0, 0
@@ -111,4 +138,5 @@ def measure_locality(session, text: str | None = None, prompts: list[str] | None
         kl_prompts, m = kl_prompts + kl, m + k
     return Locality(
         kl_text=kl_sum / n, ppl_base=float(torch.exp(torch.tensor(nll_base / n))), ppl_adapted=float(torch.exp(torch.tensor(nll_adapted / n))),
-        kl_prompts=kl_prompts / max(m, 1), unchanged=same / len(prompts), text_tokens=n, prompts=len(prompts))
+        kl_prompts=kl_prompts / max(m, 1), unchanged=same / len(prompts), text_tokens=n, prompts=len(prompts),
+        source=source)

@@ -91,6 +91,9 @@ def register(subparsers) -> None:
     p.add_argument("--law", default=None, help="--rank auto: the law.json to plan with (default for the default model: the shipped study law)")
     p.add_argument("--no-locality", action="store_true",
                    help="skip measuring what the unit changed away from the records (KL, perplexity, unrelated answers)")
+    p.add_argument("--locality-data", default=None, metavar="FILE",
+                   help="measure locality on your own unrelated prompts: one per line (.txt) or a \"query\" per line "
+                   "(.jsonl), instead of the 32 built-in ones")
     p.add_argument("--into", default=None, metavar="RUN", help="add the --data records to this memorized run")
     p.add_argument("--replace", action="store_true", help="--into: a record whose query RUN holds replaces its target")
 
@@ -133,6 +136,12 @@ def cmd_memorize(args: argparse.Namespace) -> int:
             file=sys.stdout,
         )
 
+    if args.no_locality and args.locality_data:
+        raise MemlawError("--locality-data and --no-locality contradict each other")
+    if args.locality_data:
+        from ..evaluate.locality import read_locality_prompts
+
+        read_locality_prompts(args.locality_data)  # a bad file fails before any training
     if args.into is not None:
         if args.rank == "auto" or args.law is not None:
             raise MemlawError("--into keeps the run's rank: --rank auto and --law do not apply")
@@ -147,7 +156,7 @@ def cmd_memorize(args: argparse.Namespace) -> int:
         raise MemlawError("memorize: --out DIR is required (or --into RUN to add to a memorized run)")
     cfg = config_from_args(args, MEMORIZE_DEFAULTS)
 
-    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live, locality=not args.no_locality)
+    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live, locality=locality_arg(args))
     run = RunDir(args.out)
     print_record_table(run)
     print_run_metrics(metrics, run)
@@ -157,6 +166,11 @@ def cmd_memorize(args: argparse.Namespace) -> int:
         return 0
     print(f"step budget ran out: {metrics.certified_fraction:.1%} of records certified; adapter saved in {args.out}")
     return 1
+
+
+def locality_arg(args: argparse.Namespace) -> bool | str:
+    """train()'s `locality`: off (--no-locality), the user's prompts (--locality-data FILE) or the built-in ones."""
+    return False if args.no_locality else (args.locality_data or True)
 
 
 def auto_rank(args: argparse.Namespace) -> int:
@@ -183,7 +197,7 @@ def memorize_into(args: argparse.Namespace, live) -> int:
     memory = Memory.load(args.into)
     before = len(memory.records)
     report = memory.add(args.data, replace=args.replace, out=args.out, progress=True, on_check=live,
-                        locality=not args.no_locality, **overrides)
+                        locality=locality_arg(args), **overrides)
     if report.new == 0:
         print(f"nothing to add: every record of {args.data} is already in {args.into} with the same target")
         return 0 if report.all_certified else 1

@@ -29,6 +29,7 @@ from ..rundir import RunDir, RunMetrics
 from ..session import Session, check_data_readable, new_session
 from .method import Method
 from .objectives import weighted_loss
+from .preserve import Preserver
 
 
 @dataclass
@@ -217,9 +218,10 @@ def train_loop(
     token_probs: TokenProbLog,
     progress: bool = True,
     on_check: Callable[[Check], None] | None = None,
+    preserve: Preserver | None = None,
 ) -> TrainState:
     """Train the session's adapter on the records of `forward`; the train log goes to `out` after every epoch,
-    the token-probability trace (if asked for) at the end."""
+    the token-probability trace (if asked for) at the end. `preserve`: the locality means (.preserve)."""
     cfg, adapter = session.cfg, session.adapter
     method = Method(cfg, len(forward))  # active records per epoch, token weights, planned steps
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -235,7 +237,8 @@ def train_loop(
             micro, epoch_stubborn = method.batches(epoch, shuffle), 0
             for first in range(0, len(micro), cfg.grad_accum):
                 lr = cfg.lr * max(0.0, 1.0 - state.steps / method.planned_steps)  # linear decay to 0, no warm-up
-                row = optimizer_step(session, forward, micro[first : first + cfg.grad_accum], method, optimizer, lr)
+                row = optimizer_step(session, forward, micro[first : first + cfg.grad_accum], method, optimizer, lr,
+                                     preserve)
                 state.steps += 1
                 state.log.append({"epoch": epoch, "step": state.steps, **row})
                 epoch_stubborn += row["stubborn_tokens"]
@@ -288,10 +291,11 @@ class StepStats:
 
 
 def optimizer_step(session: Session, forward: AnswerForward, group: list[list[int]], method: Method,
-                   optimizer: torch.optim.Optimizer, lr: float) -> dict:
+                   optimizer: torch.optim.Optimizer, lr: float, preserve: Preserver | None = None) -> dict:
     """Forward, weights, backward over the micro-batches of one optimizer step; then clip and step.
 
     A step whose micro-batches all have zero total weight (zero-bp) does no backward and no update.
+    `preserve` adds its penalty's gradient to an update and projects A after it.
     """
     cfg = session.cfg
     params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
@@ -314,14 +318,22 @@ def optimizer_step(session: Session, forward: AnswerForward, group: list[list[in
         stats.stubborn += n_stubborn
         stats.loss += numbers[3] / len(group)
         stats.prob_sum += numbers[4]
+    penalty = preserve.loss() if preserve is not None and stats.backwards else None
+    if penalty is not None:
+        penalty.backward()
     if stats.backwards:
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr
         optimizer.step()
+        if preserve is not None:
+            preserve.constrain()
     optimizer.zero_grad(set_to_none=True)
-    return stats.row(lr, info)
+    row = stats.row(lr, info)
+    if preserve is not None:
+        row["preserve_penalty"] = round(float(penalty.detach()), 6) if penalty is not None else ""
+    return row
 
 
 def train(
@@ -333,7 +345,7 @@ def train(
     also_evaluate: tuple[str | Path, ...] = (),
     loaded: LoadedModel | None = None,
     init_tensors: dict[str, torch.Tensor] | None = None,
-    locality: bool = False,
+    locality: bool | str | Path = False,
 ) -> RunMetrics:
     """Memorize cfg.data into a fresh adapter, save it in `out`, evaluate, and return the metrics.
 
@@ -342,7 +354,8 @@ def train(
     `loaded`: a base model already loaded for cfg (a sweep worker's); the unit is detached from it
     at the end. `init_tensors`: start from these adapter weights (an earlier run's, to add records
     to it) instead of the fresh seeded init. `locality`: also measure what the unit changed away from
-    the records (OUT/locality.json, memlaw.evaluate.locality). `out` is locked for the whole run (memlaw.lock): a
+    the records (OUT/locality.json, memlaw.evaluate.locality); a path: on the unrelated prompts of that
+    file (--locality-data) instead of the built-in ones. `out` is locked for the whole run (memlaw.lock): a
     second writer refuses.
     """
     run = RunDir(out)
@@ -359,7 +372,8 @@ def train(
             initial = initial_stats(session, forward)  # measured once, before training
             run.write_config(config)
             token_probs = TokenProbLog(session, forward, run, [r.id for r in records], initial)
-            state = train_loop(session, forward, run, token_probs, progress, on_check)
+            preserve = Preserver.for_session(session)  # after init_tensors: the projection applies to them too
+            state = train_loop(session, forward, run, token_probs, progress, on_check, preserve)
             session.adapter.save(run.path)
             run.write_state(state.summary())
             metrics = evaluate_session(session, records, forward, run, state.summary(), initial=initial)
@@ -370,7 +384,8 @@ def train(
             if locality:
                 from ..evaluate.locality import measure_locality
 
-                run.write_locality(measure_locality(session).to_dict())
+                prompts_file = None if locality is True else locality
+                run.write_locality(measure_locality(session, prompts_file=prompts_file).to_dict())
         finally:
             session.close()
     return metrics
