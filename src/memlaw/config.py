@@ -114,6 +114,12 @@ class TrainConfig:
         "(its mean squared norm there, relative to the MLP's own output); 0: off, the paper's objective.",
         default=0.0,
     )
+    preserve_gate: float = _help(
+        "Locality (mlp unit): gate the unit's read x·A: each component passes only by what it exceeds this multiple "
+        "of its largest value on the replayed inputs (kept up to date as A trains), so inputs like those get exactly "
+        "no output; 0: off, the paper's unit.",
+        default=0.0,
+    )
     preserve_energy: float = _help(
         "Locality (mlp unit): keep A out of the input directions that carry this share of the replayed inputs' "
         "energy (A <- P·A at the start and after every step); 0: off, the paper's unit.",
@@ -198,11 +204,13 @@ class TrainConfig:
             raise bad("max_grad_norm", f"must be >= 0, got {self.max_grad_norm!r}")
         if self.preserve_weight < 0:
             raise bad("preserve_weight", f"must be >= 0, got {self.preserve_weight!r}")
+        if self.preserve_gate < 0:
+            raise bad("preserve_gate", f"must be >= 0, got {self.preserve_gate!r}")
         if not 0.0 <= self.preserve_energy < 1.0:
             raise bad("preserve_energy", f"must be in [0, 1), got {self.preserve_energy!r}")
-        if (self.preserve_weight or self.preserve_energy) and self.component != "mlp":
-            raise bad("preserve_weight" if self.preserve_weight else "preserve_energy",
-                      "the locality means act on the mlp unit's A and B; component lora has neither")
+        means = [n for n in ("preserve_weight", "preserve_gate", "preserve_energy") if getattr(self, n)]
+        if means and self.component != "mlp":
+            raise bad(means[0], "the locality means act on the mlp unit's A and B; component lora has neither")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise bad("lora_alpha", f"must be > 0, got {self.lora_alpha!r}")
         if self.layer is not None:

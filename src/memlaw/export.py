@@ -32,7 +32,8 @@ LOADER = '''"""Load a memlaw export of the paper's memory unit (component mlp) w
     model, tokenizer = memlaw_memory.load("DIR")
 
 Layer k's MLP becomes mlp(x) + x @ A @ B (A: d x r, B: r x d, float32), exactly memlaw's unit in
-evaluation mode (its dropout is for training only).
+evaluation mode (its dropout is for training only). A gated unit (memory.json "gate": true) reads
+z = x @ A through its thresholds t (r,): sign(z) * max(|z| - t, 0), then adds z @ B.
 """
 
 import json
@@ -44,12 +45,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 class ParallelMemory(torch.nn.Module):
-    def __init__(self, mlp, A, B):
+    def __init__(self, mlp, A, B, threshold=None):
         super().__init__()
         self.mlp, self.A, self.B = mlp, torch.nn.Parameter(A, requires_grad=False), torch.nn.Parameter(B, requires_grad=False)
+        self.threshold = threshold
 
     def forward(self, x):
-        return self.mlp(x) + (x.to(self.A.dtype) @ self.A @ self.B).to(x.dtype)
+        z = x.to(self.A.dtype) @ self.A
+        if self.threshold is not None:
+            z = torch.where(self.threshold > 0, torch.sign(z) * (z.abs() - self.threshold).clamp_min(0), z)
+        return self.mlp(x) + (z @ self.B).to(x.dtype)
 
 
 def load(folder, **kwargs):
@@ -59,8 +64,9 @@ def load(folder, **kwargs):
     spec, tensors = json.loads((folder / "memory.json").read_text()), load_file(folder / "memory.safetensors")
     layers = model.get_decoder().layers
     device = next(model.parameters()).device
-    for k, (a, b) in zip(spec["layers"], spec["tensors"]):
-        layers[k].mlp = ParallelMemory(layers[k].mlp, tensors[a].to(device), tensors[b].to(device))
+    for k, names in zip(spec["layers"], spec["tensors"]):
+        a, b, *gate = (tensors[n].to(device) for n in names)  # A, B[, threshold]
+        layers[k].mlp = ParallelMemory(layers[k].mlp, a, b, gate[0] if gate else None)
     return model.eval(), tokenizer
 '''
 
@@ -131,10 +137,10 @@ def _export_lora(session, run: RunDir, work: Path) -> None:
 def _export_mlp(session, work: Path) -> None:
     from .model.memory_unit import detach_adapter
 
-    tensors = session.adapter.state_dict()  # "...layers.<k>.mlp.memory.A" / ".B"
+    tensors = session.adapter.state_dict()  # "...layers.<k>.mlp.memory.A" / ".B" (/ ".threshold": gated)
     layers = sorted(session.cfg.layer)
-    names = [(next(n for n in tensors if f"layers.{k}." in n and n.endswith(".A")),
-              next(n for n in tensors if f"layers.{k}." in n and n.endswith(".B"))) for k in layers]
+    ends = (".A", ".B", ".threshold") if session.adapter.spec.gate else (".A", ".B")
+    names = [tuple(next(n for n in tensors if f"layers.{k}." in n and n.endswith(end)) for end in ends) for k in layers]
     base = detach_adapter(session.adapter)
     base.save_pretrained(work / "model", safe_serialization=True)
     session.loaded.tokenizer.save_pretrained(work / "model")
@@ -142,7 +148,10 @@ def _export_mlp(session, work: Path) -> None:
                  metadata={"format": "memlaw-mlp-memory"})
     atomic_write_text(work / "memory.json", json.dumps({
         "component": "mlp", "rank": session.cfg.rank, "layers": layers, "tensors": names,
-        "formula": "mlp_out = mlp(x) + x @ A @ B at each layer (x: the MLP's input)"}, indent=2) + "\n")
+        "gate": session.adapter.spec.gate,
+        "formula": "mlp_out = mlp(x) + x @ A @ B at each layer (x: the MLP's input)" + (
+            "; gated: z = x @ A, z = sign(z) * max(|z| - threshold, 0), mlp_out = mlp(x) + z @ B"
+            if session.adapter.spec.gate else "")}, indent=2) + "\n")
     atomic_write_text(work / "memlaw_memory.py", LOADER)
 
 

@@ -81,7 +81,7 @@ def adapter_spec(cfg: TrainConfig, model: torch.nn.Module) -> AdapterSpec:
     return AdapterSpec.for_model(
         model, cfg.component, cfg.layer, cfg.rank, cfg.dropout,
         target_modules=cfg.target_modules if cfg.component == "lora" else (),
-        lora_alpha=cfg.lora_alpha, base_model=cfg.model, a_init=cfg.a_init,
+        lora_alpha=cfg.lora_alpha, base_model=cfg.model, a_init=cfg.a_init, gate=cfg.preserve_gate > 0,
     )
 
 

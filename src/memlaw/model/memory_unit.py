@@ -47,6 +47,7 @@ class AdapterSpec:
     target_modules: tuple[str, ...] = ()
     lora_alpha: float | None = None
     a_init: str = "reference"  # mlp: the initial scale of A (LowRankMemory)
+    gate: bool = False  # mlp: the unit reads through a per-component threshold (LowRankMemory.threshold)
     base_model: str = ""
     model_type: str = ""
     hidden_size: int = 0
@@ -65,6 +66,7 @@ class AdapterSpec:
         lora_alpha: float | None = None,
         base_model: str = "",
         a_init: str = "reference",
+        gate: bool = False,
     ) -> AdapterSpec:
         """The spec of a `component` adapter of `rank` at `layers` of `model`; MemlawError if it does not fit."""
         blocks = decoder_layers(model)
@@ -84,10 +86,12 @@ class AdapterSpec:
             raise MemlawError(f"unknown component {component!r}; choose from mlp, lora")
         if a_init not in A_INITS:
             raise MemlawError(f"config field 'a-init': must be one of {', '.join(A_INITS)}, got {a_init!r}")
+        if gate and component != "mlp":
+            raise MemlawError("a gated unit is the mlp component's; lora has no read to gate")
         return cls(
             component=component, layers=tuple(layers), rank=rank, dropout=dropout, target_modules=modules,
             lora_alpha=lora_alpha, a_init=a_init, base_model=base_model, model_type=str(getattr(model.config, "model_type", "")),
-            hidden_size=d, num_layers=len(blocks), trainable_params=params,
+            hidden_size=d, num_layers=len(blocks), trainable_params=params, gate=gate,
         )
 
 
@@ -106,23 +110,53 @@ def _lora_targets(blocks: nn.ModuleList, layers: Sequence[int], modules: Sequenc
     return found
 
 
+GATE_SOFTNESS = 10.0  # training's gradient through the gate: that of softplus(s·(|z|/τ − 1))·τ/s
+
+
+def gate_read(z: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """The gated read of a unit: each component z_j passes only by what it exceeds its threshold τ_j,
+    sign(z)·max(|z| − τ, 0), so an input whose every |z_j| ≤ τ_j gets exactly no output. A component
+    with τ_j = 0 passes z_j unchanged."""
+    return torch.where(threshold > 0, torch.sign(z) * (z.abs() - threshold).clamp_min(0), z)
+
+
+def smooth_gate_read(z: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """:func:`gate_read` with max(·, 0) replaced by a softplus of width τ/GATE_SOFTNESS: what training takes
+    its gradient from, so that a record still below its threshold (and B at its zero start) gets one."""
+    scale = threshold.clamp_min(torch.finfo(z.dtype).tiny) / GATE_SOFTNESS
+    soft = torch.nn.functional.softplus((z.abs() - threshold) / scale) * scale
+    return torch.where(threshold > 0, torch.sign(z) * soft, z)
+
+
 class LowRankMemory(nn.Module):
     """x (…, d) -> dropout(x · A · B) (…, d), with A: d×r (Kaiming-uniform), B: r×d (zeros).
 
     `a_init`: "reference" applies kaiming_uniform_(a=√5) to the d×r tensor itself, as the paper's
     code does, so PyTorch takes fan_in = r and A ~ U(±1/√r); "linear" gives A the law of an
     nn.Linear(d, r) weight, U(±1/√d) (memlaw before 2026-11-24: √(d/r) times smaller).
+    `gate`: the read x·A goes through :func:`gate_read` with the `threshold` buffer (r,), which
+    memlaw.train.preserve sets from replayed general inputs (all zeros: the ungated unit).
     """
 
-    def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, a_init: str = "reference"):
+    def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, a_init: str = "reference", gate: bool = False):
         super().__init__()
         self.A = nn.Parameter(torch.empty(hidden_size, rank))
         self.B = nn.Parameter(torch.zeros(rank, hidden_size))
         nn.init.kaiming_uniform_(self.A if a_init == "reference" else self.A.T, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout)
+        self.gate = gate
+        if gate:
+            self.register_buffer("threshold", torch.zeros(rank))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(x @ self.A @ self.B)
+        z = x @ self.A  # (…, r)
+        if not self.gate:
+            return self.dropout(z @ self.B)
+        out = gate_read(z, self.threshold) @ self.B
+        if self.training:  # straight-through: the hard gate's value (what the certificate sees), the smooth one's gradient
+            smooth = smooth_gate_read(z, self.threshold) @ self.B
+            out = out.detach() + (smooth - smooth.detach())
+        return self.dropout(out)
 
 
 class MemoryMLP(nn.Module):
@@ -162,12 +196,18 @@ class Adapter:
         return sum(p.numel() for p in self.parameters())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter tensors only, with stable names (layer index included)."""
+        """Adapter tensors only, with stable names (layer index included); a gated unit's thresholds too."""
         if self.spec.component == "lora":
             from peft import get_peft_model_state_dict
 
             return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
-        return {name: p.detach().clone() for name, p in self.named_parameters()}
+        return {name: p.detach().clone() for name, p in self._tensors().items()}
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """mlp: the live A and B of every unit, and the threshold of a gated one."""
+        out: dict[str, torch.Tensor] = dict(self.named_parameters())
+        out.update((n, b) for n, b in self.model.named_buffers() if n.endswith("memory.threshold"))
+        return out
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.spec.component == "lora":
@@ -177,7 +217,7 @@ class Adapter:
             _check_keys(set(tensors), own)
             set_peft_model_state_dict(self.model, tensors)
             return
-        params = dict(self.named_parameters())
+        params = self._tensors()
         _check_keys(set(tensors), set(params))
         with torch.no_grad():
             for name, p in params.items():
@@ -260,7 +300,8 @@ def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None)
         for k in spec.layers:
             if isinstance(blocks[k].mlp, MemoryMLP):
                 raise MemlawError(f"layer {k} already has a memory unit")
-            blocks[k].mlp = MemoryMLP(blocks[k].mlp, LowRankMemory(spec.hidden_size, spec.rank, spec.dropout, spec.a_init).to(device))
+            unit = LowRankMemory(spec.hidden_size, spec.rank, spec.dropout, spec.a_init, spec.gate)
+            blocks[k].mlp = MemoryMLP(blocks[k].mlp, unit.to(device))
         handle = Adapter(model, spec)
     else:
         handle = Adapter(_attach_lora(model, spec), spec)
@@ -332,6 +373,8 @@ def read_spec(folder: str | Path) -> AdapterSpec:
     for name in ("dropout", "lora_alpha"):
         if raw.get(name) is not None and not (isinstance(raw[name], (int, float)) and not isinstance(raw[name], bool)):
             raise bad(name, "a number")
+    if not isinstance(raw.get("gate", False), bool):
+        raise bad("gate", "true or false")
     raw.update(layers=tuple(raw["layers"]), target_modules=tuple(raw.get("target_modules", ())))
     return AdapterSpec(**raw)
 
@@ -351,7 +394,7 @@ def load_adapter(model: nn.Module, folder: str | Path) -> Adapter:
     try:  # the saved spec must be what this model makes of the same settings
         resolved = AdapterSpec.for_model(
             model, spec.component, spec.layers, spec.rank, spec.dropout, spec.target_modules, spec.lora_alpha,
-            spec.base_model, spec.a_init,
+            spec.base_model, spec.a_init, spec.gate,
         )
     except MemlawError as e:
         raise MemlawError(f"{folder}: {e}") from None

@@ -2,7 +2,7 @@
 
 The paper's unit adds x·A·B to the MLP's output at every position of every input, and nothing in
 its objective says "leave other inputs alone", so a memory of a few facts also moves the answers
-to unrelated prompts (README, "Remember your own facts"). Two means act on what the unit reads,
+to unrelated prompts (README, "Remember your own facts"). Three means act on what the unit reads,
 both measured on *replayed* inputs: the unit's input (the MLP input of its layer, base model) on
 general text and everyday prompts with the base model's own answers
 (memlaw/data/replay_text.txt, replay_prompts.txt), which memlaw's locality measures never see
@@ -12,13 +12,20 @@ general text and everyday prompts with the base model's own answers
   λ · mean_t ‖x_t·A·B‖² / mean_t ‖mlp(x_t)‖² over the replayed positions t, the unit's output
   there relative to the MLP's own. With M = XᵀX/n it is λ·Σ (AᵀMA) ⊙ (BBᵀ) / c, so a step costs
   O(d²r), nothing per replayed token.
+* ``preserve_gate`` g, a gate (a side memory that fires only on its own keys, as GRACE's and WISE's
+  do, here inside the unit): the read z = x·A passes each component only by what it exceeds its
+  threshold τ_j = g · max_t |x_t·A_j| over the replayed positions, recomputed after every step
+  (memlaw.model.memory_unit.gate_read; training uses a smooth version so that records below τ
+  still get a gradient). With g ≥ 1 every replayed input gets exactly no output, and so does any
+  input whose reads stay within theirs.
 * ``preserve_energy`` e, a constraint (AlphaEdit's null-space idea on the unit's input map):
   P = I − UUᵀ with U the eigenvectors of M that carry the share e of its trace, and A ← P·A at
   the start and after every optimizer step. The unit then cannot read the directions the
   replayed inputs use most; it stores its records in the rest.
 
-Both leave the unit's format as it is (A and B, the export's loader unchanged): the projection is
-applied to A itself, and the penalty only shapes training. Off (0) by default in
+The penalty and the projection leave the unit's format as it is (A and B): the projection is applied
+to A itself, and the penalty only shapes training. The gate adds one tensor per unit, its thresholds
+(adapter.json says ``gate: true``; the export's loader applies them). Off (0) by default in
 `memlaw train` (the paper's objective); `memlaw memorize` turns them on (memlaw.memory).
 """
 
@@ -35,6 +42,7 @@ from ..model.memory_unit import MemoryMLP
 
 REPLAY_WINDOW = 256  # tokens of replay text per forward pass
 REPLAY_ANSWER_TOKENS = 16  # the base model's greedy answer to each replay prompt, also replayed
+GATE_ROUNDING = 1e-4  # thresholds sit this much above g·max|x·A|: the same read batched or alone may differ in its last bits
 
 
 def replay_text() -> str:
@@ -48,11 +56,15 @@ def replay_prompts() -> list[str]:
 
 @dataclass
 class Replayed:
-    """What one unit saw on the replayed inputs: the second moment of its input and the MLP's output scale."""
+    """What one unit saw on the replayed inputs: the inputs, their second moment and the MLP's output scale."""
 
+    inputs: torch.Tensor  # (n, d) X, float32
     moment: torch.Tensor  # (d, d) M = XᵀX / n, float32
     mlp_energy: float  # mean_t ‖mlp(x_t)‖²
-    positions: int
+
+    @property
+    def positions(self) -> int:
+        return int(self.inputs.shape[0])
 
 
 def replay_sequences(session) -> list[list[int]]:
@@ -73,17 +85,12 @@ def replay_sequences(session) -> list[list[int]]:
 def collect_replayed(session) -> dict[str, Replayed]:
     """Per unit (its module name): the replayed inputs' statistics, from the base model (the unit disabled)."""
     units = {name: m for name, m in session.adapter.model.named_modules() if isinstance(m, MemoryMLP)}
-    sums = {name: [torch.zeros(m.memory.A.shape[0], m.memory.A.shape[0], dtype=torch.float64), 0.0, 0]
-            for name, m in units.items()}
+    seen: dict[str, list] = {name: [[], 0.0] for name in units}
 
     def hook(name):
         def record(module, inputs, output):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double().cpu()  # (positions, d)
-            y = output.detach().reshape(-1, output.shape[-1]).double().cpu()
-            acc = sums[name]
-            acc[0] += x.T @ x
-            acc[1] += float((y * y).sum())
-            acc[2] += x.shape[0]
+            seen[name][0].append(inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float())  # (positions, d)
+            seen[name][1] += float(output.detach().double().pow(2).sum())
         return record
 
     handles = [m.mlp.register_forward_hook(hook(name)) for name, m in units.items()]
@@ -95,7 +102,11 @@ def collect_replayed(session) -> dict[str, Replayed]:
     finally:
         for h in handles:
             h.remove()
-    return {name: Replayed((m / n).float(), e / n, n) for name, (m, e, n) in sums.items()}
+    out = {}
+    for name, (chunks, energy) in seen.items():
+        x = torch.cat(chunks)  # (n, d)
+        out[name] = Replayed(x, (x.double().T @ x.double() / len(x)).float(), energy / len(x))
+    return out
 
 
 def protected_basis(moment: torch.Tensor, energy: float) -> torch.Tensor:
@@ -115,21 +126,24 @@ def output_penalty(A: torch.Tensor, B: torch.Tensor, moment: torch.Tensor, mlp_e
 class Preserver:
     """The two means for one training run: `loss()` before clipping, `constrain()` after every update."""
 
-    def __init__(self, session, weight: float, energy: float):
-        self.weight, self.energy = weight, energy
+    def __init__(self, session, weight: float = 0.0, energy: float = 0.0, gate: float = 0.0):
+        self.weight, self.energy, self.gate = weight, energy, gate
         replayed = collect_replayed(session)
         self.units = {name: m.memory for name, m in session.adapter.model.named_modules() if isinstance(m, MemoryMLP)}
         device = next(iter(self.units.values())).A.device
         self.moments = {n: r.moment.to(device) for n, r in replayed.items()}
         self.scales = {n: r.mlp_energy for n, r in replayed.items()}
         self.bases = {n: protected_basis(r.moment, energy).to(device) for n, r in replayed.items()} if energy else {}
+        self.inputs = {n: r.inputs.to(device) for n, r in replayed.items()} if gate else {}
         self.positions = next(iter(replayed.values())).positions
         self.constrain()
 
     @classmethod
     def for_session(cls, session) -> Preserver | None:
         cfg = session.cfg
-        return cls(session, cfg.preserve_weight, cfg.preserve_energy) if (cfg.preserve_weight or cfg.preserve_energy) else None
+        if not (cfg.preserve_weight or cfg.preserve_energy or cfg.preserve_gate):
+            return None
+        return cls(session, cfg.preserve_weight, cfg.preserve_energy, cfg.preserve_gate)
 
     def loss(self) -> torch.Tensor | None:
         if not self.weight:
@@ -138,9 +152,14 @@ class Preserver:
 
     @torch.no_grad()
     def constrain(self) -> None:
+        """After an update: project A (preserve_energy), then set each gate's thresholds from the new A."""
         for name, basis in self.bases.items():
             A = self.units[name].A
             A -= basis @ (basis.T @ A)  # A <- (I - UUᵀ)·A: (d, k) @ (k, r)
+        for name, x in self.inputs.items():
+            unit = self.units[name]
+            reads = (x @ unit.A).abs().amax(0)  # (n, d) @ (d, r) -> (r,)
+            unit.threshold.copy_(self.gate * reads * (1 + GATE_ROUNDING))
 
     def protected_dims(self) -> dict[str, int]:
         return {n: int(b.shape[1]) for n, b in self.bases.items()}
