@@ -9,4 +9,4 @@ git add "$dir/grid.yaml" "$dir/data" "$dir/results.csv" "$dir/results.parquet"
 for cell in "$dir"/cells/*/; do
     if [ -f "$cell/metrics.json" ]; then git add "$cell"; fi
 done
-git commit -qm "$msg" && git log --oneline -1
+git commit -qm "$msg" -- "$dir" && git log --oneline -1  # only the study's folder, whatever else is staged

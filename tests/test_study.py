@@ -131,3 +131,21 @@ def test_the_shipped_capacity_law_is_rebuilt_from_the_committed_searches(tmp_pat
     shipped = json.loads(default_file(DEFAULT_MODEL_CAPACITY).read_text(encoding="utf-8"))
     assert_close(json.loads(out.read_text(encoding="utf-8")), shipped)
     assert shipped["law"]["a"] > 0 and shipped["law"]["k"] > 0
+
+
+@pytest.mark.parametrize("sweep", ["phonebook-regime-pilot", "phonebook-regime", "long-context"])
+def test_studies_in_progress_hold_finished_cells_of_their_grid(sweep):
+    """Issue 25's sweeps are committed cell by cell while they run: every committed cell is one of its grid's,
+    finished, and the committed table has exactly those cells with their metrics."""
+    from memlaw.sweep.grid import load_grid
+
+    folder = STUDY / sweep
+    if not (folder / "results.parquet").is_file():
+        pytest.skip(f"{sweep} has not started")
+    names = {cell.name for cell in load_grid(folder / "grid.yaml").cells()}
+    table = read_results(folder / "results.parquet")
+    cells = {p.name for p in (folder / "cells").iterdir()} if (folder / "cells").is_dir() else set()
+    assert set(table["cell"]) == cells <= names and (table["status"] == "ok").all()
+    for row in table.itertuples():
+        metrics = json.loads((folder / "cells" / row.cell / "metrics.json").read_text(encoding="utf-8"))
+        assert metrics["delta_loss"] == pytest.approx(row.delta_loss) and metrics["exact_match"] == pytest.approx(row.exact_match)
