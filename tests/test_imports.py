@@ -89,3 +89,24 @@ def test_no_module_imports_a_module_that_imports_it_back():
 def test_cli_registers_commands_by_static_imports():
     source = (SRC / "cli.py").read_text(encoding="utf-8")
     assert "importlib" not in source and "import_module" not in source
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph[todo.pop()] - seen:
+            seen.add(w)
+            todo.append(w)
+    return seen
+
+
+def test_nothing_below_memory_imports_it():
+    """memory.py (a memorized run) stands on train/ and evaluate/: none of what it uses, directly or not, imports it
+    or the commands above it (memory_cli), even inside a function."""
+    graph = import_graph()
+    below = reachable(graph, "memlaw.memory")
+    assert "memlaw.train.trainer" in below and "memlaw.evaluate.locality" in below
+    offenders = sorted(m for m in below if graph[m] & {"memlaw.memory", "memlaw.memory_cli"})
+    assert offenders == []
+    packages = ("memlaw.train", "memlaw.evaluate", "memlaw.model", "memlaw.data", "memlaw.law", "memlaw.sweep")
+    assert not [m for m in graph if m.startswith(packages) and graph[m] & {"memlaw.memory", "memlaw.memory_cli"}]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo, export
+from . import demo, export, memory_cli
 from .analysis import cli as analysis_cli
 from .data import cli as data_cli
 from .errors import MemlawError, TrainingInterrupted
@@ -23,8 +23,9 @@ from .train import cli as train_cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memlaw", description="Exact parametric memory in LLMs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train_cli.register(sub)  # train, memorize, capacity
-    evaluate_cli.register(sub)  # eval, ask
+    train_cli.register(sub)  # train
+    memory_cli.register(sub)  # memorize, capacity, ask
+    evaluate_cli.register(sub)  # eval
     export.register(sub)  # export
     data_cli.register(sub)  # data phonebook | long-context | linear-rule
     demo.register(sub, run=main)  # demo: runs the commands below through main

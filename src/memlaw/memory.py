@@ -13,17 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .config import MEMORIZE_DEFAULTS
 from .errors import MemlawError
 from .rundir import RunDir
 
 MIN_NEW_TOKENS = 16  # `ask` generates at most max(this, the run's longest answer + its end of turn) tokens
 
-# `memlaw memorize` and memlaw.memorize(): SFT until every record is certified, within a step budget. SFT
-# because with certified stopping it reaches the certificate sooner than MemFT-OT under the reference's
-# defaults (16 records/rank 8: 123 vs 155 steps; 48 records/rank 16: 255 vs 444 steps, 1.4x less wall time;
-# docs/benchmarks.md). No dropout: it is the reference recipe's regularizer, and here it only delays
-# certification and turns off the shared-prompt and check-skipping shortcuts.
-MEMORIZE_DEFAULTS = {"method": "sft", "stop_when": "certified", "max_steps": 2000, "epochs": 10000, "dropout": 0.0}
 
 
 @dataclass

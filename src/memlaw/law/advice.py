@@ -121,8 +121,7 @@ def probe_advice(path: str | Path, model: str = "default", max_steps: int | None
     """Memorize the file at ranks 1, 2, 4, … (memorize's settings, `epochs` passes, at most `max_steps` steps if
     given) until all are certified. The budget is in epochs, not steps: with a step budget a file of 17 records
     (two batches of 16) would get half the passes of one of 16, and the probe would measure the batch split."""
-    from ..config import TrainConfig, replace
-    from ..memory import MEMORIZE_DEFAULTS
+    from ..config import MEMORIZE_DEFAULTS, TrainConfig, replace
     from ..model.loading import load_model
     from ..train.trainer import train
 

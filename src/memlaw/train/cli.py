@@ -1,21 +1,15 @@
-"""`memlaw train`, `memlaw memorize` and `memlaw capacity`: the commands that train, with one flag per TrainConfig field."""
+"""`memlaw train`, and the flags every training command takes: one per TrainConfig field (memorize and capacity,
+on the top floor, build theirs here too: memlaw.memory_cli)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import typing
 from dataclasses import MISSING, fields
-from pathlib import Path
 
 from ..config import LIST_ITEM_TYPES, TrainConfig, build_config, parse_list
-from ..errors import MemlawError
-from ..evaluate.cli import print_locality, print_run_metrics
-from ..memory import MEMORIZE_DEFAULTS
+from ..evaluate.cli import print_run_metrics
 from ..rundir import RunDir
-
-# `memlaw capacity`: probes use MemFT-OT with certified stopping within a step budget.
-CAPACITY_DEFAULTS = {"method": "memft_ot", "max_steps": 300, "epochs": 10000, "data": "(generated per probe)"}
 
 
 # ---------------------------------------------------------------------- flags from TrainConfig
@@ -60,60 +54,22 @@ def config_from_args(args: argparse.Namespace, defaults: dict | None = None) -> 
 
 
 # ---------------------------------------------------------------------- parsers
-def register(subparsers) -> None:
-    def run_parser(name: str, func, help_text: str, description: str | None = None,
-                   out_help: str | None = None) -> argparse.ArgumentParser:
-        """A command that trains into a run folder: --out, --config, --overwrite and every config flag."""
-        p = subparsers.add_parser(name, help=help_text, description=description)
-        p.add_argument("--out", required=out_help is None, help=out_help or "run folder (config, adapter, logs, metrics)")
-        p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
-        p.add_argument("--overwrite", action="store_true", help="replace a different finished run in --out")
-        add_config_flags(p)
-        p.set_defaults(func=func)
-        return p
+def run_parser(subparsers, name: str, func, help_text: str, description: str | None = None,
+               out_help: str | None = None) -> argparse.ArgumentParser:
+    """A command that trains into a run folder: --out, --config, --overwrite and every config flag."""
+    p = subparsers.add_parser(name, help=help_text, description=description)
+    p.add_argument("--out", required=out_help is None, help=out_help or "run folder (config, adapter, logs, metrics)")
+    p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different finished run in --out")
+    add_config_flags(p)
+    p.set_defaults(func=func)
+    return p
 
-    run_parser("train", cmd_train, "memorize a records file into a low-rank memory unit, then evaluate").add_argument(
+
+def register(subparsers) -> None:
+    run_parser(subparsers, "train", cmd_train, "memorize a records file into a low-rank memory unit, then evaluate").add_argument(
         "--quiet", action="store_true", help="no progress bar"
     )
-    p = run_parser(
-        "memorize",
-        cmd_memorize,
-        "memorize records until every one is certified (SFT, step budget); exit 1 if the budget runs out",
-        "Defaults: --method sft --stop-when certified --max-steps 2000 --dropout 0 (flags and --config override; "
-        "--preserve-weight/--preserve-gate keep the unit quieter away from its records, docs/benchmarks.md). "
-        "With --into RUN: add the --data records to RUN's memory and train from its adapter until old and new "
-        "records are all certified.",
-        out_help="run folder (config, adapter, logs, metrics); with --into: where the grown memory goes "
-        "(default: RUN itself, replaced once training has finished)",
-    )
-    rank = next(a for a in p._actions if a.dest == "rank")
-    rank.type, rank.metavar = rank_or_auto, "R|auto"
-    rank.help = "rank of the memory unit, or auto: the smallest rank that stores --data, from --law or a quick probe (see plan --data)"
-    p.add_argument("--law", default=None, help="--rank auto: the law.json to plan with (default for the default model: the shipped study law)")
-    p.add_argument("--no-locality", action="store_true",
-                   help="skip measuring what the unit changed away from the records (KL, perplexity, unrelated answers)")
-    p.add_argument("--locality-data", default=None, metavar="FILE",
-                   help="measure locality on your own unrelated prompts: one per line (.txt) or a \"query\" per line "
-                   "(.jsonl), instead of the 32 built-in ones")
-    p.add_argument("--into", default=None, metavar="RUN", help="add the --data records to this memorized run")
-    p.add_argument("--replace", action="store_true", help="--into: a record whose query RUN holds replaces its target")
-
-    p = subparsers.add_parser(
-        "capacity",
-        help="largest number of PhoneBook records a rank stores, every one certified within a step budget",
-        description="Doubling then bisection over nested record sets. Defaults: --method memft_ot --max-steps 300.",
-    )
-    p.add_argument("--benchmark", default="phonebook", help="benchmark to probe (default: phonebook)")
-    p.add_argument("--out", default=None, help="folder for the probes and capacity.json (default: runs/capacity-r<RANK>)")
-    p.add_argument("--start", type=int, default=1, help="first probe size in records (default: 1)")
-    p.add_argument("--limit", type=int, default=100_000, help="largest size to probe (default: 100000)")
-    p.add_argument("--fit", nargs="+", default=None, metavar="DIR",
-                   help="instead of searching: join the capacity.json of these searches (one rank each, same settings) "
-                   "into one capacity file with its law K(r) = k·r^a in bits, written to --out (e.g. the file "
-                   "`memlaw plan --data` reads for the default model)")
-    p.add_argument("--config", default=None, metavar="YAML", help="YAML of flag names -> values (flags override it)")
-    add_config_flags(p)
-    p.set_defaults(func=cmd_capacity)
 
 
 # ---------------------------------------------------------------------- commands
@@ -122,157 +78,4 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     metrics = train(config_from_args(args), args.out, overwrite=args.overwrite, progress=not args.quiet)
     print_run_metrics(metrics, RunDir(args.out))
-    return 0
-
-
-def cmd_memorize(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from .trainer import train
-
-    def live(check) -> None:  # one line per certificate check, above the progress bar
-        tqdm.write(
-            f"epoch {check.epoch:>5}  step {check.steps:>6}  certified {check.certified}/{check.total}  "
-            f"stubborn tokens {check.stubborn_tokens:>5}  loss {check.loss:.4f}",
-            file=sys.stdout,
-        )
-
-    if args.no_locality and args.locality_data:
-        raise MemlawError("--locality-data and --no-locality contradict each other")
-    if args.locality_data:
-        from ..evaluate.locality import read_locality_prompts
-
-        read_locality_prompts(args.locality_data)  # a bad file fails before any training
-    if args.into is not None:
-        if args.rank == "auto" or args.law is not None:
-            raise MemlawError("--into keeps the run's rank: --rank auto and --law do not apply")
-        return memorize_into(args, live)
-    if args.law is not None and args.rank != "auto":
-        raise MemlawError("--law goes with --rank auto")
-    if args.rank == "auto":
-        args.rank = auto_rank(args)
-    if args.replace:
-        raise MemlawError("--replace goes with --into RUN")
-    if args.out is None:
-        raise MemlawError("memorize: --out DIR is required (or --into RUN to add to a memorized run)")
-    cfg = config_from_args(args, MEMORIZE_DEFAULTS)
-
-    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live, locality=locality_arg(args))
-    run = RunDir(args.out)
-    print_record_table(run)
-    print_run_metrics(metrics, run)
-    print_locality(run)
-    if metrics.certified_fraction == 1.0:
-        print(f"all {metrics.n_records} records certified after {metrics.steps_to_certified} steps")
-        return 0
-    print(f"step budget ran out: {metrics.certified_fraction:.1%} of records certified; adapter saved in {args.out}")
-    return 1
-
-
-def locality_arg(args: argparse.Namespace) -> bool | str:
-    """train()'s `locality`: off (--no-locality), the user's prompts (--locality-data FILE) or the built-in ones."""
-    return False if args.no_locality else (args.locality_data or True)
-
-
-def auto_rank(args: argparse.Namespace) -> int:
-    """--rank auto: plan for --data (memlaw plan --data) and say what was chosen and why."""
-    from ..law.cli import plan_for_data
-
-    cfg = config_from_args(argparse.Namespace(**{**vars(args), "rank": None}), MEMORIZE_DEFAULTS)
-    if not cfg.data:
-        raise MemlawError("--rank auto needs --data FILE to plan for")
-    advice, _ = plan_for_data(cfg.data, cfg.model, args.law, None, None, cfg.chat_template, method=cfg.method)
-    print(f"rank auto: rank {advice.rank} ({advice.source})", flush=True)
-    return advice.rank
-
-
-def memorize_into(args: argparse.Namespace, live) -> int:
-    """`memorize --into RUN --data NEW`: grow a memory without losing what it held."""
-    from ..memory import Memory
-
-    if args.data is None:
-        raise MemlawError("--into RUN needs --data FILE: the records to add")
-    if args.config is not None or args.overwrite:
-        raise MemlawError("--into RUN takes the run's own settings: --config and --overwrite do not apply")
-    overrides = {k: v for k, v in flag_values(args).items() if v is not None and k != "data"}
-    memory = Memory.load(args.into)
-    before = len(memory.records)
-    report = memory.add(args.data, replace=args.replace, out=args.out, progress=True, on_check=live,
-                        locality=locality_arg(args), **overrides)
-    if report.new == 0:
-        print(f"nothing to add: every record of {args.data} is already in {args.into} with the same target")
-        return 0 if report.all_certified else 1
-    print_record_table(RunDir(report.saved_to))
-    for line in report.lines():
-        print(line)
-    print_locality(RunDir(report.saved_to))
-    if report.all_certified:
-        print(f"memory: {memory.path} ({before} -> {len(memory.records)} records); all certified")
-        return 0
-    kept = f"{args.into} is unchanged; the attempt is in {report.saved_to}" if report.saved_to != memory.path else \
-        f"the adapter is saved in {memory.path}"
-    print(f"step budget ran out: {report.new_certified}/{report.new} new records certified, "
-          f"{len(report.old_lost)} old records lost; {kept} (--max-steps N trains longer)")
-    return 1
-
-
-def print_record_table(run: RunDir, limit: int = 50) -> None:
-    rows = run.read_records()
-    print(f"{'query':<32} {'target':<24} {'generated':<24} exact certified  min p")
-    for r in rows[:limit]:
-        min_p = min(r["target_probs"]) if r["target_probs"] else float("nan")
-        cells = [_clip(r["query"], 32), _clip(r["target"], 24), _clip(r["generated"], 24)]
-        print(f"{cells[0]:<32} {cells[1]:<24} {cells[2]:<24} {'yes' if r['exact'] else 'no':<5} "
-              f"{'yes' if r['certified'] else 'no':<9} {min_p:.3f}")
-    if len(rows) > limit:
-        print(f"… {len(rows) - limit} more in {run.records_path}")
-
-
-def _clip(text: str, width: int) -> str:
-    text = text.replace("\n", "⏎")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def cmd_capacity(args: argparse.Namespace) -> int:
-    from ..capacity import capacity_search
-
-    if args.fit is not None:
-        return fit_capacity(args)
-
-    cfg = config_from_args(args, CAPACITY_DEFAULTS)
-    out = Path(args.out or f"runs/capacity-r{cfg.rank}")
-
-    def show(p) -> None:
-        verdict = "stored" if p.success else "FAILED"
-        print(
-            f"probe {p.records:>6} records ({p.answer_tokens:>6} answer tokens): {verdict:<6}  "
-            f"certified {p.certified_fraction:.1%}  steps {p.steps:>5}  bits memorized {p.bits_memorized:7.1f}  {p.seconds:7.1f}s",
-            flush=True,
-        )
-
-    s = capacity_search(cfg, out, benchmark=args.benchmark, start=args.start, limit=args.limit, on_probe=show)
-    print(f"rank {s['rank']} ({s['protocol']['text']}): capacity {s['records']} records, "
-          f"{s['answer_tokens']} answer tokens, {s['bits_memorized']:.1f} bits memorized, "
-          f"{s['trainable_params']} trainable params, {s['bits_per_param']:.4f} bits/param")
-    print(f"results: {out / 'capacity.json'}")
-    return 0
-
-
-def fit_capacity(args: argparse.Namespace) -> int:
-    """`memlaw capacity --fit DIR ... --out FILE`: one capacity file with its law, from several searches."""
-    from ..law.capacity import fit_capacity_files
-
-    if args.out is None:
-        raise MemlawError("capacity --fit: give --out FILE for the joined capacity file")
-    result = fit_capacity_files(args.fit, args.out)
-    law = result["law"]
-    for rank, entry in result["ranks"].items():
-        print(f"rank {rank:>4}: {entry['records']:>5} records, {entry['bits_memorized']:8.1f} bits, "
-              f"{entry['bits_per_param']:.4f} bits/param")
-    print(f"law      K(r) = {law['k']:.4g}·r^{law['a']:.3f} bits")
-    if law["heldout"]:
-        h = law["heldout"]
-        print(f"held out rank {h['rank']:g}: predicted {h['predicted_bits']:.1f} bits, measured {h['measured_bits']:.1f} "
-              f"({h['error']:+.1%})")
-    print(f"capacity: {args.out}")
     return 0
