@@ -28,7 +28,7 @@ SCHEMA = [
     "train_seconds", "stopped", "steps_to_certified", "seconds_to_certified", "heldout_exact_match", "run_dir",
 ]
 PAPER_8B = ["llama3.1-8b-long-context", "llama3.1-8b-phonebook", "qwen3-8b-long-context", "qwen3-8b-phonebook"]
-PRESETS = [*PAPER_8B, "smollm2-demo", "smollm2-paper-linear-rule", "smollm2-paper"]
+PRESETS = [*PAPER_8B, "smollm2-demo", "smollm2-paper-linear-rule", "smollm2-paper", "smollm2-regime"]
 
 
 def tiny_grid(model_dir, **changes) -> dict:
@@ -205,6 +205,15 @@ def test_presets_load_and_list(capsys, tmp_path):
     sft, sw = (study[f"phonebook-{m}-r8-L320-s42"].train_config("d") for m in ("sft", "memft_sw"))
     assert (sft.lr, sft.epochs, sft.batch_size, sft.dropout, sft.max_grad_norm) == (1e-2, 200, 16, 0.1, 1.0)
     assert (sw.sw_mode, sw.epochs, sw.curriculum_boundaries, sw.batch_size) == ("curriculum", 300, [20, 40, 60, 80, 300], 16)
+    regime = {c.name: c for c in load_preset("smollm2-regime").cells()}  # issue 25: the paper's step proportion, a band
+    assert len(regime) == 42 and {(c.rank, c.length) for c in regime.values() if c.seed == 42} == {
+        (r, n * r) for r in (1, 2, 3, 4) for n in (100, 200, 400)}
+    assert {c.name for c in regime.values() if c.seed == 43} == {
+        f"phonebook-{m}-r{r}-L{100 * r}-s43" for m in ("sft", "memft_ot") for r in (1, 2, 3)}
+    assert {c.data_seed for c in regime.values()} == {42}  # seed 43 trains the same records
+    sft, sw = (regime[f"phonebook-{m}-r4-L1600-s42"].train_config("d") for m in ("sft", "memft_sw"))
+    assert (sft.batch_size, sft.epochs, sft.lr, sft.dropout, sft.dtype, sft.log_token_probs) == (4, 200, 1e-2, 0.1, "float32", 400)
+    assert (sw.batch_size, sw.epochs, sw.curriculum_boundaries, sw.log_token_probs) == (10, 300, [20, 40, 60, 80, 300], 240)
     linear = load_preset("smollm2-paper-linear-rule")
     assert linear.benchmark == "linear-rule" and len(linear.cells()) == 6 and linear.heldout == 100
     for name in PAPER_8B:
