@@ -120,6 +120,25 @@ def test_into_adds_records_and_keeps_every_old_one(run, tmp_path, capsys):
     assert "nothing to add" in capsys.readouterr().out
 
 
+def test_into_keeps_a_gated_memory_gated(tiny_model_dir, tmp_path, capsys):
+    """memorize --into trains with the run's own locality means: the grown unit is gated like the old one, and its
+    thresholds are those of the grown A (every old and new record certified through them)."""
+    data = write_records(tmp_path / "phones.jsonl", PHONES)
+    mine = tmp_path / "mine"
+    assert main(memorize_argv(tiny_model_dir, data, mine, "--preserve-gate", "0.5", "--no-locality")) == 0
+    before = json.loads((mine / "adapter.json").read_text())
+    new = write_records(tmp_path / "new.jsonl", NEW)
+    assert main(["memorize", "--into", str(mine), "--data", str(new), "--no-locality"]) == 0
+    assert "old records lost: 0 of 4" in capsys.readouterr().out
+    assert json.loads((mine / "adapter.json").read_text()) == before and before["gate"] is True
+    assert "preserve-gate: 0.5" in (mine / "config.yaml").read_text(encoding="utf-8")
+    assert all(r["certified"] for r in records_of(mine))
+    from safetensors.torch import load_file
+
+    thresholds = [v for k, v in load_file(str(mine / "adapter.safetensors")).items() if k.endswith(".threshold")]
+    assert len(thresholds) == 1 and float(thresholds[0].min()) > 0
+
+
 def test_into_rejects_a_conflicting_target_unless_replace(run, tmp_path, capsys):
     mine = copy_run(run, tmp_path / "mine")
     stamp = (mine / "adapter.safetensors").stat().st_mtime_ns
