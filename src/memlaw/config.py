@@ -17,6 +17,10 @@ import yaml
 
 from .errors import MemlawError
 
+# A token counts as recalled when its teacher-forced probability p_t exceeds this: the certificate's bound (above
+# 0.5 the target beats every other token, so greedy decoding produces it) and MemFT's default threshold (its critical
+# loss -ln 0.5 marks the tokens not yet recalled). One name for the two, since they mean the same.
+RECALL_P = 0.5
 COMPONENTS = ("mlp", "lora")
 A_INITS = ("reference", "linear")
 METHODS = ("sft", "memft_ot", "memft_sw")
@@ -76,7 +80,7 @@ class TrainConfig:
     )
     lora_alpha: float | None = _help("lora only: scaling alpha (default: equal to rank, i.e. scale 1).", default=None)
     method: str = _help("Training objective: sft | memft_ot | memft_sw.", default="sft")
-    threshold_p: float = _help("MemFT: target probability threshold (L_crit = -ln p).", default=0.5)
+    threshold_p: float = _help("MemFT: target probability threshold (L_crit = -ln p).", default=RECALL_P)
     position_weighting: bool = _help("memft_ot: weight a record's hard tokens by exp(-λ·i/(n-1)).", default=False)
     position_lambda: float = _help("memft_ot: λ of the position weighting.", default=2.0)
     zero_bp: bool = _help(

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import RECALL_P
 from ..data.encoding import Encoded, left_pad
 from ..data.information import BASE_LOSS, Information, format_floor_nats
 from ..model.forward import AnswerForward
 from ..model.hf_compat import cache_kwarg, forward_of, returned_cache
 
-P_THRESHOLD = 0.5
 
 
 @dataclass
@@ -43,11 +43,11 @@ class TokenStats:
 
     @property
     def stubborn(self) -> list[int]:
-        return [int(i) for i in np.flatnonzero(self.probs <= P_THRESHOLD)]
+        return [int(i) for i in np.flatnonzero(self.probs <= RECALL_P)]
 
     @property
     def certified(self) -> bool:
-        return bool(np.all(self.probs > P_THRESHOLD))
+        return bool(np.all(self.probs > RECALL_P))
 
 
 def _chunks(n: int, size: int):

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import RECALL_P
+
 EPS = 1e-8
 
 
@@ -33,7 +35,7 @@ def sft_weights(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def ot_weights(
     losses: torch.Tensor,
     mask: torch.Tensor,
-    threshold_p: float = 0.5,
+    threshold_p: float = RECALL_P,
     position_weighting: bool = False,
     lam: float = 2.0,
 ) -> torch.Tensor:
@@ -76,7 +78,7 @@ def sliding_window_weights(
     scale: float = 10.0,
     tau: float = 20.0,
     floor: float = 0.01,
-    threshold_p: float = 0.5,
+    threshold_p: float = RECALL_P,
 ) -> torch.Tensor:
     """MemFT-SW (intra-sample): base sigmoid(s·(L_t − L_crit)) times a decay after the anchor.
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
+from ..config import RECALL_P, TrainConfig
 from ..errors import TrainingInterrupted
-from ..evaluate.recall import P_THRESHOLD, TokenStats, teacher_forced
+from ..evaluate.recall import TokenStats, teacher_forced
 from ..evaluate.run import evaluate_session, initial_stats
 from ..lock import FolderLock
 from ..model.forward import AnswerForward
@@ -182,7 +182,7 @@ class TokenProbLog:
         if rows:
             steps, probs = zip(*rows)
             lengths = [e.answer_len for e in self.forward.encoded]
-            self.out.write_token_probs(steps, np.stack(probs), lengths, self.ids, P_THRESHOLD)  # (checks, tokens)
+            self.out.write_token_probs(steps, np.stack(probs), lengths, self.ids, RECALL_P)  # (checks, tokens)
 
     def _record(self, steps: int) -> None:
         self.rows.append((steps, self._probs(mid_training_stats(self.session, self.forward))))
@@ -307,7 +307,7 @@ def optimizer_step(session: Session, forward: AnswerForward, group: list[list[in
         loss = weighted_loss(losses, weights)
         with torch.no_grad():  # the numbers go to the host in one transfer: one GPU sync per micro-batch
             probs = torch.exp(-losses) * mask  # (B, L), 0 at padding
-            stubborn = (probs <= P_THRESHOLD) & tokens.batch.answer_mask  # the certificate's tokens
+            stubborn = (probs <= RECALL_P) & tokens.batch.answer_mask  # the certificate's tokens
             numbers = torch.stack([(weights > 0).sum(), mask.sum(), stubborn.sum(), loss.detach(), probs.sum()]).tolist()
         n_active, n_mask, n_stubborn = map(int, numbers[:3])
         if n_active or not method.zero_bp:
