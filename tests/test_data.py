@@ -52,9 +52,9 @@ def test_reads_reference_long_context(reference_data, tok, name, length):
     (record,) = load_records(reference_data / name, tokenizer=tok, length=length)
     matching = json.loads((reference_data / name).read_text())["matching"]
     assert record.query == QUESTION
-    assert len(record.target_ids) == length
-    assert list(record.target_ids) == tok(matching, add_special_tokens=False)["input_ids"][:length]
-    assert record.target == tok.decode(record.target_ids)  # the text is for display; ids define the target
+    assert len(record.answer_ids) == length
+    assert list(record.answer_ids) == tok(matching, add_special_tokens=False)["input_ids"][:length]
+    assert record.target == tok.decode(record.answer_ids)  # the text is for display; ids define the target
     if "\ufffd" not in record.target:  # a cut inside a multi-byte character cannot be a prefix
         assert matching.startswith(record.target)
 
@@ -100,7 +100,7 @@ def test_long_context_replaces_that_fraction(tok, ratio, fraction):
         assert row["matching"] == tok.decode(source) and row["matching_ids"] == source
     assert generate_long_context(tok, ratio, length=80, seed=3) == row  # seeded
     (record,) = load_records_from(row, tok)
-    assert len(record.target_ids) == 80
+    assert len(record.answer_ids) == 80
 
 
 def load_records_from(row, tok, tmp=None):
@@ -263,7 +263,7 @@ def test_long_context_targets_are_nested(tok, tmp_path, source_text, ratio):
     path = tmp_path / "lc.jsonl"
     path.write_text(json.dumps(long) + "\n")
     (record,) = load_records(path, tokenizer=tok, length=300)
-    assert list(record.target_ids) == short["matching_ids"]
+    assert list(record.answer_ids) == short["matching_ids"]
 
 
 def test_stored_ids_are_the_target(tok, tmp_path):
@@ -271,7 +271,7 @@ def test_stored_ids_are_the_target(tok, tmp_path):
     row = generate_long_context(tok, "r100", length=200, seed=1, text="x" * 400)
     assert tok(row["matching"], add_special_tokens=False)["input_ids"][:200] != row["matching_ids"]
     (record,) = load_records_from(row, tok)
-    assert list(record.target_ids) == row["matching_ids"]
+    assert list(record.answer_ids) == row["matching_ids"]
 
 
 def test_ids_for_another_tokenizer_fall_back_to_the_text(tok):
@@ -279,7 +279,7 @@ def test_ids_for_another_tokenizer_fall_back_to_the_text(tok):
     text_ids = tok(row["matching"], add_special_tokens=False)["input_ids"]
     for foreign in (row["matching_ids"][::-1], [len(tok) + i for i in range(40)]):  # other text; ids out of range
         (record,) = load_records_from(dict(row, matching_ids=foreign), tok)
-        assert list(record.target_ids) == text_ids[:40]
+        assert list(record.answer_ids) == text_ids[:40]
 
 
 def test_long_context_cli_source_reference_jsonl(tiny_model_dir, reference_data, tmp_path):
@@ -296,7 +296,7 @@ def test_long_context_cli_source_reference_jsonl(tiny_model_dir, reference_data,
     replaced = set(row["noise_positions"])
     assert all(row["matching_ids"][i] == paper[i] for i in range(500) if i not in replaced)
     (record,) = load_records(out, tokenizer=tok)
-    assert list(record.target_ids) == row["matching_ids"]
+    assert list(record.answer_ids) == row["matching_ids"]
 
 
 def test_long_context_source_text_file_through_dataspec(tiny_model_dir, tmp_path):

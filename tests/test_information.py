@@ -44,7 +44,7 @@ def test_declared_bits_win_and_sources_mix():
 
 
 def test_long_context_counts_random_tokens_exactly_and_natural_ones_by_the_base_loss():
-    record = Record("Q", "text", target_ids=(5, 6, 7, 8), noise_positions=(0, 2), noise_bits=15.0)
+    record = Record("Q", "text", answer_ids=(5, 6, 7, 8), noise_positions=(0, 2), noise_bits=15.0)
     info = record_information([record], [[1.0, 2.0, 3.0, 4.0]])
     assert info.source == LONG_CONTEXT and info.bits == (pytest.approx(2 * 15.0 + (2.0 + 4.0) / math.log(2)),)
 

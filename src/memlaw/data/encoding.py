@@ -36,7 +36,7 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 @dataclass(frozen=True)
 class Encoded:
     prompt_ids: list[int]
-    target_ids: list[int]  # the answer's own tokens, then `suffix_len` end-of-turn tokens
+    target_ids: list[int]  # the target, as everywhere in memlaw: the answer's own tokens, then `suffix_len` end-of-turn tokens
     suffix_len: int = 0
 
     @property
@@ -105,15 +105,16 @@ def _suffix(tokenizer, template: str) -> tuple[int, ...]:
     return tuple(a[len(a) - n :])
 
 
-def target_ids(tokenizer, record: Record) -> list[int]:
-    if record.target_ids is not None:
-        return list(record.target_ids)
+def answer_ids(tokenizer, record: Record) -> list[int]:
+    """The answer's own tokens (the target without its end-of-turn suffix)."""
+    if record.answer_ids is not None:
+        return list(record.answer_ids)
     return list(tokenizer(record.target, add_special_tokens=False)["input_ids"])
 
 
 def encode_record(tokenizer, record: Record, chat_template: bool = True) -> Encoded:
     suffix = suffix_ids(tokenizer, chat_template)
-    return Encoded(prompt_ids(tokenizer, record.query, chat_template), target_ids(tokenizer, record) + suffix, len(suffix))
+    return Encoded(prompt_ids(tokenizer, record.query, chat_template), answer_ids(tokenizer, record) + suffix, len(suffix))
 
 
 def encode_records(tokenizer, records: list[Record], chat_template: bool = True) -> list[Encoded]:

@@ -26,7 +26,7 @@ class Record:
     query: str
     target: str
     id: Any = None
-    target_ids: tuple[int, ...] | None = None  # set when the target is defined in token space
+    answer_ids: tuple[int, ...] | None = None  # the answer's tokens, set when it is defined in token space (Long-Context)
     info_bits: float | None = None  # the answer's information, if the line declares it (memlaw.data.information)
     # Long-Context made for this tokenizer: the target's randomly replaced positions and the bits each holds
     noise_positions: tuple[int, ...] | None = None
@@ -92,7 +92,7 @@ def parse_line(obj: Any, where: str, tokenizer=None, length: int | None = None) 
             from .information import noise_token_bits
 
             bits = noise_token_bits(tokenizer)
-        return Record(query=obj["question"], target=tokenizer.decode(ids), id=obj.get("id"), target_ids=tuple(ids),
+        return Record(query=obj["question"], target=tokenizer.decode(ids), id=obj.get("id"), answer_ids=tuple(ids),
                       noise_positions=noise, noise_bits=bits)
     raise MemlawError(f"{where}: missing fields 'query' and 'target' (or 'question' and 'matching')")
 
