@@ -137,6 +137,8 @@ def test_into_keeps_a_gated_memory_gated(tiny_model_dir, tmp_path, capsys):
 
     thresholds = [v for k, v in load_file(str(mine / "adapter.safetensors")).items() if k.endswith(".threshold")]
     assert len(thresholds) == 1 and float(thresholds[0].min()) > 0
+    assert main(["memorize", "--into", str(mine), "--data", str(new), "--preserve-gate", "0"]) == 2  # the unit's form is fixed
+    assert "preserve_gate cannot change" in capsys.readouterr().err
 
 
 def test_into_rejects_a_conflicting_target_unless_replace(run, tmp_path, capsys):

@@ -232,7 +232,7 @@ def _contents(run: RunDir) -> tuple[Any, dict[str, dict]]:
 
 # ---------------------------------------------------------------------- adding records
 UNIT_FIELDS = ("model", "component", "layer", "rank", "target_modules", "lora_alpha", "a_init", "chat_template",
-               "trust_remote_code", "length")  # what defines the unit and its prompts: fixed when adding records
+               "trust_remote_code", "length", "preserve_gate")  # what defines the unit and its prompts: fixed when adding records
 ADD_DEFAULTS = {"stop_when": "certified", "max_steps": 2000, "epochs": 10000}
 DATA_FILE = "data.jsonl"  # the records of a memory grown with add(): old and new, in the run folder
 INCOMPLETE = ".incomplete"  # RUN.incomplete: an in-place add whose budget ran out (RUN itself is unchanged)
