@@ -134,6 +134,21 @@ def test_unreachable_targets_are_explained(fitted):
     with pytest.raises(MemlawError, match="does not grow with rank"):
         shrinking.rank_for(1000, 0.1)
     assert shrinking.bootstrap_params_.shape == (0, 4)
+    growing_with_length = ParametricMemoryLaw.from_dict({"C": 1.0, "alpha": 0.3, "beta": -0.2, "b": 0.0})
+    with pytest.raises(MemlawError, match="does not fall with length"):
+        growing_with_length.rank_for(1000, 0.1)
+
+
+def test_plan_refuses_the_shipped_paper_form_that_grows_with_length(capsys):
+    """The committed study's paper form has negative exponents (docs/reproduction.md): plan says why it refuses it."""
+    from memlaw.cli import main
+    from memlaw.law.advice import default_file
+
+    law = default_file("smollm2-135m-law.json")
+    assert main(["plan", "--law", str(law), "--group", "method=sft", "--form", "paper", "--length", "200",
+                 "--delta-loss", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "does not grow with rank" in err or "does not fall with length" in err
 
 
 @pytest.mark.parametrize(

@@ -65,9 +65,13 @@ class LawForm:
 
     def target_problem(self, params: np.ndarray, delta_loss: float) -> str | None:
         """Why no minimum rank exists for this target (None when one does)."""
-        C, alpha = params[0], params[1]
+        C, alpha, beta = params[0], params[1], params[2]
         if C <= 0 or alpha <= 0:
             return f"the fitted law does not grow with rank (C={C:.4g}, alpha={alpha:.4g}): no rank reaches a target"
+        if beta <= 0:
+            return (f"the fitted law does not fall with length (beta={beta:.4g}), the Parametric Memory Law's shape: a "
+                    "rank planned from it would shrink as the file grows; fit more cells in the law's regime or use "
+                    "another form")
         return None
 
     def required_rank(self, params: np.ndarray, length: float, target: float) -> np.ndarray:
