@@ -86,6 +86,7 @@ def runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
         "penalty": _train(tiny_model_dir, tmp, "penalty", "--preserve-weight", "20"),
         "project": _train(tiny_model_dir, tmp, "project", "--preserve-energy", "0.9"),
         "gate": _train(tiny_model_dir, tmp, "gate", "--preserve-gate", "1.0"),
+        "kl": _train(tiny_model_dir, tmp, "kl", "--preserve-kl", "10"),
     }
 
 
@@ -204,3 +205,10 @@ def test_the_gate_silences_every_replayed_input_and_is_saved(runs):
             session.adapter.model(input_ids=torch.tensor([seq]))
     handle.remove()
     assert outputs and all(float(o.abs().max()) == 0.0 for o in outputs)  # gate 1.0: exactly no output there
+
+
+def test_the_replay_kl_keeps_unrelated_answers_closer_to_the_base_model(runs):
+    plain, kl = _locality(runs["plain"]), _locality(runs["kl"])
+    assert kl.kl_prompts < plain.kl_prompts
+    rows = list(csv.DictReader((runs["kl"] / "train_log.csv").open()))
+    assert float(rows[0]["preserve_penalty"]) == 0.0 and max(float(r["preserve_penalty"]) for r in rows) > 0

@@ -128,6 +128,11 @@ class TrainConfig:
         "(its mean squared norm there, relative to the MLP's own output); 0: off, the paper's objective.",
         default=0.0,
     )
+    preserve_kl: float = _help(
+        "Locality (mlp unit): weight of KL(base || adapted) on the base model's own answers to replayed prompts, "
+        "4 of them each step; 0: off, the paper's objective.",
+        default=0.0,
+    )
     preserve_gate: float = _help(
         "Locality (mlp unit): gate the unit's read x·A: each component passes only by what it exceeds this multiple "
         "of its largest value on the replayed inputs (kept up to date as A trains), so inputs like those get exactly "
@@ -218,11 +223,13 @@ class TrainConfig:
             raise bad("max_grad_norm", f"must be >= 0, got {self.max_grad_norm!r}")
         if self.preserve_weight < 0:
             raise bad("preserve_weight", f"must be >= 0, got {self.preserve_weight!r}")
+        if self.preserve_kl < 0:
+            raise bad("preserve_kl", f"must be >= 0, got {self.preserve_kl!r}")
         if self.preserve_gate < 0:
             raise bad("preserve_gate", f"must be >= 0, got {self.preserve_gate!r}")
         if not 0.0 <= self.preserve_energy < 1.0:
             raise bad("preserve_energy", f"must be in [0, 1), got {self.preserve_energy!r}")
-        means = [n for n in ("preserve_weight", "preserve_gate", "preserve_energy") if getattr(self, n)]
+        means = [n for n in ("preserve_weight", "preserve_kl", "preserve_gate", "preserve_energy") if getattr(self, n)]
         if means and self.component != "mlp":
             raise bad(means[0], "the locality means act on the mlp unit's A and B; component lora has neither")
         if self.lora_alpha is not None and self.lora_alpha <= 0:

@@ -2,7 +2,7 @@
 
 The paper's unit adds x·A·B to the MLP's output at every position of every input, and nothing in
 its objective says "leave other inputs alone", so a memory of a few facts also moves the answers
-to unrelated prompts (README, "Remember your own facts"). Three means act on what the unit reads,
+to unrelated prompts (README, "Remember your own facts"). Four means keep it quieter,
 both measured on *replayed* inputs: the unit's input (the MLP input of its layer, base model) on
 general text and everyday prompts with the base model's own answers
 (memlaw/data/replay_text.txt, replay_prompts.txt), which memlaw's locality measures never see
@@ -12,6 +12,9 @@ general text and everyday prompts with the base model's own answers
   λ · mean_t ‖x_t·A·B‖² / mean_t ‖mlp(x_t)‖² over the replayed positions t, the unit's output
   there relative to the MLP's own. With M = XᵀX/n it is λ·Σ (AᵀMA) ⊙ (BBᵀ) / c, so a step costs
   O(d²r), nothing per replayed token.
+* ``preserve_kl`` κ, a replay term (the usual means in knowledge editing): every step adds
+  κ · KL(base ‖ adapted) over the base model's own greedy answers to a few replayed prompts
+  (:class:`ReplayKL`), which costs a forward and backward of those prompts per step.
 * ``preserve_gate`` g, a gate (a side memory that fires only on its own keys, as GRACE's and WISE's
   do, here inside the unit): the read z = x·A passes each component only by what it exceeds its
   threshold τ_j = g · max_t |x_t·A_j| over the replayed positions, recomputed after every step
@@ -42,6 +45,7 @@ from ..model.memory_unit import MemoryMLP
 
 REPLAY_WINDOW = 256  # tokens of replay text per forward pass
 REPLAY_ANSWER_TOKENS = 16  # the base model's greedy answer to each replay prompt, also replayed
+KL_PROMPTS_PER_STEP = 4  # replayed prompts whose answers the KL term compares, each step
 GATE_ROUNDING = 1e-4  # thresholds sit this much above g·max|x·A|: the same read batched or alone may differ in its last bits
 
 
@@ -70,16 +74,21 @@ class Replayed:
 def replay_sequences(session) -> list[list[int]]:
     """Token ids of the replayed inputs: windows of the replay text, and each replay prompt (the run's
     prompt construction) followed by the base model's greedy answer."""
-    tok, cfg = session.loaded.tokenizer, session.cfg
-    ids = tok(replay_text())["input_ids"]
+    ids = session.loaded.tokenizer(replay_text())["input_ids"]
     windows = [ids[i : i + REPLAY_WINDOW] for i in range(0, len(ids), REPLAY_WINDOW) if len(ids[i : i + REPLAY_WINDOW]) > 1]
+    return windows + [p + a for p, a in replay_answers(session)]
+
+
+def replay_answers(session) -> list[tuple[list[int], list[int]]]:
+    """(prompt, the base model's greedy answer) token ids for every replay prompt."""
+    tok, cfg = session.loaded.tokenizer, session.cfg
     suffix = suffix_ids(tok, cfg.chat_template)
     stop = suffix[0] if suffix else tok.eos_token_id
     prompts = [prompt_ids(tok, p, cfg.chat_template) for p in replay_prompts()]
     with session.adapter.disabled():
         answers = greedy_generate(session.adapter.model, prompts, [REPLAY_ANSWER_TOKENS] * len(prompts), session.pad_id,
                                   cfg.eval_batch_size, session.loaded.device, stop=stop)
-    return windows + [p + a for p, (a, _) in zip(prompts, answers)]
+    return [(p, a) for p, (a, _) in zip(prompts, answers)]
 
 
 def collect_replayed(session) -> dict[str, Replayed]:
@@ -118,6 +127,33 @@ def protected_basis(moment: torch.Tensor, energy: float) -> torch.Tensor:
     return vectors[:, : min(k, len(values))].float()
 
 
+class ReplayKL:
+    """KL(base ‖ adapted) on the base model's own greedy answers to the replayed prompts: what "unrelated prompts
+    answered the same" counts, as a loss. Each step draws `per_step` prompts with its own seeded generator and
+    runs them with the unit off (no gradient) and on; the base side is recomputed rather than stored, which
+    keeps memory flat for large vocabularies and gives exactly 0 while the unit is zero."""
+
+    def __init__(self, session, per_step: int = KL_PROMPTS_PER_STEP):
+        self.adapter, self.device, self.per_step = session.adapter, session.loaded.device, per_step
+        self.pairs = replay_answers(session)
+        self.generator = torch.Generator().manual_seed(session.cfg.seed)
+
+    def _log_probs(self, prompt: list[int], answer: list[int]) -> torch.Tensor:
+        logits = self.adapter.model(input_ids=torch.tensor([prompt + answer], device=self.device)).logits[0]  # (T, V)
+        return torch.log_softmax(logits[len(prompt) - 1 : -1].float(), -1)  # (answer tokens, V): the answer's positions
+
+    def loss(self) -> torch.Tensor:
+        picked = torch.randperm(len(self.pairs), generator=self.generator)[: self.per_step].tolist()
+        total, count = 0.0, 0
+        for i in picked:
+            with torch.no_grad(), self.adapter.disabled():
+                base = self._log_probs(*self.pairs[i])
+            adapted = self._log_probs(*self.pairs[i])
+            total = total + (base.exp() * (base - adapted)).sum()
+            count += base.shape[0]
+        return total / max(count, 1)
+
+
 def output_penalty(A: torch.Tensor, B: torch.Tensor, moment: torch.Tensor, mlp_energy: float) -> torch.Tensor:
     """mean_t ‖x_t·A·B‖² / mean_t ‖mlp(x_t)‖², from M = mean_t x_tᵀx_t: Σ (AᵀMA) ⊙ (BBᵀ) / c."""
     return ((A.T @ moment @ A) * (B @ B.T)).sum() / mlp_energy  # (r, r) ⊙ (r, r)
@@ -126,8 +162,9 @@ def output_penalty(A: torch.Tensor, B: torch.Tensor, moment: torch.Tensor, mlp_e
 class Preserver:
     """The two means for one training run: `loss()` before clipping, `constrain()` after every update."""
 
-    def __init__(self, session, weight: float = 0.0, energy: float = 0.0, gate: float = 0.0):
-        self.weight, self.energy, self.gate = weight, energy, gate
+    def __init__(self, session, weight: float = 0.0, energy: float = 0.0, gate: float = 0.0, kl: float = 0.0):
+        self.weight, self.energy, self.gate, self.kl_weight = weight, energy, gate, kl
+        self.kl = ReplayKL(session) if kl else None
         replayed = collect_replayed(session)
         self.units = {name: m.memory for name, m in session.adapter.model.named_modules() if isinstance(m, MemoryMLP)}
         device = next(iter(self.units.values())).A.device
@@ -141,14 +178,17 @@ class Preserver:
     @classmethod
     def for_session(cls, session) -> Preserver | None:
         cfg = session.cfg
-        if not (cfg.preserve_weight or cfg.preserve_energy or cfg.preserve_gate):
+        if not (cfg.preserve_weight or cfg.preserve_energy or cfg.preserve_gate or cfg.preserve_kl):
             return None
-        return cls(session, cfg.preserve_weight, cfg.preserve_energy, cfg.preserve_gate)
+        return cls(session, cfg.preserve_weight, cfg.preserve_energy, cfg.preserve_gate, cfg.preserve_kl)
 
     def loss(self) -> torch.Tensor | None:
-        if not self.weight:
-            return None
-        return self.weight * sum(output_penalty(u.A, u.B, self.moments[n], self.scales[n]) for n, u in self.units.items())
+        terms = []
+        if self.weight:
+            terms.append(self.weight * sum(output_penalty(u.A, u.B, self.moments[n], self.scales[n]) for n, u in self.units.items()))
+        if self.kl is not None:
+            terms.append(self.kl_weight * self.kl.loss())
+        return sum(terms) if terms else None
 
     @torch.no_grad()
     def constrain(self) -> None:
