@@ -2,8 +2,8 @@
 
 The paper's unit adds x·A·B to the MLP's output at every position of every input, and nothing in
 its objective says "leave other inputs alone", so a memory of a few facts also moves the answers
-to unrelated prompts (README, "Remember your own facts"). Four means keep it quieter,
-both measured on *replayed* inputs: the unit's input (the MLP input of its layer, base model) on
+to unrelated prompts (README, "Remember your own facts"). Four means keep it quieter, each
+measured on *replayed* inputs: the unit's input (the MLP input of its layer, base model) on
 general text and everyday prompts with the base model's own answers
 (memlaw/data/replay_text.txt, replay_prompts.txt), which memlaw's locality measures never see
 (they use general_text.txt and unrelated_prompts.txt, or the user's --locality-data).
@@ -18,8 +18,8 @@ general text and everyday prompts with the base model's own answers
 * ``preserve_gate`` g, a gate (a side memory that fires only on its own keys, as GRACE's and WISE's
   do, here inside the unit): the read z = x·A passes each component only by what it exceeds its
   threshold τ_j = g · max_t |x_t·A_j| over the replayed positions, recomputed after every step
-  (memlaw.model.memory_unit.gate_read; training uses a smooth version so that records below τ
-  still get a gradient). With g ≥ 1 every replayed input gets exactly no output, and so does any
+  (memlaw.model.memory_unit.gate_read; training keeps the hard value but takes a smooth gradient,
+  so that records below τ still get one). With g ≥ 1 every replayed input gets exactly no output, and so does any
   input whose reads stay within theirs.
 * ``preserve_energy`` e, a constraint (AlphaEdit's null-space idea on the unit's input map):
   P = I − UUᵀ with U the eigenvectors of M that carry the share e of its trace, and A ← P·A at
@@ -28,8 +28,9 @@ general text and everyday prompts with the base model's own answers
 
 The penalty and the projection leave the unit's format as it is (A and B): the projection is applied
 to A itself, and the penalty only shapes training. The gate adds one tensor per unit, its thresholds
-(adapter.json says ``gate: true``; the export's loader applies them). Off (0) by default in
-`memlaw train` (the paper's objective); `memlaw memorize` turns them on (memlaw.memory).
+(adapter.json says ``gate: true``; the export's loader applies them). All are off (0) by default, in
+`memlaw train` (the paper's objective) and, until they are measured beyond one file, in `memlaw memorize`
+(docs/benchmarks.md, "Locality").
 """
 
 from __future__ import annotations
