@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import CAPACITY_DEFAULTS, MEMORIZE_DEFAULTS
 from .errors import MemlawError
-from .evaluate.cli import MIN_NEW_TOKENS_TEXT, print_locality, print_run_metrics
+from .evaluate.cli import MIN_NEW_TOKENS_TEXT, add_locality_flags, locality_arg, print_locality, print_run_metrics
 from .rundir import RunDir
 from .train.cli import add_config_flags, config_from_args, flag_values, rank_or_auto, run_parser
 
@@ -35,11 +35,7 @@ def register(subparsers) -> None:
     rank.type, rank.metavar = rank_or_auto, "R|auto"
     rank.help = "rank of the memory unit, or auto: the smallest rank that stores --data, from --law or a quick probe (see plan --data)"
     p.add_argument("--law", default=None, help="--rank auto: the law.json to plan with (default for the default model: the shipped study law)")
-    p.add_argument("--no-locality", action="store_true",
-                   help="skip measuring what the unit changed away from the records (KL, perplexity, unrelated answers)")
-    p.add_argument("--locality-data", default=None, metavar="FILE",
-                   help="measure locality on your own unrelated prompts: one per line (.txt) or a \"query\" per line "
-                   "(.jsonl), instead of the 32 built-in ones")
+    add_locality_flags(p)
     p.add_argument("--into", default=None, metavar="RUN", help="add the --data records to this memorized run")
     p.add_argument("--replace", action="store_true", help="--into: a record whose query RUN holds replaces its target")
 
@@ -87,16 +83,11 @@ def cmd_memorize(args: argparse.Namespace) -> int:
             file=sys.stdout,
         )
 
-    if args.no_locality and args.locality_data:
-        raise MemlawError("--locality-data and --no-locality contradict each other")
-    if args.locality_data:
-        from .evaluate.locality import read_locality_prompts
-
-        read_locality_prompts(args.locality_data)  # a bad file fails before any training
+    locality = locality_arg(args)  # a bad --locality-data file fails before any training
     if args.into is not None:
         if args.rank == "auto" or args.law is not None:
             raise MemlawError("--into keeps the run's rank: --rank auto and --law do not apply")
-        return memorize_into(args, live)
+        return memorize_into(args, live, locality)
     if args.law is not None and args.rank != "auto":
         raise MemlawError("--law goes with --rank auto")
     if args.rank == "auto":
@@ -107,7 +98,7 @@ def cmd_memorize(args: argparse.Namespace) -> int:
         raise MemlawError("memorize: --out DIR is required (or --into RUN to add to a memorized run)")
     cfg = config_from_args(args, MEMORIZE_DEFAULTS)
 
-    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live, locality=locality_arg(args))
+    metrics = train(cfg, args.out, overwrite=args.overwrite, progress=True, on_check=live, locality=locality)
     run = RunDir(args.out)
     print_record_table(run)
     print_run_metrics(metrics, run)
@@ -117,11 +108,6 @@ def cmd_memorize(args: argparse.Namespace) -> int:
         return 0
     print(f"step budget ran out: {metrics.certified_fraction:.1%} of records certified; adapter saved in {args.out}")
     return 1
-
-
-def locality_arg(args: argparse.Namespace) -> bool | str:
-    """train()'s `locality`: off (--no-locality), the user's prompts (--locality-data FILE) or the built-in ones."""
-    return False if args.no_locality else (args.locality_data or True)
 
 
 def auto_rank(args: argparse.Namespace) -> int:
@@ -136,7 +122,7 @@ def auto_rank(args: argparse.Namespace) -> int:
     return advice.rank
 
 
-def memorize_into(args: argparse.Namespace, live) -> int:
+def memorize_into(args: argparse.Namespace, live, locality: bool | str) -> int:
     """`memorize --into RUN --data NEW`: grow a memory without losing what it held."""
     from .memory import Memory
 
@@ -148,7 +134,7 @@ def memorize_into(args: argparse.Namespace, live) -> int:
     memory = Memory.load(args.into)
     before = len(memory.records)
     report = memory.add(args.data, replace=args.replace, out=args.out, progress=True, on_check=live,
-                        locality=locality_arg(args), **overrides)
+                        locality=locality, **overrides)
     if report.new == 0:
         print(f"nothing to add: every record of {args.data} is already in {args.into} with the same target")
         return 0 if report.all_certified else 1

@@ -16,28 +16,39 @@ def register(subparsers) -> None:
     p.add_argument("run", help="run folder written by `memlaw train`")
     p.add_argument("--data", default=None, help="records to evaluate on (default: the run's training data)")
     p.add_argument("--out", default=None, help="where to write metrics (default: RUN, or RUN/eval-<data> with --data)")
-    p.add_argument("--no-locality", action="store_true",
-                   help="skip measuring what the unit changed away from the records (KL, perplexity, unrelated answers)")
-    p.add_argument("--locality-data", default=None, metavar="FILE",
-                   help="measure locality on your own unrelated prompts: one per line (.txt) or a \"query\" per line "
-                   "(.jsonl), instead of the 32 built-in ones")
+    add_locality_flags(p)
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="load the base model in this dtype instead of the run's (results go to RUN/eval-<dtype>): "
                    "e.g. float32 to check that a bfloat16 run's certificate holds in full precision")
     p.set_defaults(func=cmd_eval)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .run import evaluate_run, evaluation_dir
+def add_locality_flags(p: argparse.ArgumentParser) -> None:
+    """--no-locality and --locality-data, for every command that measures locality (eval, memorize); read with
+    :func:`locality_arg`."""
+    p.add_argument("--no-locality", action="store_true",
+                   help="skip measuring what the unit changed away from the records (KL, perplexity, unrelated answers)")
+    p.add_argument("--locality-data", default=None, metavar="FILE",
+                   help="measure locality on your own unrelated prompts: one per line (.txt) or a \"query\" per line "
+                   "(.jsonl), instead of the 32 built-in ones")
 
+
+def locality_arg(args: argparse.Namespace) -> bool | str:
+    """The `locality` of train() and evaluate_run(): off (--no-locality), the user's prompts (--locality-data FILE,
+    read here so that a bad file fails before any model loads) or the built-in ones (True)."""
     if args.no_locality and args.locality_data:
         raise MemlawError("--locality-data and --no-locality contradict each other")
     if args.locality_data:
         from .locality import read_locality_prompts
 
-        read_locality_prompts(args.locality_data)  # a bad file fails before the model loads
-    metrics = evaluate_run(args.run, data=args.data, out=args.out, locality=not args.no_locality, dtype=args.dtype,
-                           locality_data=args.locality_data)
+        read_locality_prompts(args.locality_data)
+    return False if args.no_locality else (args.locality_data or True)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .run import evaluate_run, evaluation_dir
+
+    metrics = evaluate_run(args.run, data=args.data, out=args.out, locality=locality_arg(args), dtype=args.dtype)
     target = evaluation_dir(args.run, args.data, args.out, args.dtype)
     print_run_metrics(metrics, target)
     print_locality(target)

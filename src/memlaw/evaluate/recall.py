@@ -19,7 +19,6 @@ from ..model.forward import AnswerForward
 from ..model.hf_compat import cache_kwarg, forward_of, returned_cache
 
 
-
 @dataclass
 class TokenStats:
     """Teacher-forced statistics of one record's target tokens: the answer's own, then its suffix."""

@@ -72,12 +72,12 @@ def evaluation_dir(run_dir: str | Path, data: str | None = None, out: str | Path
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path | None = None,
-                 locality: bool = False, dtype: str | None = None, locality_data: str | None = None) -> RunMetrics:
+                 locality: bool | str | Path = False, dtype: str | None = None) -> RunMetrics:
     """Re-evaluate a saved run, on its training data (default) or another records file; with `locality`,
     also what the unit changed away from the records (locality.json beside the metrics). `dtype`: load the
     base model in this dtype instead of the run's (e.g. float32 for a run trained in bfloat16: does its
-    certificate still hold where the memory will be used?). `locality_data`: the unrelated prompts' file
-    (--locality-data; default the built-in prompts)."""
+    certificate still hold where the memory will be used?). `locality` a path: the unrelated prompts of that
+    file (--locality-data) instead of the built-in ones."""
     from ..config import DTYPES, replace
 
     run = RunDir(run_dir)
@@ -99,5 +99,5 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path |
     if locality:
         from .locality import measure_locality
 
-        target.write_locality(measure_locality(session, prompts_file=locality_data).to_dict())
+        target.write_locality(measure_locality(session, prompts_file=None if locality is True else locality).to_dict())
     return metrics

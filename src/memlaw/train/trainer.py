@@ -295,7 +295,7 @@ def optimizer_step(session: Session, forward: AnswerForward, group: list[list[in
     """Forward, weights, backward over the micro-batches of one optimizer step; then clip and step.
 
     A step whose micro-batches all have zero total weight (zero-bp) does no backward and no update.
-    `preserve` adds its penalty's gradient to an update and projects A after it.
+    `preserve` adds its penalty's gradient to an update, then projects A and sets the gate's thresholds after it.
     """
     cfg = session.cfg
     params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
