@@ -67,17 +67,14 @@ class Replayed:
     moment: torch.Tensor  # (d, d) M = XᵀX / n, float32
     mlp_energy: float  # mean_t ‖mlp(x_t)‖²
 
-    @property
-    def positions(self) -> int:
-        return int(self.inputs.shape[0])
 
-
-def replay_sequences(session) -> list[list[int]]:
+def replay_sequences(session, answered: list[tuple[list[int], list[int]]] | None = None) -> list[list[int]]:
     """Token ids of the replayed inputs: windows of the replay text, and each replay prompt (the run's
-    prompt construction) followed by the base model's greedy answer."""
+    prompt construction) followed by the base model's greedy answer (`answered`: replay_answers' result,
+    when the caller has it already)."""
     ids = session.loaded.tokenizer(replay_text())["input_ids"]
     windows = [ids[i : i + REPLAY_WINDOW] for i in range(0, len(ids), REPLAY_WINDOW) if len(ids[i : i + REPLAY_WINDOW]) > 1]
-    return windows + [p + a for p, a in replay_answers(session)]
+    return windows + [p + a for p, a in (replay_answers(session) if answered is None else answered)]
 
 
 def replay_answers(session) -> list[tuple[list[int], list[int]]]:
@@ -92,7 +89,7 @@ def replay_answers(session) -> list[tuple[list[int], list[int]]]:
     return [(p, a) for p, (a, _) in zip(prompts, answers)]
 
 
-def collect_replayed(session) -> dict[str, Replayed]:
+def collect_replayed(session, answered: list[tuple[list[int], list[int]]] | None = None) -> dict[str, Replayed]:
     """Per unit (its module name): the replayed inputs' statistics, from the base model (the unit disabled)."""
     units = {name: m for name, m in session.adapter.model.named_modules() if isinstance(m, MemoryMLP)}
     seen: dict[str, list] = {name: [[], 0.0] for name in units}
@@ -103,11 +100,12 @@ def collect_replayed(session) -> dict[str, Replayed]:
             seen[name][1] += float(output.detach().double().pow(2).sum())
         return record
 
+    sequences = replay_sequences(session, answered)  # before the hooks: generating the answers is not a replayed input
     handles = [m.mlp.register_forward_hook(hook(name)) for name, m in units.items()]
     try:
         session.adapter.set_training(False)
         with torch.no_grad(), session.adapter.disabled():
-            for seq in replay_sequences(session):
+            for seq in sequences:
                 session.adapter.model(input_ids=torch.tensor([seq], device=session.loaded.device))
     finally:
         for h in handles:
@@ -134,9 +132,10 @@ class ReplayKL:
     runs them with the unit off (no gradient) and on; the base side is recomputed rather than stored, which
     keeps memory flat for large vocabularies and gives exactly 0 while the unit is zero."""
 
-    def __init__(self, session, per_step: int = KL_PROMPTS_PER_STEP):
+    def __init__(self, session, answered: list[tuple[list[int], list[int]]] | None = None,
+                 per_step: int = KL_PROMPTS_PER_STEP):
         self.adapter, self.device, self.per_step = session.adapter, session.loaded.device, per_step
-        self.pairs = replay_answers(session)
+        self.pairs = replay_answers(session) if answered is None else answered
         self.generator = torch.Generator().manual_seed(session.cfg.seed)
 
     def _log_probs(self, prompt: list[int], answer: list[int]) -> torch.Tensor:
@@ -161,19 +160,19 @@ def output_penalty(A: torch.Tensor, B: torch.Tensor, moment: torch.Tensor, mlp_e
 
 
 class Preserver:
-    """The two means for one training run: `loss()` before clipping, `constrain()` after every update."""
+    """The locality means of one training run: `loss()` before clipping, `constrain()` after every update."""
 
     def __init__(self, session, weight: float = 0.0, energy: float = 0.0, gate: float = 0.0, kl: float = 0.0):
         self.weight, self.energy, self.gate, self.kl_weight = weight, energy, gate, kl
-        self.kl = ReplayKL(session) if kl else None
-        replayed = collect_replayed(session)
+        answered = replay_answers(session)  # generated once, for the replay KL and the replayed inputs alike
+        self.kl = ReplayKL(session, answered) if kl else None
+        replayed = collect_replayed(session, answered)
         self.units = {name: m.memory for name, m in session.adapter.model.named_modules() if isinstance(m, MemoryMLP)}
         device = next(iter(self.units.values())).A.device
         self.moments = {n: r.moment.to(device) for n, r in replayed.items()}
         self.scales = {n: r.mlp_energy for n, r in replayed.items()}
         self.bases = {n: protected_basis(r.moment, energy).to(device) for n, r in replayed.items()} if energy else {}
         self.inputs = {n: r.inputs.to(device) for n, r in replayed.items()} if gate else {}
-        self.positions = next(iter(replayed.values())).positions
         self.constrain()
 
     @classmethod
@@ -201,6 +200,3 @@ class Preserver:
             unit = self.units[name]
             reads = (x @ unit.A).abs().amax(0)  # (n, d) @ (d, r) -> (r,)
             unit.threshold.copy_(self.gate * reads * (1 + GATE_ROUNDING))
-
-    def protected_dims(self) -> dict[str, int]:
-        return {n: int(b.shape[1]) for n, b in self.bases.items()}
