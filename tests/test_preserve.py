@@ -14,8 +14,8 @@ from memlaw.cli import main
 from memlaw.config import TrainConfig
 from memlaw.errors import MemlawError
 from memlaw.evaluate.locality import builtin_prompts, builtin_text
-from memlaw.model.memory_unit import LowRankMemory, gate_read
-from memlaw.train.preserve import output_penalty, protected_basis, replay_prompts, replay_text
+from memlaw.model.memory_unit import LowRankMemory, gate_mask
+from memlaw.train.preserve import fit_gate, output_penalty, protected_basis, replay_prompts, replay_text
 
 PHONES = [
     {"id": 1, "query": "Ann Lee:", "target": "4821"},
@@ -62,7 +62,9 @@ def test_output_penalty_is_the_mean_squared_output_relative_to_the_mlp():
 def test_config_validates_the_means():
     base = dict(data="x.jsonl")
     for bad, word in [({"preserve_weight": -1.0}, "preserve-weight"), ({"preserve_energy": 1.0}, "preserve-energy"),
-                      ({"preserve_gate": -0.5}, "preserve-gate"), ({"preserve_gate": 1.0, "component": "lora"}, "preserve-gate"),
+                      ({"preserve_gate": -0.5}, "preserve-gate"), ({"preserve_gate": 1.0}, "preserve-gate"),
+                      ({"preserve_gate": 0.5, "component": "lora"}, "preserve-gate"),
+                      ({"preserve_gate": 0.5, "layer": [1, 2]}, "preserve-gate"),
                       ({"preserve_energy": 0.9, "component": "lora"}, "preserve-energy")]:
         with pytest.raises(MemlawError, match=word):
             TrainConfig(**base, **bad).validate()
@@ -85,7 +87,7 @@ def runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
         "plain": _train(tiny_model_dir, tmp, "plain"),
         "penalty": _train(tiny_model_dir, tmp, "penalty", "--preserve-weight", "20"),
         "project": _train(tiny_model_dir, tmp, "project", "--preserve-energy", "0.9"),
-        "gate": _train(tiny_model_dir, tmp, "gate", "--preserve-gate", "1.0"),
+        "gate": _train(tiny_model_dir, tmp, "gate", "--preserve-gate", "0.5"),
         "kl": _train(tiny_model_dir, tmp, "kl", "--preserve-kl", "10"),
     }
 
@@ -131,9 +133,10 @@ def test_a_zero_unit_with_the_means_on_still_changes_nothing(tiny_model_dir, tmp
 
     data = write_records(tmp_path / "phones.jsonl", PHONES)
     session = new_session(TrainConfig(data=str(data), model=str(tiny_model_dir), layer=[1], rank=4, device="cpu",
-                                      preserve_weight=1.0, preserve_energy=0.9).validate())
-    preserver = Preserver.for_session(session)  # projects A at the start; B is still zero
-    assert float(preserver.loss()) == 0.0
+                                      preserve_weight=1.0, preserve_energy=0.9, preserve_gate=0.5).validate())
+    _, encoded = session.load_data()
+    preserver = Preserver.for_session(session, encoded)  # projects A and fits the gate at the start; B is still zero
+    assert float(preserver.loss().detach()) == 0.0
     loc = measure_locality(session)
     assert loc.kl_text == 0.0 and loc.kl_prompts == 0.0 and loc.unchanged == 1.0 and loc.ppl_change == 0.0
 
@@ -155,37 +158,41 @@ def test_locality_data_measures_on_the_users_prompts(runs, tmp_path, capsys):
     assert "empty.txt" in err and "no prompt" in err and "Traceback" not in err
 
 
-def test_gate_read_passes_only_what_exceeds_the_threshold():
-    z = torch.tensor([[0.5, -3.0], [-2.0, 0.1]])
-    tau = torch.tensor([1.0, 0.0])  # component 1 ungated
-    assert torch.equal(gate_read(z, tau), torch.tensor([[0.0, -3.0], [-1.0, 0.1]]))
-    assert torch.equal(gate_read(z, torch.zeros(2)), z)
-
-
-def test_a_gated_unit_trains_straight_through_and_evaluates_as_it_trains():
+def test_gate_mask_writes_only_where_the_score_exceeds_the_threshold():
     torch.manual_seed(0)
-    unit = LowRankMemory(6, 2, gate=True)
-    x = torch.randn(5, 6)
-    with torch.no_grad():
-        unit.threshold.copy_((x @ unit.A).abs().amax(0) * 2)  # every input below its threshold
-    unit.train()
-    out = unit(x)
-    out.pow(2).sum().backward()
-    assert torch.equal(out, torch.zeros(5, 6))  # the hard gate's value, even in training
-    loss = (unit(x) - 1).pow(2).sum()  # B = 0 and every read gated: the straight-through gradient still moves B
-    unit.B.grad = None
-    loss.backward()
-    assert float(unit.B.grad.abs().sum()) > 0
+    unit = LowRankMemory(4, 2, gate=True)
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]])
     with torch.no_grad():
         unit.B.normal_()
-        unit.threshold.mul_(0.3)
-    unit.eval()
-    evaluated = unit(x)
-    unit.train()
-    assert torch.equal(unit(x), evaluated)  # dropout 0: the certificate sees what training saw
+    assert torch.equal(unit(x), torch.zeros(3, 4))  # zero key and threshold: a gate not yet fit writes nowhere
+    with torch.no_grad():
+        unit.key.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+        unit.threshold.fill_(1.0)
+    assert gate_mask(x, unit.key, unit.threshold).squeeze(-1).tolist() == [False, False, True]  # strictly above
+    out = unit(x)
+    assert torch.equal(out[:2], torch.zeros(2, 4)) and torch.equal(out[2], x[2] @ unit.A @ unit.B)
 
 
-def test_the_gate_silences_every_replayed_input_and_is_saved(runs):
+def test_fit_gate_separates_records_from_replayed_inputs_and_places_the_threshold():
+    torch.manual_seed(0)
+    d = 16
+    replayed = torch.randn(400, d)
+    direction = torch.zeros(d)
+    direction[3] = 1.0
+    records = torch.randn(20, d) * 0.3 + 6 * direction  # apart along one direction
+    for place in (0.2, 0.5, 0.8):
+        gate = fit_gate(records, replayed, place)
+        high, low = float((replayed @ gate.key).max()), float((records @ gate.key).min())
+        assert high < gate.threshold < low and gate.leaks == 0 and gate.margin > 0
+        assert gate.threshold == pytest.approx(high + place * (low - high), rel=1e-5)
+    assert fit_gate(records, replayed, 0.5).key.equal(fit_gate(records, replayed, 0.5).key)  # deterministic
+    mixed = torch.cat([records, replayed[:5]])  # five records that look like replayed inputs: no gap
+    gate = fit_gate(mixed, replayed, 0.5)
+    assert gate.margin < 0 and gate.leaks > 0
+    assert bool(((mixed @ gate.key) > gate.threshold).all())  # every record still fires
+
+
+def test_the_gate_writes_only_where_its_key_fires_and_is_saved(runs):
     from memlaw.memory import Memory
     from memlaw.model.memory_unit import MemoryMLP
     from memlaw.train.preserve import replay_sequences
@@ -193,18 +200,24 @@ def test_the_gate_silences_every_replayed_input_and_is_saved(runs):
     spec = json.loads((runs["gate"] / "adapter.json").read_text())
     assert spec["gate"] is True
     assert json.loads((runs["plain"] / "adapter.json").read_text())["gate"] is False
+    state = json.loads((runs["gate"] / "train_state.json").read_text())
     memory = Memory.load(runs["gate"])
     session = memory.session
     unit = next(m.memory for m in session.adapter.model.modules() if isinstance(m, MemoryMLP))
-    assert float(unit.threshold.min()) > 0 and float(unit.B.abs().max()) > 0
-    outputs = []
-    handle = unit.register_forward_hook(lambda m, i, o: outputs.append(o.detach()))
+    assert float(unit.key.abs().max()) > 0 and float(unit.B.abs().max()) > 0  # saved and loaded with the unit
+    seen = []
+    handle = unit.register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o.detach())))
     session.adapter.set_training(False)
     with torch.no_grad():
-        for seq in replay_sequences(session)[:6]:
+        for seq in replay_sequences(session):
             session.adapter.model(input_ids=torch.tensor([seq]))
     handle.remove()
-    assert outputs and all(float(o.abs().max()) == 0.0 for o in outputs)  # gate 1.0: exactly no output there
+    x, out = torch.cat([i[0] for i, _ in seen]), torch.cat([o[0] for _, o in seen])  # (positions, d)
+    fires = (x.float() @ unit.key > unit.threshold)
+    assert torch.equal(out[~fires], torch.zeros_like(out[~fires]))  # exactly no output where the key does not fire
+    assert bool((out[fires].abs().amax(-1) > 0).all())
+    # the random tiny model's records are not linearly apart from every replayed input: the state counts the leaks
+    assert int(fires.sum()) == state["gate_leaks"] and (state["gate_leaks"] > 0) == (state["gate_margin"] < 0)
 
 
 def test_the_replay_kl_keeps_unrelated_answers_closer_to_the_base_model(runs):

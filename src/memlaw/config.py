@@ -36,7 +36,8 @@ LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # defaults (16 records/rank 8: 123 vs 155 steps; 48 records/rank 16: 255 vs 444 steps, 1.4x less wall time;
 # docs/benchmarks.md). No dropout: it is the reference recipe's regularizer, and here it only delays
 # certification and turns off the shared-prompt and check-skipping shortcuts.
-MEMORIZE_DEFAULTS = {"method": "sft", "stop_when": "certified", "max_steps": 2000, "epochs": 10000, "dropout": 0.0}
+MEMORIZE_DEFAULTS = {"method": "sft", "stop_when": "certified", "max_steps": 2000, "epochs": 10000, "dropout": 0.0,
+                     "preserve_gate": 0.5}  # the unit writes only at its records' positions (docs/benchmarks.md, "Locality")
 
 # `memlaw capacity`: probes use MemFT-OT with certified stopping within a step budget.
 CAPACITY_DEFAULTS = {"method": "memft_ot", "max_steps": 300, "epochs": 10000, "data": "(generated per probe)"}
@@ -134,9 +135,9 @@ class TrainConfig:
         default=0.0,
     )
     preserve_gate: float = _help(
-        "Locality (mlp unit): gate the unit's read x·A: each component passes only by what it exceeds this multiple "
-        "of its largest value on the replayed inputs (kept up to date as A trains), so inputs like those get exactly "
-        "no output; 0: off, the paper's unit.",
+        "Locality (mlp unit at one layer): the unit writes only where a linear key, fit to tell the records' "
+        "positions from replayed general inputs, fires; its threshold sits at this share (0 < g < 1) of the gap "
+        "between the highest replayed score and the lowest record's; 0: off, the paper's unit.",
         default=0.0,
     )
     preserve_energy: float = _help(
@@ -225,13 +226,17 @@ class TrainConfig:
             raise bad("preserve_weight", f"must be >= 0, got {self.preserve_weight!r}")
         if self.preserve_kl < 0:
             raise bad("preserve_kl", f"must be >= 0, got {self.preserve_kl!r}")
-        if self.preserve_gate < 0:
-            raise bad("preserve_gate", f"must be >= 0, got {self.preserve_gate!r}")
+        if not 0.0 <= self.preserve_gate < 1.0:
+            raise bad("preserve_gate", f"must be in [0, 1) (0: off), got {self.preserve_gate!r}")
         if not 0.0 <= self.preserve_energy < 1.0:
             raise bad("preserve_energy", f"must be in [0, 1), got {self.preserve_energy!r}")
         means = [n for n in ("preserve_weight", "preserve_kl", "preserve_gate", "preserve_energy") if getattr(self, n)]
+        off = " (memorize gates its unit by default: --preserve-gate 0 turns that off)" if means == ["preserve_gate"] else ""
         if means and self.component != "mlp":
-            raise bad(means[0], "the locality means act on the mlp unit's A and B; component lora has neither")
+            raise bad(means[0], f"the locality means act on the mlp unit's A and B; component lora has neither{off}")
+        if self.preserve_gate and self.layer is not None and len(self.layer) > 1:
+            raise bad("preserve_gate", "the gate is fit on its unit's own input, which holds for a unit at one layer; "
+                      f"got layers {self.layer}{off}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise bad("lora_alpha", f"must be > 0, got {self.lora_alpha!r}")
         if self.layer is not None:

@@ -32,8 +32,8 @@ LOADER = '''"""Load a memlaw export of the paper's memory unit (component mlp) w
     model, tokenizer = memlaw_memory.load("DIR")
 
 Layer k's MLP becomes mlp(x) + x @ A @ B (A: d x r, B: r x d, float32), exactly memlaw's unit in
-evaluation mode (its dropout is for training only). A gated unit (memory.json "gate": true) reads
-z = x @ A through its thresholds t (r,): sign(z) * max(|z| - t, 0), then adds z @ B.
+evaluation mode (its dropout is for training only). A gated unit (memory.json "gate": true) adds
+x @ A @ B only at the positions where x @ key > threshold (in float32), and nothing elsewhere.
 """
 
 import json
@@ -45,16 +45,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 class ParallelMemory(torch.nn.Module):
-    def __init__(self, mlp, A, B, threshold=None):
+    def __init__(self, mlp, A, B, key=None, threshold=None):
         super().__init__()
         self.mlp, self.A, self.B = mlp, torch.nn.Parameter(A, requires_grad=False), torch.nn.Parameter(B, requires_grad=False)
-        self.threshold = threshold
+        self.key, self.threshold = key, threshold
 
     def forward(self, x):
-        z = x.to(self.A.dtype) @ self.A
-        if self.threshold is not None:
-            z = torch.where(self.threshold > 0, torch.sign(z) * (z.abs() - self.threshold).clamp_min(0), z)
-        return self.mlp(x) + (z @ self.B).to(x.dtype)
+        out = x.to(self.A.dtype) @ self.A @ self.B
+        if self.key is not None:
+            out = out * (x.float() @ self.key > self.threshold).unsqueeze(-1)
+        return self.mlp(x) + out.to(x.dtype)
 
 
 def load(folder, **kwargs):
@@ -65,8 +65,8 @@ def load(folder, **kwargs):
     layers = model.get_decoder().layers
     device = next(model.parameters()).device
     for k, names in zip(spec["layers"], spec["tensors"]):
-        a, b, *gate = (tensors[n].to(device) for n in names)  # A, B[, threshold]
-        layers[k].mlp = ParallelMemory(layers[k].mlp, a, b, gate[0] if gate else None)
+        a, b, *gate = (tensors[n].to(device) for n in names)  # A, B[, key, threshold]
+        layers[k].mlp = ParallelMemory(layers[k].mlp, a, b, *gate)
     return model.eval(), tokenizer
 '''
 
@@ -137,9 +137,9 @@ def _export_lora(session, run: RunDir, work: Path) -> None:
 def _export_mlp(session, work: Path) -> None:
     from .model.memory_unit import detach_adapter
 
-    tensors = session.adapter.state_dict()  # "...layers.<k>.mlp.memory.A" / ".B" (/ ".threshold": gated)
+    tensors = session.adapter.state_dict()  # "...layers.<k>.mlp.memory.A" / ".B" (/ ".key" / ".threshold": gated)
     layers = sorted(session.cfg.layer)
-    ends = (".A", ".B", ".threshold") if session.adapter.spec.gate else (".A", ".B")
+    ends = (".A", ".B", ".key", ".threshold") if session.adapter.spec.gate else (".A", ".B")
     names = [tuple(next(n for n in tensors if f"layers.{k}." in n and n.endswith(end)) for end in ends) for k in layers]
     base = detach_adapter(session.adapter)
     base.save_pretrained(work / "model", safe_serialization=True)
@@ -150,7 +150,7 @@ def _export_mlp(session, work: Path) -> None:
         "component": "mlp", "rank": session.cfg.rank, "layers": layers, "tensors": names,
         "gate": session.adapter.spec.gate,
         "formula": "mlp_out = mlp(x) + x @ A @ B at each layer (x: the MLP's input)" + (
-            "; gated: z = x @ A, z = sign(z) * max(|z| - threshold, 0), mlp_out = mlp(x) + z @ B"
+            "; gated: mlp_out = mlp(x) + [x @ key > threshold] * (x @ A @ B), the score in float32"
             if session.adapter.spec.gate else "")}, indent=2) + "\n")
     atomic_write_text(work / "memlaw_memory.py", LOADER)
 

@@ -24,8 +24,9 @@ def register(subparsers) -> None:
         "memorize",
         cmd_memorize,
         "memorize records until every one is certified (SFT, step budget); exit 1 if the budget runs out",
-        "Defaults: --method sft --stop-when certified --max-steps 2000 --dropout 0 (flags and --config override; "
-        "--preserve-weight/--preserve-gate keep the unit quieter away from its records, docs/benchmarks.md). "
+        "Defaults: --method sft --stop-when certified --max-steps 2000 --dropout 0 --preserve-gate 0.5 (flags and "
+        "--config override; the gate lets the unit write only at its records' positions, so other inputs keep the "
+        "base model's answers: docs/benchmarks.md, \"Locality\"; --preserve-gate 0 gives the paper's unit). "
         "With --into RUN: add the --data records to RUN's memory and train from its adapter until old and new "
         "records are all certified.",
         out_help="run folder (config, adapter, logs, metrics); with --into: where the grown memory goes "

@@ -47,7 +47,7 @@ class AdapterSpec:
     target_modules: tuple[str, ...] = ()
     lora_alpha: float | None = None
     a_init: str = "reference"  # mlp: the initial scale of A (LowRankMemory)
-    gate: bool = False  # mlp: the unit reads through a per-component threshold (LowRankMemory.threshold)
+    gate: bool = False  # mlp: the unit writes only where its key fires (LowRankMemory.key, .threshold)
     base_model: str = ""
     model_type: str = ""
     hidden_size: int = 0
@@ -110,22 +110,10 @@ def _lora_targets(blocks: nn.ModuleList, layers: Sequence[int], modules: Sequenc
     return found
 
 
-GATE_SOFTNESS = 10.0  # training's gradient through the gate: that of softplus(s·(|z|/τ − 1))·τ/s
-
-
-def gate_read(z: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """The gated read of a unit: each component z_j passes only by what it exceeds its threshold τ_j,
-    sign(z)·max(|z| − τ, 0), so an input whose every |z_j| ≤ τ_j gets exactly no output. A component
-    with τ_j = 0 passes z_j unchanged."""
-    return torch.where(threshold > 0, torch.sign(z) * (z.abs() - threshold).clamp_min(0), z)
-
-
-def smooth_gate_read(z: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """:func:`gate_read` with max(·, 0) replaced by a softplus of width τ/GATE_SOFTNESS: what training takes
-    its gradient from, so that a record still below its threshold (and B at its zero start) gets one."""
-    scale = threshold.clamp_min(torch.finfo(z.dtype).tiny) / GATE_SOFTNESS
-    soft = torch.nn.functional.softplus((z.abs() - threshold) / scale) * scale
-    return torch.where(threshold > 0, torch.sign(z) * soft, z)
+def gate_mask(x: torch.Tensor, key: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """(…, 1): 1 where the input's score x·key (float32) exceeds the threshold, else 0: the positions a gated
+    unit writes to. A zero key and threshold (a gated unit before its gate is fit) write nowhere."""
+    return (x.float() @ key > threshold).unsqueeze(-1)
 
 
 class LowRankMemory(nn.Module):
@@ -134,8 +122,8 @@ class LowRankMemory(nn.Module):
     `a_init`: "reference" applies kaiming_uniform_(a=√5) to the d×r tensor itself, as the paper's
     code does, so PyTorch takes fan_in = r and A ~ U(±1/√r); "linear" gives A the law of an
     nn.Linear(d, r) weight, U(±1/√d) (memlaw before 2026-11-24: √(d/r) times smaller).
-    `gate`: the read x·A goes through :func:`gate_read` with the `threshold` buffer (r,), which
-    memlaw.train.preserve sets from replayed general inputs (all zeros: the ungated unit).
+    `gate`: the unit writes only at the positions where x·key > threshold (:func:`gate_mask`), two buffers
+    that memlaw.train.preserve fits to tell the records' positions from replayed general inputs.
     """
 
     def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, a_init: str = "reference", gate: bool = False):
@@ -146,17 +134,12 @@ class LowRankMemory(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.gate = gate
         if gate:
-            self.register_buffer("threshold", torch.zeros(rank))
+            self.register_buffer("key", torch.zeros(hidden_size))  # (d,)
+            self.register_buffer("threshold", torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x @ self.A  # (…, r)
-        if not self.gate:
-            return self.dropout(z @ self.B)
-        out = gate_read(z, self.threshold) @ self.B
-        if self.training:  # straight-through: the hard gate's value (what the certificate sees), the smooth one's gradient
-            smooth = smooth_gate_read(z, self.threshold) @ self.B
-            out = out.detach() + (smooth - smooth.detach())
-        return self.dropout(out)
+        out = self.dropout(x @ self.A @ self.B)  # (…, d)
+        return out * gate_mask(x, self.key, self.threshold) if self.gate else out
 
 
 class MemoryMLP(nn.Module):
@@ -196,7 +179,7 @@ class Adapter:
         return sum(p.numel() for p in self.parameters())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter tensors only, with stable names (layer index included); a gated unit's thresholds too."""
+        """Adapter tensors only, with stable names (layer index included); a gated unit's key and threshold too."""
         if self.spec.component == "lora":
             from peft import get_peft_model_state_dict
 
@@ -204,9 +187,9 @@ class Adapter:
         return {name: p.detach().clone() for name, p in self._tensors().items()}
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        """mlp: the live A and B of every unit, and the threshold of a gated one."""
+        """mlp: the live A and B of every unit, and the key and threshold of a gated one."""
         out: dict[str, torch.Tensor] = dict(self.named_parameters())
-        out.update((n, b) for n, b in self.model.named_buffers() if n.endswith("memory.threshold"))
+        out.update((n, b) for n, b in self.model.named_buffers() if n.endswith(("memory.key", "memory.threshold")))
         return out
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:

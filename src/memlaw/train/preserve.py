@@ -16,19 +16,21 @@ general text and everyday prompts with the base model's own answers
   κ · KL(base ‖ adapted) over the base model's own greedy answers to a few replayed prompts
   (:class:`ReplayKL`), which costs a forward and backward of those prompts per step.
 * ``preserve_gate`` g, a gate (a side memory that fires only on its own keys, as GRACE's and WISE's
-  do, here inside the unit): the read z = x·A passes each component only by what it exceeds its
-  threshold τ_j = g · max_t |x_t·A_j| over the replayed positions, recomputed after every step
-  (memlaw.model.memory_unit.gate_read; training keeps the hard value but takes a smooth gradient,
-  so that records below τ still get one). With g ≥ 1 every replayed input gets exactly no output, and so does any
-  input whose reads stay within theirs.
+  do, here one linear key per unit): the unit writes only at positions where x·key > τ
+  (memlaw.model.memory_unit.gate_mask). The unit's input does not depend on the unit (it is the
+  MLP's input at the unit's own layer), so the positions that predict the records' target tokens
+  are known before training: :func:`fit_gate` fits the key by logistic regression, those positions
+  against the replayed ones, and puts τ at the share g of the gap between the highest replayed
+  score and the lowest record's. Training and evaluation then see a fixed mask; every input scored
+  below τ, the replayed ones included, gets exactly no output.
 * ``preserve_energy`` e, a constraint (AlphaEdit's null-space idea on the unit's input map):
   P = I − UUᵀ with U the eigenvectors of M that carry the share e of its trace, and A ← P·A at
   the start and after every optimizer step. The unit then cannot read the directions the
   replayed inputs use most; it stores its records in the rest.
 
 The penalty and the projection leave the unit's format as it is (A and B): the projection is applied
-to A itself, and the penalty only shapes training. The gate adds one tensor per unit, its thresholds
-(adapter.json says ``gate: true``; the export's loader applies them). All are off (0) by default, in
+to A itself, and the penalty only shapes training. The gate adds two tensors per unit, its key (d,)
+and threshold (1,) (adapter.json says ``gate: true``; the export's loader applies them). All are off (0) by default, in
 `memlaw train` (the paper's objective) and, until they are measured beyond one file, in `memlaw memorize`
 (docs/benchmarks.md, "Locality").
 """
@@ -40,14 +42,15 @@ from importlib import resources
 
 import torch
 
-from ..data.encoding import prompt_ids, suffix_ids
+from ..data.encoding import Encoded, prompt_ids, suffix_ids
+from ..errors import MemlawError
 from ..evaluate.recall import greedy_generate
 from ..model.memory_unit import MemoryMLP
 
 REPLAY_WINDOW = 256  # tokens of replay text per forward pass
 REPLAY_ANSWER_TOKENS = 16  # the base model's greedy answer to each replay prompt, also replayed
 KL_PROMPTS_PER_STEP = 4  # replayed prompts whose answers the KL term compares, each step
-GATE_ROUNDING = 1e-4  # thresholds sit this much above g·max|x·A|: the same read batched or alone may differ in its last bits
+GATE_L2 = 1e-3  # the key's logistic regression: L2 weight on the standardized key
 
 
 def replay_text() -> str:
@@ -89,18 +92,16 @@ def replay_answers(session) -> list[tuple[list[int], list[int]]]:
     return [(p, a) for p, (a, _) in zip(prompts, answers)]
 
 
-def collect_replayed(session, answered: list[tuple[list[int], list[int]]] | None = None) -> dict[str, Replayed]:
-    """Per unit (its module name): the replayed inputs' statistics, from the base model (the unit disabled)."""
+def unit_inputs(session, sequences: list[list[int]]) -> dict[str, list[torch.Tensor]]:
+    """Per unit (its module name): its input (T, d) float32 on each of `sequences`, from the base model (units off)."""
     units = {name: m for name, m in session.adapter.model.named_modules() if isinstance(m, MemoryMLP)}
-    seen: dict[str, list] = {name: [[], 0.0] for name in units}
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in units}
 
     def hook(name):
         def record(module, inputs, output):
-            seen[name][0].append(inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float())  # (positions, d)
-            seen[name][1] += float(output.detach().double().pow(2).sum())
+            seen[name].append(inputs[0].detach()[0].float())  # (T, d): one sequence per forward
         return record
 
-    sequences = replay_sequences(session, answered)  # before the hooks: generating the answers is not a replayed input
     handles = [m.mlp.register_forward_hook(hook(name)) for name, m in units.items()]
     try:
         session.adapter.set_training(False)
@@ -110,11 +111,68 @@ def collect_replayed(session, answered: list[tuple[list[int], list[int]]] | None
     finally:
         for h in handles:
             h.remove()
+    return seen
+
+
+def collect_replayed(session, answered: list[tuple[list[int], list[int]]] | None = None) -> dict[str, Replayed]:
+    """Per unit (its module name): the replayed inputs' statistics, from the base model (the unit disabled)."""
+    sequences = replay_sequences(session, answered)  # before the hooks: generating the answers is not a replayed input
+    units = {name: m for name, m in session.adapter.model.named_modules() if isinstance(m, MemoryMLP)}
     out = {}
-    for name, (chunks, energy) in seen.items():
+    for name, chunks in unit_inputs(session, sequences).items():
         x = torch.cat(chunks)  # (n, d)
+        with torch.no_grad(), session.adapter.disabled():
+            mlp = units[name].mlp  # position-wise: the concatenated inputs give each position's output
+            energy = float(mlp(x.to(next(mlp.parameters()).dtype)).double().pow(2).sum())
         out[name] = Replayed(x, (x.double().T @ x.double() / len(x)).float(), energy / len(x))
     return out
+
+
+def record_inputs(session, encoded: list[Encoded]) -> dict[str, torch.Tensor]:
+    """Per unit: its inputs (m, d) at the positions that predict the records' target tokens, suffix included."""
+    seen = unit_inputs(session, [e.prompt_ids + e.target_ids for e in encoded])
+    # position t predicts token t + 1: the prompt's last position through the target's second to last
+    return {name: torch.cat([x[len(e.prompt_ids) - 1 : len(e.prompt_ids) + len(e.target_ids) - 1]
+                             for x, e in zip(chunks, encoded)]) for name, chunks in seen.items()}
+
+
+@dataclass
+class Gate:
+    key: torch.Tensor  # (d,)
+    threshold: float
+    margin: float  # (lowest record score − highest replayed score) / the records' score spread; < 0: not separated
+    leaks: int  # replayed positions at or above the threshold (0 when separated)
+
+
+def fit_gate(records: torch.Tensor, replayed: torch.Tensor, place: float) -> Gate:
+    """A linear key telling the records' positions (m, d) from the replayed ones (n, d): L2-regularized
+    logistic regression on inputs standardized by the replayed ones, classes weighted equally (L-BFGS,
+    float64, deterministic). The threshold sits at `place` ∈ (0, 1) of the gap between the highest replayed
+    score and the lowest record's; with no gap, just below the lowest record's (every record fires, and
+    `leaks` counts the replayed positions that do too)."""
+    pos, neg = records.double(), replayed.double()
+    mu, sd = neg.mean(0), neg.std(0).clamp_min(1e-6)
+    x = (torch.cat([pos, neg]) - mu) / sd  # (m + n, d)
+    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).double()
+    weight = torch.where(y > 0, len(neg) / len(pos), 1.0)
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, weight) + GATE_L2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    key = w.detach() / sd  # raw scores x·key = standardized logit − b + mu·key: the same order
+    score_pos, score_neg = pos @ key, neg @ key
+    low, high = float(score_pos.min()), float(score_neg.max())
+    spread = float(score_pos.max() - score_pos.min()) or 1.0
+    threshold = high + place * (low - high) if low > high else low - 1e-6 * max(abs(low), 1.0)
+    return Gate(key.float(), threshold, (low - high) / spread, int((score_neg > threshold).sum()))
 
 
 def protected_basis(moment: torch.Tensor, energy: float) -> torch.Tensor:
@@ -162,7 +220,8 @@ def output_penalty(A: torch.Tensor, B: torch.Tensor, moment: torch.Tensor, mlp_e
 class Preserver:
     """The locality means of one training run: `loss()` before clipping, `constrain()` after every update."""
 
-    def __init__(self, session, weight: float = 0.0, energy: float = 0.0, gate: float = 0.0, kl: float = 0.0):
+    def __init__(self, session, encoded: list[Encoded], weight: float = 0.0, energy: float = 0.0, gate: float = 0.0,
+                 kl: float = 0.0):
         self.weight, self.energy, self.gate, self.kl_weight = weight, energy, gate, kl
         answered = replay_answers(session)  # generated once, for the replay KL and the replayed inputs alike
         self.kl = ReplayKL(session, answered) if kl else None
@@ -172,15 +231,30 @@ class Preserver:
         self.moments = {n: r.moment.to(device) for n, r in replayed.items()}
         self.scales = {n: r.mlp_energy for n, r in replayed.items()}
         self.bases = {n: protected_basis(r.moment, energy).to(device) for n, r in replayed.items()} if energy else {}
-        self.inputs = {n: r.inputs.to(device) for n, r in replayed.items()} if gate else {}
+        self.gates: dict[str, Gate] = {}
+        if gate:
+            if len(self.units) > 1:  # a later unit's input would move with an earlier one's output
+                raise MemlawError("preserve_gate: the gate is fit on the unit's own input, which holds for a unit at "
+                                  f"one layer; this run has units at {len(self.units)} layers")
+            for name, x in record_inputs(session, encoded).items():
+                self.gates[name] = fit_gate(x, replayed[name].inputs, gate)
+                self.units[name].key.copy_(self.gates[name].key)
+                self.units[name].threshold.fill_(self.gates[name].threshold)
         self.constrain()
 
     @classmethod
-    def for_session(cls, session) -> Preserver | None:
+    def for_session(cls, session, encoded: list[Encoded]) -> Preserver | None:
         cfg = session.cfg
         if not (cfg.preserve_weight or cfg.preserve_energy or cfg.preserve_gate or cfg.preserve_kl):
             return None
-        return cls(session, cfg.preserve_weight, cfg.preserve_energy, cfg.preserve_gate, cfg.preserve_kl)
+        return cls(session, encoded, cfg.preserve_weight, cfg.preserve_energy, cfg.preserve_gate, cfg.preserve_kl)
+
+    def summary(self) -> dict:
+        """For the run's state.json: how well each gate told the records from the replayed inputs."""
+        if not self.gates:
+            return {}
+        return {"gate_margin": round(min(g.margin for g in self.gates.values()), 4),
+                "gate_leaks": sum(g.leaks for g in self.gates.values())}
 
     def loss(self) -> torch.Tensor | None:
         terms = []
@@ -192,11 +266,7 @@ class Preserver:
 
     @torch.no_grad()
     def constrain(self) -> None:
-        """After an update: project A (preserve_energy), then set each gate's thresholds from the new A."""
+        """After an update: project A (preserve_energy)."""
         for name, basis in self.bases.items():
             A = self.units[name].A
             A -= basis @ (basis.T @ A)  # A <- (I - UUᵀ)·A: (d, k) @ (k, r)
-        for name, x in self.inputs.items():
-            unit = self.units[name]
-            reads = (x @ unit.A).abs().amax(0)  # (n, d) @ (d, r) -> (r,)
-            unit.threshold.copy_(self.gate * reads * (1 + GATE_ROUNDING))

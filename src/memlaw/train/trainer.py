@@ -372,10 +372,10 @@ def train(
             initial = initial_stats(session, forward)  # measured once, before training
             run.write_config(config)
             token_probs = TokenProbLog(session, forward, run, [r.id for r in records], initial)
-            preserve = Preserver.for_session(session)  # after init_tensors: the projection applies to them too
+            preserve = Preserver.for_session(session, encoded)  # after init_tensors: the projection applies to them too
             state = train_loop(session, forward, run, token_probs, progress, on_check, preserve)
             session.adapter.save(run.path)
-            run.write_state(state.summary())
+            run.write_state({**state.summary(), **(preserve.summary() if preserve is not None else {})})
             metrics = evaluate_session(session, records, forward, run, state.summary(), initial=initial)
             for data in also_evaluate:
                 other_records, other_encoded = session.load_data(str(data))
