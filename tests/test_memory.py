@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import write_records
 from memlaw.cli import main
@@ -121,22 +122,26 @@ def test_into_adds_records_and_keeps_every_old_one(run, tmp_path, capsys):
 
 
 def test_into_keeps_a_gated_memory_gated(tiny_model_dir, tmp_path, capsys):
-    """memorize --into trains with the run's own locality means: the grown unit is gated like the old one, and its
-    thresholds are those of the grown A (every old and new record certified through them)."""
+    """memorize --into trains with the run's own locality means: the grown unit is gated like the old one, its key
+    refit on old and new records together (every one certified through it)."""
+    from safetensors.torch import load_file
+
     data = write_records(tmp_path / "phones.jsonl", PHONES)
     mine = tmp_path / "mine"
-    assert main(memorize_argv(tiny_model_dir, data, mine, "--preserve-gate", "0.5", "--no-locality")) == 0
+    assert main(memorize_argv(tiny_model_dir, data, mine, "--no-locality")) == 0  # memorize's default: gated
+    assert "gate: " in capsys.readouterr().out
     before = json.loads((mine / "adapter.json").read_text())
+    key = next(v for k, v in load_file(str(mine / "adapter.safetensors")).items() if k.endswith(".key"))
     new = write_records(tmp_path / "new.jsonl", NEW)
     assert main(["memorize", "--into", str(mine), "--data", str(new), "--no-locality"]) == 0
-    assert "old records lost: 0 of 4" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "old records lost: 0 of 4" in out and "gate: " in out
     assert json.loads((mine / "adapter.json").read_text()) == before and before["gate"] is True
     assert "preserve-gate: 0.5" in (mine / "config.yaml").read_text(encoding="utf-8")
     assert all(r["certified"] for r in records_of(mine))
-    from safetensors.torch import load_file
-
-    thresholds = [v for k, v in load_file(str(mine / "adapter.safetensors")).items() if k.endswith(".threshold")]
-    assert len(thresholds) == 1 and float(thresholds[0].min()) > 0
+    grown = load_file(str(mine / "adapter.safetensors"))
+    assert sorted(k.rsplit(".", 1)[1] for k in grown) == ["A", "B", "key", "threshold"]
+    assert not torch.equal(next(v for k, v in grown.items() if k.endswith(".key")), key)  # refit with the new records
     assert main(["memorize", "--into", str(mine), "--data", str(new), "--preserve-gate", "0"]) == 2  # the unit's form is fixed
     assert "preserve_gate cannot change" in capsys.readouterr().err
 

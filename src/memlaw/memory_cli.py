@@ -104,6 +104,7 @@ def cmd_memorize(args: argparse.Namespace) -> int:
     print_record_table(run)
     print_run_metrics(metrics, run)
     print_locality(run)
+    print_gate(run)
     if metrics.certified_fraction == 1.0:
         print(f"all {metrics.n_records} records certified after {metrics.steps_to_certified} steps")
         return 0
@@ -143,6 +144,7 @@ def memorize_into(args: argparse.Namespace, live, locality: bool | str) -> int:
     for line in report.lines():
         print(line)
     print_locality(RunDir(report.saved_to))
+    print_gate(RunDir(report.saved_to))
     if report.all_certified:
         print(f"memory: {memory.path} ({before} -> {len(memory.records)} records); all certified")
         return 0
@@ -151,6 +153,19 @@ def memorize_into(args: argparse.Namespace, live, locality: bool | str) -> int:
     print(f"step budget ran out: {report.new_certified}/{report.new} new records certified, "
           f"{len(report.old_lost)} old records lost; {kept} (--max-steps N trains longer)")
     return 1
+
+
+def print_gate(run: RunDir) -> None:
+    """A gated unit (--preserve-gate): whether its key told the records' positions from ordinary inputs."""
+    state = run.read_state()
+    if "gate_leaks" not in state:
+        return
+    if state["gate_leaks"] == 0:
+        print(f"gate: the unit writes only where its key fires: at the records' positions, at none of the replayed "
+              f"general inputs (margin {state['gate_margin']:.2f} of the records' score spread)")
+    else:
+        print(f"gate: the records' positions are not apart from ordinary inputs: {state['gate_leaks']} replayed "
+              "positions fire too, and the unit writes there (see the locality lines)")
 
 
 def print_record_table(run: RunDir, limit: int = 50) -> None:
