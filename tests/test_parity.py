@@ -13,7 +13,7 @@ from memlaw.data.encoding import SYSTEM_PROMPT, Encoded, collate, encode_record,
 from memlaw.data.records import Record
 from memlaw.model.forward import AnswerTokens
 from memlaw.model.memory_unit import LowRankMemory
-from memlaw.train.method import Method
+from memlaw.train.method import method_for
 from memlaw.train.objectives import weighted_loss
 
 QWEN3_STYLE = (  # the parts of Qwen3's chat template that matter here: system turn, thinking switch
@@ -67,7 +67,7 @@ def cfg(**kw) -> TrainConfig:
 
 def test_memft_ot_with_no_hard_token_is_the_plain_mean_and_trains():
     losses = torch.tensor([[0.1, 0.2, 0.3], [0.05, 0.4, 0.6]], requires_grad=True)  # all below ln 2
-    weights, _ = Method(cfg(method="memft_ot"), 2).weights(tokens_of(losses), [0, 1])
+    weights, _ = method_for(cfg(method="memft_ot"), 2).weights(tokens_of(losses), [0, 1])
     loss = weighted_loss(losses, weights)
     assert float(loss.detach()) == pytest.approx(float(losses.detach().mean()), rel=1e-6)
     loss.backward()
@@ -76,10 +76,10 @@ def test_memft_ot_with_no_hard_token_is_the_plain_mean_and_trains():
 
 def test_memft_ot_zero_bp_variant_and_hard_tokens_unchanged():
     losses = torch.tensor([[0.1, 0.2, 0.3]])
-    assert float(Method(cfg(method="memft_ot", zero_bp=True), 1).weights(tokens_of(losses), [0])[0].sum()) == 0
-    assert Method(cfg(method="memft_ot", zero_bp=True), 1).zero_bp and not Method(cfg(method="memft_ot"), 1).zero_bp
+    assert float(method_for(cfg(method="memft_ot", zero_bp=True), 1).weights(tokens_of(losses), [0])[0].sum()) == 0
+    assert method_for(cfg(method="memft_ot", zero_bp=True), 1).zero_bp and not method_for(cfg(method="memft_ot"), 1).zero_bp
     hard = torch.tensor([[0.1, 2.0, 0.3]])
-    assert Method(cfg(method="memft_ot"), 1).weights(tokens_of(hard), [0])[0].tolist() == [[0.0, 1.0, 0.0]]
+    assert method_for(cfg(method="memft_ot"), 1).weights(tokens_of(hard), [0])[0].tolist() == [[0.0, 1.0, 0.0]]
 
 
 # ---------------------------------------------------------------------- 3: the prompt
@@ -123,7 +123,7 @@ def test_target_is_the_answer_then_the_end_of_turn_suffix():
 def test_sliding_window_expansion_sequence_on_a_stuck_anchor():
     """Anchor stuck at target position 1 from step 1: e = 1, 1, 1, 1.5, 2, 2.5, 3, 3.5, 4 on steps 1-9,
     so the window after the anchor is 50·e tokens."""
-    method = Method(cfg(method="memft_sw", sw_mode="sliding"), 1)
+    method = method_for(cfg(method="memft_sw", sw_mode="sliding"), 1)
     losses = torch.tensor([[0.1, 3.0, 3.0, 3.0]])
     correct = torch.tensor([[True, False, False, False]])
     windows = []
@@ -141,10 +141,22 @@ def test_curriculum_trains_its_stage_in_the_fixed_shuffled_order():
     """10 records, batch 2, ratios 0.4/1.0 over epochs [2, 4]: epochs 0 and 1 train the same first 4
     records of the seeded permutation in the same order; epochs 2, 3 all 10, again unshuffled."""
     c = cfg(method="memft_sw", batch_size=2, epochs=4, curriculum_ratios=[0.4, 1.0], curriculum_boundaries=[2, 4])
-    method = Method(c, 10)
+    method = method_for(c, 10)
     order = torch.randperm(10, generator=torch.Generator().manual_seed(42)).tolist()
     g = torch.Generator().manual_seed(0)
     stage1 = [method.batches(e, g) for e in (0, 1)]
     stage2 = [method.batches(e, g) for e in (2, 3)]
     assert stage1[0] == stage1[1] == [order[0:2], order[2:4]]
     assert stage2[0] == stage2[1] == [order[i : i + 2] for i in range(0, 10, 2)]
+
+
+def test_every_method_flag_has_one_class_and_the_classes_differ_where_the_methods_do():
+    from memlaw.config import METHODS as NAMES
+    from memlaw.train.method import METHODS
+
+    assert tuple(METHODS) == NAMES  # --method's choices are the registered classes
+    assert all(cls.name == name for name, cls in METHODS.items())
+    hard = torch.tensor([[0.1, 3.0, 0.2]])
+    weights = {name: method_for(cfg(method=name, sw_mode="curriculum"), 1).weights(tokens_of(hard), [0])[0].tolist()
+               for name in NAMES}
+    assert weights["sft"] == [[1.0, 1.0, 1.0]] and weights["memft_ot"] == weights["memft_sw"] == [[0.0, 1.0, 0.0]]

@@ -16,7 +16,7 @@ from memlaw.cli import main
 from memlaw.errors import MemlawError
 from memlaw.sweep import COLUMNS, TIMING_COLUMNS, list_presets, load_grid, load_preset, parse_grid, run_sweep
 from memlaw.sweep.grid import ensure_data
-from memlaw.train.method import Method
+from memlaw.train.method import method_for
 
 SCHEMA = [
     "cell", "status", "error", "model", "benchmark", "ratio", "method", "rank", "length", "seed", "data_seed",
@@ -299,7 +299,7 @@ def test_qwen_phonebook_memft_sw_settings_by_length():
     sw = qwen["phonebook-memft_sw-r64-L32000-s42"]
     assert (sw.lr, sw.epochs, sw.batch_size, sw.grad_accum, sw.curriculum_boundaries) == (5e-3, 700, 40, 2, [100, 200, 300, 400, 700])
     assert sw.curriculum_ratios == [0.2, 0.4, 0.6, 0.8, 1.0] and sw.sw_mode == "curriculum"
-    assert Method(sw, 3200).zero_bp  # the curriculum skips a batch without hard tokens (zero-bp)
+    assert method_for(sw, 3200).zero_bp  # the curriculum skips a batch without hard tokens (zero-bp)
     sft = qwen["phonebook-sft-r1-L1000-s42"]
     assert (sft.lr, sft.epochs, sft.batch_size, sft.curriculum_boundaries) == (1e-2, 200, 4, None)
 

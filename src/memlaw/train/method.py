@@ -1,4 +1,4 @@
-"""Method plumbing: what a training method changes about the loop, kept out of the loop.
+"""Training methods: what a method changes about the loop, kept out of the loop, one class per method.
 
 A :class:`Method` answers the loop's three method-dependent questions (DESIGN §3):
 
@@ -7,6 +7,9 @@ A :class:`Method` answers the loop's three method-dependent questions (DESIGN §
 * the per-token weights of a batch (the pure functions of :mod:`.objectives`; the sliding
   window keeps per-record state between steps);
 * how many optimizer steps the run plans (the length of the linear LR schedule).
+
+Adding a method: a subclass here, registered in METHODS, and its name in config.METHODS (the --method choices;
+a test checks the two agree). Its hyperparameters, if it has new ones, are TrainConfig fields, as every flag is.
 """
 
 from __future__ import annotations
@@ -30,17 +33,6 @@ from .objectives import (
 )
 
 
-def uses_sliding_window(cfg: TrainConfig, n_records: int) -> bool:
-    """memft_sw: the sliding window for one long record, the curriculum for many (unless forced)."""
-    if cfg.method != "memft_sw":
-        return False
-    return cfg.sw_mode == "sliding" or (cfg.sw_mode == "auto" and n_records == 1)
-
-
-def uses_curriculum(cfg: TrainConfig, n_records: int) -> bool:
-    return cfg.method == "memft_sw" and not uses_sliding_window(cfg, n_records)
-
-
 def curriculum_boundaries(cfg: TrainConfig) -> list[int]:
     """DESIGN default [20, 40, 60, 80, E]; runs of at most 80 epochs spread the stages evenly."""
     if cfg.curriculum_boundaries is not None:
@@ -51,60 +43,105 @@ def curriculum_boundaries(cfg: TrainConfig) -> list[int]:
     return [max(1, round(cfg.epochs * (i + 1) / k)) for i in range(k)]
 
 
-def active_count(cfg: TrainConfig, n: int, epoch: int) -> int:
-    """How many records are trained at `epoch`: all, or the curriculum's share."""
-    if not uses_curriculum(cfg, n):
-        return n
-    return curriculum_count(n, epoch, cfg.batch_size, cfg.curriculum_ratios, curriculum_boundaries(cfg))
-
-
-def planned_steps(cfg: TrainConfig, n: int) -> int:
-    """Optimizer steps the run takes if nothing stops it early (the LR schedule's length)."""
-    planned = sum(
-        math.ceil(math.ceil(active_count(cfg, n, e) / cfg.batch_size) / cfg.grad_accum) for e in range(cfg.epochs)
-    )
-    return min(planned, cfg.max_steps or planned)
-
-
 class Method:
-    """cfg.method applied to a run of `n` records: active records per epoch, token weights, planned steps."""
+    """A training method applied to a run of `n` records: which records an epoch trains and in which
+    micro-batches, each batch's token weights, and the optimizer steps the run plans. One subclass per
+    cfg.method, registered in METHODS; this base trains every record every epoch, reshuffled."""
+
+    name = ""
+    zero_bp = False  # a step whose weights are all zero is skipped (no backward, no update)
 
     def __init__(self, cfg: TrainConfig, n: int):
-        self.cfg = cfg
-        self.sliding = uses_sliding_window(cfg, n)
-        self.curriculum = uses_curriculum(cfg, n)
-        # The curriculum shuffles once; epoch e trains a prefix of this order.
-        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist() if self.curriculum else list(range(n))
-        self.boundaries = curriculum_boundaries(cfg)
-        self.planned_steps = planned_steps(cfg, n)
-        self.windows: dict[int, WindowState] = {}  # sliding window state per record id
-        # A step whose weights are all zero: skipped (zero-bp) for the curriculum, as the reference requires,
-        # and for memft_ot with --zero-bp; memft_ot otherwise falls back to the plain mean (see weights).
-        self.zero_bp = self.curriculum or (cfg.method == "memft_ot" and cfg.zero_bp)
+        self.cfg, self.n = cfg, n
+        self.order = self._order()
+        self.planned_steps = self._planned_steps()
+
+    def _order(self) -> list[int]:
+        return list(range(self.n))
 
     def active(self, epoch: int) -> list[int]:
         """The records trained at `epoch`."""
+        return self.order
+
+    def batches(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
+        """The epoch's micro-batches, batch_size records at a time, the active records in a fresh random order."""
+        indices = self.active(epoch)
+        return self._chunks([indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()])
+
+    def weights(self, tokens: AnswerTokens, record_ids: list[int]) -> tuple[torch.Tensor, dict]:
+        """Per-token weights (B, L) for a batch of records, and what to log about them."""
+        raise NotImplementedError
+
+    def _chunks(self, order: list[int]) -> list[list[int]]:
+        size = self.cfg.batch_size
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def _planned_steps(self) -> int:
+        """Optimizer steps the run takes if nothing stops it early (the LR schedule's length)."""
+        cfg = self.cfg
+        planned = sum(math.ceil(math.ceil(len(self.active(e)) / cfg.batch_size) / cfg.grad_accum)
+                      for e in range(cfg.epochs))
+        return min(planned, cfg.max_steps or planned)
+
+
+class SFT(Method):
+    """Plain teacher-forced cross-entropy: every target token, equally."""
+
+    name = "sft"
+
+    def weights(self, tokens: AnswerTokens, record_ids: list[int]) -> tuple[torch.Tensor, dict]:
+        return sft_weights(tokens.losses, tokens.batch.target_mask), {}
+
+
+class MemFTOT(Method):
+    """MemFT, one-time: only the tokens not yet recalled (loss above the threshold's), optionally weighted by position.
+    A step with none trains on the plain mean, as the reference does, or with --zero-bp is skipped."""
+
+    name = "memft_ot"
+
+    def __init__(self, cfg: TrainConfig, n: int):
+        super().__init__(cfg, n)
+        self.zero_bp = cfg.zero_bp
+
+    def weights(self, tokens: AnswerTokens, record_ids: list[int]) -> tuple[torch.Tensor, dict]:
+        cfg, mask = self.cfg, tokens.batch.target_mask
+        weights = ot_weights(tokens.losses, mask, cfg.threshold_p, cfg.position_weighting, cfg.position_lambda)
+        return (weights if self.zero_bp else with_fallback(weights, mask)), {}
+
+
+class MemFTSW(Method):
+    """MemFT, sliding window: for many records a curriculum (a growing share of a once-shuffled order, in that order,
+    with memft_ot's weights; a batch without hard tokens is skipped, as the reference requires), for one long
+    record a window that follows its first wrong token (kept per record between steps)."""
+
+    name = "memft_sw"
+
+    def __init__(self, cfg: TrainConfig, n: int):
+        self.sliding = cfg.sw_mode == "sliding" or (cfg.sw_mode == "auto" and n == 1)
+        self.curriculum = self.zero_bp = not self.sliding
+        self.boundaries = curriculum_boundaries(cfg)
+        self.windows: dict[int, WindowState] = {}  # sliding window state per record id
+        super().__init__(cfg, n)
+
+    def _order(self) -> list[int]:
+        if not self.curriculum:
+            return super()._order()
+        # shuffled once; epoch e trains a prefix of this order
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.cfg.seed)).tolist()
+
+    def active(self, epoch: int) -> list[int]:
         if not self.curriculum:
             return self.order
         return curriculum_indices(self.order, epoch, self.cfg.batch_size, self.cfg.curriculum_ratios, self.boundaries)
 
     def batches(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
-        """The epoch's micro-batches, batch_size records at a time: the active records in a fresh random
-        order, or for the curriculum in its fixed once-shuffled order (the reference does not reshuffle)."""
-        indices = self.active(epoch)
-        order = indices if self.curriculum else [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
-        size = self.cfg.batch_size
-        return [order[i : i + size] for i in range(0, len(order), size)]
+        """The curriculum keeps its fixed order (the reference does not reshuffle); the sliding window reshuffles."""
+        return self._chunks(self.active(epoch)) if self.curriculum else super().batches(epoch, generator)
 
     def weights(self, tokens: AnswerTokens, record_ids: list[int]) -> tuple[torch.Tensor, dict]:
-        """Per-token weights (B, L) for a batch of records, and the sliding window's anchor/window to log."""
         cfg, losses, mask = self.cfg, tokens.losses, tokens.batch.target_mask
-        if cfg.method == "sft":
-            return sft_weights(losses, mask), {}
-        if not self.sliding:  # memft_ot, and memft_sw inside curriculum batches
-            weights = ot_weights(losses, mask, cfg.threshold_p, cfg.position_weighting, cfg.position_lambda)
-            # No token above the threshold: the reference's memft_ot trains on the plain mean; zero-bp skips.
-            return (weights if self.zero_bp else with_fallback(weights, mask)), {}
+        if self.curriculum:
+            return ot_weights(losses, mask, cfg.threshold_p, cfg.position_weighting, cfg.position_lambda), {}
         anchors = first_errors(tokens.correct, mask)
         states = [
             update_window(self.windows.get(i, WindowState()), a, cfg.sw_patience, cfg.sw_expand_step, cfg.sw_expand_max)
@@ -116,3 +153,11 @@ class Method:
             losses, mask, anchors, windows, cfg.sw_scale, cfg.sw_tau, cfg.sw_floor, cfg.threshold_p
         )
         return with_fallback(weights, mask), {"anchor": anchors[0], "window": windows[0]}
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, MemFTOT, MemFTSW)}  # config.METHODS names them for the flags
+
+
+def method_for(cfg: TrainConfig, n: int) -> Method:
+    """cfg.method applied to a run of `n` records."""
+    return METHODS[cfg.method](cfg, n)

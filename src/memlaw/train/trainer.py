@@ -27,7 +27,7 @@ from ..model.loading import LoadedModel
 from ..model.memory_unit import Adapter
 from ..rundir import RunDir, RunMetrics
 from ..session import Session, check_data_readable, new_session
-from .method import Method
+from .method import Method, method_for
 from .objectives import weighted_loss
 from .preserve import Preserver
 
@@ -223,7 +223,7 @@ def train_loop(
     """Train the session's adapter on the records of `forward`; the train log goes to `out` after every epoch,
     the token-probability trace (if asked for) at the end. `preserve`: the locality means (.preserve)."""
     cfg, adapter = session.cfg, session.adapter
-    method = Method(cfg, len(forward))  # active records per epoch, token weights, planned steps
+    method = method_for(cfg, len(forward))  # active records per epoch, token weights, planned steps
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     state, last_epoch = TrainState(), adapter.state_dict()  # Ctrl-C keeps the last completed epoch's adapter
