@@ -13,7 +13,7 @@ from memlaw.cli import main
 from memlaw.errors import MemlawError
 from memlaw.law.fit import PARAMS, ParametricMemoryLaw, _fit_points, next_power_of_two
 from memlaw.law.forms import FORMS
-from memlaw.law.groups import Holdout, fit_groups, saturated_cells
+from memlaw.law.groups import Holdout, fit_groups, regime_counts, saturated_cells
 from memlaw.law.lawfile import (
     GROUP_KEYS, LAW_FILE, default_group, group_key, group_label, group_law, pick_group, read_law, write_law,
 )
@@ -475,6 +475,26 @@ def test_saturation_rule_excludes_exactly_the_planted_cells():
     assert fit_groups(table, forms=["paper"], n_bootstrap=0)["excluded"] == []  # off by default
     with pytest.raises(MemlawError, match="needs the column"):
         fit_groups(table.drop(columns="exact_match"), exclude_saturated=True)
+
+
+def test_regime_counts_cells_at_each_edge_of_the_regime():
+    """Issue 25's measure of a grid: recall saturation, ΔL near its ceiling, final loss near the format floor."""
+    import pandas as pd
+
+    table = pd.DataFrame({  # initial 4, floor 2: ceiling ΔL >= 3.8, floor final >= 1.9
+        "exact_match":        [1.0, 0.5, 0.9, 0.0, 0.0, 0.2],
+        "certified_fraction": [1.0, 1.0, 0.8, 0.0, 0.0, 0.1],
+        "initial_loss":       [4.0] * 6,
+        "delta_loss":         [3.9, 3.0, 3.85, 1.95, 1.0, 2.5],
+        "final_loss":         [0.1, 1.0, 0.15, 2.05, 3.0, 1.5],
+        "format_floor_loss":  [2.0] * 6,
+    })
+    assert regime_counts(table) == {"cells": 6, "saturated": 2, "ceiling": 2, "floor": 2}
+    assert regime_counts(table, margin=0.3)["floor"] == 3  # 1.5 >= 0.7 · 2
+    bare = table.drop(columns=["format_floor_loss", "certified_fraction"])
+    assert regime_counts(bare) == {"cells": 6, "saturated": 1, "ceiling": 2, "floor": 0}  # missing columns count none
+    law = fit_groups(points_table(*law_points(seed=6, seeds=1)).assign(initial_loss=1e9), forms=["paper"], n_bootstrap=0)
+    assert law["regime"]["cells"] == law["groups"][0]["n"] and law["regime"]["ceiling"] == 0
 
 
 def test_saturation_floor_falls_back_to_the_flat_column_without_a_format_floor():

@@ -120,6 +120,11 @@ def print_law_table(law: dict) -> None:
                      f"  {r['heldout_n']:>4}  {_num(r['heldout_mape'], '.2f'):<6}  {_num(r['heldout_r2'], '.4f')}")
         print(line)
     print("* preferred form: " + ("the lower held-out MAPE" if holdout else "the paper's (no --holdout given)"))
+    if "regime" in law:
+        g = law["regime"]
+        share = {k: f"{g[k]} ({g[k] / max(g['cells'], 1):.0%})" for k in ("saturated", "ceiling", "floor")}
+        print(f"regime: {g['cells']} cells; saturated by recall {share['saturated']}; ΔL within {g['margin']:.0%} of its "
+              f"ceiling (the initial loss) {share['ceiling']}; within {g['margin']:.0%} of the format floor {share['floor']}")
     excluded = law.get("excluded", [])
     if excluded:
         print(f"excluded {len(excluded)} saturated cell(s):")

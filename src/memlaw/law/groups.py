@@ -99,6 +99,21 @@ class Holdout:
 
 
 # ---------------------------------------------------------------------- saturation
+def regime_counts(rows: Any, margin: float = SATURATION_MARGIN) -> dict[str, int]:
+    """How many of the ok rows sit at an edge of the law's regime (issue 25's measure of a grid): saturated by
+    recall (every record recalled or certified), ΔL within `margin` of its ceiling (the initial loss), and the
+    final loss within `margin` of the format floor or above it (nothing beyond the answers' format stored).
+    Columns a table lacks count no cell."""
+    n = len(rows)
+    em, certified = _column(rows, "exact_match"), _column(rows, "certified_fraction")
+    initial, delta = _column(rows, "initial_loss"), _column(rows, "delta_loss")
+    floor, final = _column(rows, "format_floor_loss"), _column(rows, "final_loss")
+    with np.errstate(invalid="ignore"):
+        return {"cells": n, "saturated": int(((em >= 1.0) | (certified >= 1.0)).sum()),
+                "ceiling": int((delta >= (1 - margin) * initial).sum()),
+                "floor": int((final >= (1 - margin) * floor).sum())}
+
+
 def saturated_cells(rows: Any, margin: float = SATURATION_MARGIN) -> dict[int, str]:
     """Position in `rows` -> why that cell is out of the law's regime (saturated, or at the format floor),
     for the ok rows of a results table (see the module docstring)."""
@@ -198,6 +213,7 @@ def fit_groups(
         rows = rows[only.mask(rows)].reset_index(drop=True)
         if len(rows) == 0:
             raise MemlawError(f"--only {only}: no cell matches")
+    regime = {**regime_counts(rows, saturation_margin), "margin": saturation_margin}  # before any exclusion
     excluded = []
     if exclude_saturated:
         reasons = saturated_cells(rows, saturation_margin)
@@ -229,6 +245,7 @@ def fit_groups(
         "holdout": None if holdout is None else str(holdout),
         "only": None if only is None else str(only),
         "saturation": {"excluded": exclude_saturated, "margin": saturation_margin},
+        "regime": regime,
         "estimator": dict(sorted(params.items())),  # with the keys above: every option that rebuilds this file
         **out,
         "excluded": excluded,

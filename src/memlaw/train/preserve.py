@@ -148,8 +148,8 @@ def fit_gate(records: torch.Tensor, replayed: torch.Tensor, place: float) -> Gat
     """A linear key telling the records' positions (m, d) from the replayed ones (n, d): L2-regularized
     logistic regression on inputs standardized by the replayed ones, classes weighted equally (L-BFGS,
     float64, deterministic). The threshold sits at `place` ∈ (0, 1) of the gap between the highest replayed
-    score and the lowest record's; with no gap, just below the lowest record's (every record fires, and
-    `leaks` counts the replayed positions that do too)."""
+    score and the lowest record's; with no gap, `place` times the records' score spread below the lowest
+    record's (every record fires, with room to spare, and `leaks` counts the replayed positions that do too)."""
     pos, neg = records.double(), replayed.double()
     mu, sd = neg.mean(0), neg.std(0).clamp_min(1e-6)
     x = (torch.cat([pos, neg]) - mu) / sd  # (m + n, d)
@@ -171,7 +171,9 @@ def fit_gate(records: torch.Tensor, replayed: torch.Tensor, place: float) -> Gat
     score_pos, score_neg = pos @ key, neg @ key
     low, high = float(score_pos.min()), float(score_neg.max())
     spread = float(score_pos.max() - score_pos.min()) or 1.0
-    threshold = high + place * (low - high) if low > high else low - 1e-6 * max(abs(low), 1.0)
+    # no gap: every record must still fire, with room for the noise of another dtype or batch (a threshold just
+    # under the lowest record's score lost records when a bf16-trained unit was evaluated in float32)
+    threshold = high + place * (low - high) if low > high else low - place * spread
     return Gate(key.float(), threshold, (low - high) / spread, int((score_neg > threshold).sum()))
 
 
