@@ -1,7 +1,7 @@
 """Training recipe: set up -> loop -> evaluate.
 
-The loop (:func:`train_loop`) only does forward, weights, backward, step, log. What the
-method changes lives in :mod:`.method`, when to stop in :class:`Stopper`, the per-token
+The loop (:func:`train_loop`) only steps a :class:`Run` (one cell's unit, method, optimizer,
+stopper and state): forward, weights, backward, step, log. What the method changes lives in :mod:`.method`, when to stop in :class:`Stopper`, the per-token
 probability trace (--log-token-probs) in :class:`TokenProbLog`, and what Ctrl-C keeps in
 :func:`keep_last_epoch`.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -211,6 +211,62 @@ def keep_last_epoch(adapter: Adapter, tensors: dict, out: RunDir, state: TrainSt
 
 
 # ---------------------------------------------------------------------- the loop
+class Run:
+    """One cell's training, everything that is its own: its unit (the session's adapter), records (`forward`),
+    method, optimizer, shuffle generator, stopper, state and folder. :meth:`schedule` yields its optimizer steps
+    and does its epoch bookkeeping between them, :meth:`step` takes one, so a loop can step several runs."""
+
+    def __init__(self, session: Session, forward: AnswerForward, out: RunDir, token_probs: TokenProbLog,
+                 progress: bool = True, on_check: Callable[[Check], None] | None = None,
+                 preserve: Preserver | None = None):
+        cfg, adapter = session.cfg, session.adapter
+        self.session, self.forward, self.out, self.token_probs, self.preserve = session, forward, out, token_probs, preserve
+        self.method = method_for(cfg, len(forward))  # active records per epoch, token weights, planned steps
+        self.optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.state, self.last_epoch = TrainState(), adapter.state_dict()  # Ctrl-C keeps the last completed epoch's adapter
+        self.bar = tqdm(total=self.method.planned_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+        self.stop = Stopper(cfg, self.method.planned_steps, lambda e, steps: check_certified(session, forward, e, steps),
+                            on_check)
+        self.epoch = 0
+
+    def schedule(self) -> Iterator[list[list[int]]]:
+        """The run's optimizer steps, each a group of grad_accum micro-batches; after each epoch its log goes to
+        disk and its adapter becomes what Ctrl-C keeps. Ends when the stopper says so."""
+        cfg, state = self.session.cfg, self.state
+        for self.epoch in range(cfg.epochs):
+            # one epoch: the active records in the method's order, grad_accum micro-batches per step
+            micro, self.epoch_stubborn = self.method.batches(self.epoch, self.shuffle), 0
+            for first in range(0, len(micro), cfg.grad_accum):
+                yield micro[first : first + cfg.grad_accum]
+                if self.stop.after_step(self.epoch, state.steps):  # certified at a periodic check, or out of steps
+                    break
+            state.epochs_completed = self.epoch + 1
+            self.last_epoch = self.session.adapter.state_dict()
+            self.out.write_log(state.log)
+            if self.stop.after_epoch(self.epoch, state.steps, self.epoch_stubborn):  # certified, budget, or last epoch
+                return
+
+    def step(self, group: list[list[int]]) -> None:
+        """One optimizer step on `group` at the linearly decayed learning rate (no warm-up), logged."""
+        cfg, state = self.session.cfg, self.state
+        lr = cfg.lr * max(0.0, 1.0 - state.steps / self.method.planned_steps)
+        row = optimizer_step(self.session, self.forward, group, self.method, self.optimizer, lr, self.preserve)
+        state.steps += 1
+        state.log.append({"epoch": self.epoch, "step": state.steps, **row})
+        self.epoch_stubborn += row["stubborn_tokens"]
+        self.bar.update(1)
+        self.bar.set_postfix(epoch=self.epoch, loss=f"{row['loss']:.4f}", stubborn=row["stubborn_tokens"], refresh=False)
+        self.token_probs.maybe_record(state.steps)
+
+    def finish(self) -> TrainState:
+        state = self.state
+        state.stopped = self.stop.reason or "epochs"
+        state.steps_to_certified, state.seconds_to_certified = self.stop.steps_to_certified, self.stop.seconds_to_certified
+        state.train_seconds = self.stop.elapsed()
+        return state
+
+
 def train_loop(
     session: Session,
     forward: AnswerForward,
@@ -222,47 +278,18 @@ def train_loop(
 ) -> TrainState:
     """Train the session's adapter on the records of `forward`; the train log goes to `out` after every epoch,
     the token-probability trace (if asked for) at the end. `preserve`: the locality means (.preserve)."""
-    cfg, adapter = session.cfg, session.adapter
-    method = method_for(cfg, len(forward))  # active records per epoch, token weights, planned steps
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    state, last_epoch = TrainState(), adapter.state_dict()  # Ctrl-C keeps the last completed epoch's adapter
-    bar = tqdm(total=method.planned_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    stop = Stopper(cfg, method.planned_steps, lambda e, steps: check_certified(session, forward, e, steps), on_check)
-    epoch = 0
-    adapter.set_training(True)  # the adapter's dropout on; the frozen base model stays in eval mode
+    run = Run(session, forward, out, token_probs, progress, on_check, preserve)
+    session.adapter.set_training(True)  # the adapter's dropout on; the frozen base model stays in eval mode
     try:
-        for epoch in range(cfg.epochs):
-            # one epoch: the active records in a fresh random order, grad_accum micro-batches per step
-            micro, epoch_stubborn = method.batches(epoch, shuffle), 0
-            for first in range(0, len(micro), cfg.grad_accum):
-                lr = cfg.lr * max(0.0, 1.0 - state.steps / method.planned_steps)  # linear decay to 0, no warm-up
-                row = optimizer_step(session, forward, micro[first : first + cfg.grad_accum], method, optimizer, lr,
-                                     preserve)
-                state.steps += 1
-                state.log.append({"epoch": epoch, "step": state.steps, **row})
-                epoch_stubborn += row["stubborn_tokens"]
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{row['loss']:.4f}", stubborn=row["stubborn_tokens"], refresh=False)
-                token_probs.maybe_record(state.steps)
-                if stop.after_step(epoch, state.steps):  # certified at a periodic check, or out of steps
-                    break
-            # the epoch is complete: its adapter is what Ctrl-C keeps from now on; the log is on disk
-            state.epochs_completed = epoch + 1
-            last_epoch = adapter.state_dict()
-            out.write_log(state.log)
-            if stop.after_epoch(epoch, state.steps, epoch_stubborn):  # certified, budget, or last epoch
-                break
-        token_probs.finish(state.steps)
+        for group in run.schedule():
+            run.step(group)
+        token_probs.finish(run.state.steps)
     except KeyboardInterrupt:
-        keep_last_epoch(adapter, last_epoch, out, state, epoch, stop.elapsed(), token_probs)
+        keep_last_epoch(session.adapter, run.last_epoch, out, run.state, run.epoch, run.stop.elapsed(), token_probs)
     finally:
-        bar.close()
-        adapter.set_training(False)
-    state.stopped = stop.reason or "epochs"
-    state.steps_to_certified, state.seconds_to_certified = stop.steps_to_certified, stop.seconds_to_certified
-    state.train_seconds = stop.elapsed()
-    return state
+        run.bar.close()
+        session.adapter.set_training(False)
+    return run.finish()
 
 
 @dataclass
@@ -295,7 +322,7 @@ def optimizer_step(session: Session, forward: AnswerForward, group: list[list[in
     """Forward, weights, backward over the micro-batches of one optimizer step; then clip and step.
 
     A step whose micro-batches all have zero total weight (zero-bp) does no backward and no update.
-    `preserve` adds its penalty's gradient to an update, then projects A and sets the gate's thresholds after it.
+    `preserve` adds its penalty's gradient to an update, then projects A after it (preserve_energy).
     """
     cfg = session.cfg
     params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
