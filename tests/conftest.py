@@ -25,6 +25,16 @@ HIDDEN = 64  # tiny, yet wide enough that the final norm + head can give a token
 SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 
 
+
+@pytest.fixture(autouse=True)
+def _dtype_line_already_said():
+    """--dtype auto says its choice once per process; the suite's pinned choice counts as said, so whichever test
+    loads a model first does not see that line on stderr (tests of the one-line error contract, run alone)."""
+    from memlaw.model import loading
+
+    dtype, reason = loading.choose_dtype("auto", torch.device("cpu"))
+    loading._said.add((str(dtype).replace("torch.", ""), reason))
+
 def make_tokenizer(chat_template: bool = True):
     """A byte-level BPE tokenizer with no merges: one token per byte, plus chat special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
