@@ -143,3 +143,31 @@ def test_layer_out_of_range_and_unknown_module():
         attach(make_model("llama"), "mlp", layers=(3,))
     with pytest.raises(MemlawError, match="no module named foo_proj"):
         attach(make_model("llama"), "lora", layers=(0,), target_modules=["foo_proj"])
+
+
+def test_a_units_own_random_stream_gives_the_global_generators_numbers():
+    """UnitRandom seeded s: A's init and the dropout masks equal torch.manual_seed(s)'s, so a run alone trains
+    as before, and two units with their own streams do not draw from each other's."""
+    from memlaw.model.memory_unit import LowRankMemory, UnitRandom
+
+    x = torch.randn(3, 5, 16)
+    torch.manual_seed(7)
+    plain = LowRankMemory(16, 4, dropout=0.3)
+    with torch.no_grad():
+        plain.B.normal_(generator=torch.Generator().manual_seed(1))
+    plain.train()
+    expected = [plain(x), plain(x)]
+    own = LowRankMemory(16, 4, dropout=0.3, random=UnitRandom(7))
+    other = LowRankMemory(16, 4, dropout=0.3, random=UnitRandom(8))
+    with torch.no_grad():
+        own.B.copy_(plain.B)
+        other.B.copy_(plain.B)
+    own.train()
+    other.train()
+    assert torch.equal(own.A, plain.A)
+    torch.manual_seed(123)  # the global generator moves on: the unit's stream does not care
+    first = own(x)
+    other(x)  # another run's unit draws between two of ours
+    assert torch.equal(first, expected[0]) and torch.equal(own(x), expected[1])
+    own.eval()
+    assert torch.equal(own(x), x @ own.A @ own.B)  # no dropout in evaluation

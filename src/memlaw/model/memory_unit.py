@@ -116,6 +116,26 @@ def gate_mask(x: torch.Tensor, key: torch.Tensor, threshold: torch.Tensor) -> to
     return (x.float() @ key > threshold).unsqueeze(-1)
 
 
+class UnitRandom:
+    """One run's random stream for its units: A's initialization, then every dropout mask, in the order the units
+    draw them. Seeded as torch.manual_seed(seed) seeds the global generator, it gives a run alone on the CPU the
+    very numbers the global generator gave (F.dropout's mask is bernoulli_(1 − p) / (1 − p)); runs trained side
+    by side (memlaw.train.trainer.Run) each keep their own. A CUDA tensor's masks come from a CUDA generator
+    with the same seed, which draws differently from the fused dropout kernel."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.cpu = torch.Generator().manual_seed(seed)
+        self._devices: dict[torch.device, torch.Generator] = {}
+
+    def on(self, device: torch.device) -> torch.Generator:
+        if device.type == "cpu":
+            return self.cpu
+        if device not in self._devices:
+            self._devices[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._devices[device]
+
+
 class LowRankMemory(nn.Module):
     """x (…, d) -> dropout(x · A · B) (…, d), with A: d×r (Kaiming-uniform), B: r×d (zeros).
 
@@ -124,13 +144,17 @@ class LowRankMemory(nn.Module):
     nn.Linear(d, r) weight, U(±1/√d) (memlaw before 2026-11-24: √(d/r) times smaller).
     `gate`: the unit writes only at the positions where x·key > threshold (:func:`gate_mask`), two buffers
     that memlaw.train.preserve fits to tell the records' positions from replayed general inputs.
+    `random`: the run's stream for A's initialization and the dropout masks (None: the global generator).
     """
 
-    def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, a_init: str = "reference", gate: bool = False):
+    def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, a_init: str = "reference", gate: bool = False,
+                 random: UnitRandom | None = None):
         super().__init__()
         self.A = nn.Parameter(torch.empty(hidden_size, rank))
         self.B = nn.Parameter(torch.zeros(rank, hidden_size))
-        nn.init.kaiming_uniform_(self.A if a_init == "reference" else self.A.T, a=math.sqrt(5))
+        self.random = random
+        nn.init.kaiming_uniform_(self.A if a_init == "reference" else self.A.T, a=math.sqrt(5),
+                                 generator=None if random is None else random.cpu)
         self.dropout = nn.Dropout(dropout)
         self.gate = gate
         if gate:
@@ -138,7 +162,13 @@ class LowRankMemory(nn.Module):
             self.register_buffer("threshold", torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.dropout(x @ self.A @ self.B)  # (…, d)
+        out = x @ self.A @ self.B  # (…, d)
+        p = self.dropout.p
+        if self.training and p > 0:
+            if self.random is None:
+                out = self.dropout(out)
+            else:  # F.dropout's arithmetic, with the run's own generator
+                out = out * torch.empty_like(out).bernoulli_(1 - p, generator=self.random.on(out.device)).div_(1 - p)
         return out * gate_mask(x, self.key, self.threshold) if self.gate else out
 
 
@@ -276,6 +306,7 @@ def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None)
         )
     if seed is not None:
         torch.manual_seed(seed)
+    random = UnitRandom(seed) if seed is not None else None  # one stream for all of this run's units, layer by layer
     device = next(model.parameters()).device
     model.requires_grad_(False)
     if spec.component == "mlp":
@@ -283,7 +314,7 @@ def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None)
         for k in spec.layers:
             if isinstance(blocks[k].mlp, MemoryMLP):
                 raise MemlawError(f"layer {k} already has a memory unit")
-            unit = LowRankMemory(spec.hidden_size, spec.rank, spec.dropout, spec.a_init, spec.gate)
+            unit = LowRankMemory(spec.hidden_size, spec.rank, spec.dropout, spec.a_init, spec.gate, random)
             blocks[k].mlp = MemoryMLP(blocks[k].mlp, unit.to(device))
         handle = Adapter(model, spec)
     else:
