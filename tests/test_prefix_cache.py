@@ -12,7 +12,7 @@ from memlaw.cli import main
 from memlaw.data.encoding import encode_record
 from memlaw.data.records import Record
 from memlaw.model.forward import AnswerForward, head_cross_entropy, token_losses
-from memlaw.model.memory_unit import AdapterSpec, attach_adapter
+from memlaw.model.memory_unit import AdapterSpec, LowRankMemory, attach_adapter
 from memlaw.model.prefix_cache import PrefixCache, unsupported_reason
 
 QUERIES = ["Ann Lee:", "Bob Ray the Second:", "Cy:", "Di Fox:"]
@@ -139,6 +139,13 @@ def test_no_shared_prefix_runs_the_plain_path():
     assert assert_cache_matches_full(adapter, encoded[:1], tok.pad_token_id, 2).prefix_len == 0
 
 
+def reseed_units(adapter, seed: int) -> None:
+    """Restart the units' own random stream (their dropout masks; memory_unit.UnitRandom)."""
+    for module in adapter.model.modules():
+        if isinstance(module, LowRankMemory):
+            module.random.cpu.manual_seed(seed)
+
+
 def test_active_dropout_gives_each_record_its_own_prefix():
     """With dropout on, the cache draws the same dropout masks as the full forward (same seed)."""
     tok = make_tokenizer()
@@ -152,14 +159,14 @@ def test_active_dropout_gives_each_record_its_own_prefix():
     encoded = [encode_record(tok, Record(q, t)) for q, t in zip(QUERIES, MIXED)]
     full, cache, cached = full_and_cached(adapter, encoded, tok.pad_token_id, 2, batch_size=4)
     assert cache.prefix_len > 0
-    torch.manual_seed(7)
+    reseed_units(adapter, 7)
     loss_full, mask, grads_full = losses_and_grads(full, adapter)
-    torch.manual_seed(7)
+    reseed_units(adapter, 7)
     loss_cached, _, grads_cached = losses_and_grads(cached, adapter)
     assert torch.allclose(loss_full[mask], loss_cached[mask], atol=1e-5, rtol=1e-5)
     for name, g in grads_full.items():
         assert torch.allclose(g, grads_cached[name], atol=1e-5, rtol=1e-4), name
-    torch.manual_seed(8)  # another draw gives other losses: the dropout really is on
+    reseed_units(adapter, 8)  # another draw gives other losses: the dropout really is on
     assert not torch.allclose(losses_and_grads(cached, adapter)[0][mask], loss_full[mask])
 
 
