@@ -190,17 +190,29 @@ class MemoryMLP(nn.Module):
 
 
 class Adapter:
-    """Handle on a model with an attached memory unit: parameters, state, enable/disable, save."""
+    """Handle on a model with an attached memory unit: parameters, state, enable/disable, save.
 
-    def __init__(self, model: nn.Module, spec: AdapterSpec):
+    mlp: `hosts` maps each adapted layer's MLP (its module path, e.g. "model.layers.20.mlp") to the
+    :class:`MemoryMLP` that holds this adapter's unit, so the handle touches its own units only and
+    names their tensors "<path>.memory.<A|B|key|threshold>" wherever the units sit."""
+
+    def __init__(self, model: nn.Module, spec: AdapterSpec, hosts: dict[str, MemoryMLP] | None = None):
         self.model = model  # what to call: the base model (mlp) or the PeftModel (lora)
         self.spec = spec
+        self.hosts = hosts or {}
+
+    @property
+    def units(self) -> dict[str, LowRankMemory]:
+        return {path: host.memory for path, host in self.hosts.items()}
 
     # ------------------------------------------------------------------ state
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                yield name, p
+        if self.spec.component == "lora":
+            yield from ((name, p) for name, p in self.model.named_parameters() if p.requires_grad)
+            return
+        for path, unit in self.units.items():
+            yield f"{path}.memory.A", unit.A
+            yield f"{path}.memory.B", unit.B
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -219,7 +231,9 @@ class Adapter:
     def _tensors(self) -> dict[str, torch.Tensor]:
         """mlp: the live A and B of every unit, and the key and threshold of a gated one."""
         out: dict[str, torch.Tensor] = dict(self.named_parameters())
-        out.update((n, b) for n, b in self.model.named_buffers() if n.endswith(("memory.key", "memory.threshold")))
+        for path, unit in self.units.items():
+            if unit.gate:
+                out[f"{path}.memory.key"], out[f"{path}.memory.threshold"] = unit.key, unit.threshold
         return out
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -240,8 +254,10 @@ class Adapter:
         """Train mode for the adapter only (its dropout); the frozen base model stays in eval mode."""
         self.model.eval()
         if on:
+            for unit in self.units.values():
+                unit.train()
             for name, module in self.model.named_modules():
-                if isinstance(module, LowRankMemory) or name.endswith("lora_dropout"):
+                if name.endswith("lora_dropout"):
                     module.train()
 
     @contextmanager
@@ -251,7 +267,7 @@ class Adapter:
             with self.model.disable_adapter():
                 yield
             return
-        units = [m for m in self.model.modules() if isinstance(m, MemoryMLP)]
+        units = list(self.hosts.values())
         for m in units:
             m.enabled = False
         try:
@@ -316,7 +332,9 @@ def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None)
                 raise MemlawError(f"layer {k} already has a memory unit")
             unit = LowRankMemory(spec.hidden_size, spec.rank, spec.dropout, spec.a_init, spec.gate, random)
             blocks[k].mlp = MemoryMLP(blocks[k].mlp, unit.to(device))
-        handle = Adapter(model, spec)
+        ours = {id(blocks[k].mlp) for k in spec.layers}
+        hosts = {name: m for name, m in model.named_modules() if id(m) in ours}  # in the model's order
+        handle = Adapter(model, spec, hosts)
     else:
         handle = Adapter(_attach_lora(model, spec), spec)
     assert handle.num_parameters() == spec.trainable_params, "AdapterSpec.for_model counts what is attached"

@@ -45,7 +45,6 @@ import torch
 from ..data.encoding import Encoded, prompt_ids, suffix_ids
 from ..errors import MemlawError
 from ..evaluate.recall import greedy_generate
-from ..model.memory_unit import MemoryMLP
 
 REPLAY_WINDOW = 256  # tokens of replay text per forward pass
 REPLAY_ANSWER_TOKENS = 16  # the base model's greedy answer to each replay prompt, also replayed
@@ -94,7 +93,7 @@ def replay_answers(session) -> list[tuple[list[int], list[int]]]:
 
 def unit_inputs(session, sequences: list[list[int]]) -> dict[str, list[torch.Tensor]]:
     """Per unit (its module name): its input (T, d) float32 on each of `sequences`, from the base model (units off)."""
-    units = {name: m for name, m in session.adapter.model.named_modules() if isinstance(m, MemoryMLP)}
+    units = session.adapter.hosts
     seen: dict[str, list[torch.Tensor]] = {name: [] for name in units}
 
     def hook(name):
@@ -117,7 +116,7 @@ def unit_inputs(session, sequences: list[list[int]]) -> dict[str, list[torch.Ten
 def collect_replayed(session, answered: list[tuple[list[int], list[int]]] | None = None) -> dict[str, Replayed]:
     """Per unit (its module name): the replayed inputs' statistics, from the base model (the unit disabled)."""
     sequences = replay_sequences(session, answered)  # before the hooks: generating the answers is not a replayed input
-    units = {name: m for name, m in session.adapter.model.named_modules() if isinstance(m, MemoryMLP)}
+    units = session.adapter.hosts
     out = {}
     for name, chunks in unit_inputs(session, sequences).items():
         x = torch.cat(chunks)  # (n, d)
@@ -228,7 +227,7 @@ class Preserver:
         answered = replay_answers(session)  # generated once, for the replay KL and the replayed inputs alike
         self.kl = ReplayKL(session, answered) if kl else None
         replayed = collect_replayed(session, answered)
-        self.units = {name: m.memory for name, m in session.adapter.model.named_modules() if isinstance(m, MemoryMLP)}
+        self.units = session.adapter.units
         device = next(iter(self.units.values())).A.device
         self.moments = {n: r.moment.to(device) for n, r in replayed.items()}
         self.scales = {n: r.mlp_energy for n, r in replayed.items()}
