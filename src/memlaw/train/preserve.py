@@ -145,10 +145,11 @@ class Gate:
 
 def fit_gate(records: torch.Tensor, replayed: torch.Tensor, place: float) -> Gate:
     """A linear key telling the records' positions (m, d) from the replayed ones (n, d): L2-regularized
-    logistic regression on inputs standardized by the replayed ones, classes weighted equally (torch's L-BFGS in
-    float64, deterministic; a dozen lines rather than a scikit-learn dependency for one fit). The threshold sits at `place` ∈ (0, 1) of the gap between the highest replayed
-    score and the lowest record's; with no gap, `place` times the records' score spread below the lowest
-    record's (every record fires, with room to spare, and `leaks` counts the replayed positions that do too)."""
+    logistic regression on inputs standardized by the replayed ones, classes weighted equally (torch's
+    L-BFGS in float64, deterministic; a dozen lines rather than a scikit-learn dependency for one fit).
+    The threshold sits at `place` ∈ (0, 1) of the gap between the highest replayed score and the lowest
+    record's; with no gap, `place` times the records' score spread below the lowest record's (every record
+    fires, with room to spare, and `leaks` counts the replayed positions that do too)."""
     pos, neg = records.double(), replayed.double()
     mu, sd = neg.mean(0), neg.std(0).clamp_min(1e-6)
     x = (torch.cat([pos, neg]) - mu) / sd  # (m + n, d)

@@ -1,9 +1,9 @@
 """Training recipe: set up -> loop -> evaluate.
 
 The loop (:func:`train_loop`) only steps a :class:`Run` (one cell's unit, method, optimizer,
-stopper and state): forward, weights, backward, step, log. What the method changes lives in :mod:`.method`, when to stop in :class:`Stopper`, the per-token
-probability trace (--log-token-probs) in :class:`TokenProbLog`, and what Ctrl-C keeps in
-:func:`keep_last_epoch`.
+stopper and state): forward, weights, backward, step, log. What the method changes lives in
+:mod:`.method`, when to stop in :class:`Stopper`, the per-token probability trace
+(--log-token-probs) in :class:`TokenProbLog`, and what Ctrl-C keeps in :func:`keep_last_epoch`.
 """
 
 from __future__ import annotations
