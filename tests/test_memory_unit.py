@@ -9,7 +9,7 @@ import torch
 
 from conftest import HIDDEN, make_model
 from memlaw.errors import MemlawError
-from memlaw.model.memory_unit import AdapterSpec, LowRankMemory, attach_adapter, detach_adapter, load_adapter
+from memlaw.model.memory_unit import AdapterSpec, LowRankUnit, attach_adapter, detach_adapter, load_adapter
 
 
 def logits(model, ids):
@@ -71,14 +71,16 @@ def test_mlp_unit_shapes_init_and_param_count():
     d = model.config.hidden_size
     handle = attach(model, "mlp", layers=(0, 2), rank=5)
     assert handle.num_parameters() == 2 * d * 5 * 2 == handle.spec.trainable_params
-    unit = model.model.layers[0].mlp.memory
-    assert isinstance(unit, LowRankMemory)
+    unit = model.model.layers[0].mlp.unit
+    assert isinstance(unit, LowRankUnit)
     assert unit.A.shape == (d, 5) and unit.B.shape == (5, d)
     assert torch.count_nonzero(unit.B) == 0
     bound = 1 / 5**0.5  # Kaiming-uniform(a=sqrt 5) on the d×r tensor: fan_in = r (the reference's scale)
     assert unit.A.abs().max() <= bound and unit.A.abs().max() > 0.5 * bound
     # only the unit trains; the base model is frozen
-    assert all(not p.requires_grad for n, p in model.named_parameters() if ".memory." not in n)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if ".unit." not in n)
+    # the saved names: a file format (every committed adapter.safetensors), whatever the module attribute is called
+    assert sorted(handle.state_dict()) == [f"model.layers.{k}.mlp.memory.{t}" for k in (0, 2) for t in "AB"]
 
 
 def test_mlp_unit_adds_x_A_B_to_mlp_output():
@@ -88,7 +90,7 @@ def test_mlp_unit_adds_x_A_B_to_mlp_output():
     wrapped = model.model.layers[1].mlp
     x = torch.randn(2, 4, model.config.hidden_size)
     with torch.no_grad():
-        expected = wrapped.mlp(x) + x @ wrapped.memory.A @ wrapped.memory.B
+        expected = wrapped.mlp(x) + x @ wrapped.unit.A @ wrapped.unit.B
         assert torch.allclose(wrapped(x), expected, atol=1e-6)
 
 
@@ -148,17 +150,17 @@ def test_layer_out_of_range_and_unknown_module():
 def test_a_units_own_random_stream_gives_the_global_generators_numbers():
     """UnitRandom seeded s: A's init and the dropout masks equal torch.manual_seed(s)'s, so a run alone trains
     as before, and two units with their own streams do not draw from each other's."""
-    from memlaw.model.memory_unit import LowRankMemory, UnitRandom
+    from memlaw.model.memory_unit import LowRankUnit, UnitRandom
 
     x = torch.randn(3, 5, 16)
     torch.manual_seed(7)
-    plain = LowRankMemory(16, 4, dropout=0.3)
+    plain = LowRankUnit(16, 4, dropout=0.3)
     with torch.no_grad():
         plain.B.normal_(generator=torch.Generator().manual_seed(1))
     plain.train()
     expected = [plain(x), plain(x)]
-    own = LowRankMemory(16, 4, dropout=0.3, random=UnitRandom(7))
-    other = LowRankMemory(16, 4, dropout=0.3, random=UnitRandom(8))
+    own = LowRankUnit(16, 4, dropout=0.3, random=UnitRandom(7))
+    other = LowRankUnit(16, 4, dropout=0.3, random=UnitRandom(8))
     with torch.no_grad():
         own.B.copy_(plain.B)
         other.B.copy_(plain.B)

@@ -12,7 +12,7 @@ from memlaw.config import TrainConfig
 from memlaw.data.encoding import SYSTEM_PROMPT, Encoded, collate, encode_record, prompt_ids, suffix_ids
 from memlaw.data.records import Record
 from memlaw.model.forward import AnswerTokens
-from memlaw.model.memory_unit import LowRankMemory
+from memlaw.model.memory_unit import LowRankUnit
 from memlaw.train.method import method_for
 from memlaw.train.objectives import weighted_loss
 
@@ -41,7 +41,7 @@ def test_a_is_uniform_within_one_over_sqrt_rank(rank):
     extremes = []
     for seed in range(20):
         torch.manual_seed(seed)
-        a = LowRankMemory(d, rank).A.detach()
+        a = LowRankUnit(d, rank).A.detach()
         assert a.shape == (d, rank) and a.abs().max() <= bound
         extremes.append(float(a.abs().max()))
         assert float(a.mean()) == pytest.approx(0.0, abs=4 * bound / math.sqrt(3 * d * rank))  # centred
@@ -50,7 +50,7 @@ def test_a_is_uniform_within_one_over_sqrt_rank(rank):
 
 def test_linear_init_is_the_old_scale():
     torch.manual_seed(0)
-    a = LowRankMemory(576, 8, a_init="linear").A.detach()
+    a = LowRankUnit(576, 8, a_init="linear").A.detach()
     assert 0.97 / math.sqrt(576) < a.abs().max() <= 1 / math.sqrt(576)  # 24x smaller than 1/√1, 8.5x than 1/√8
 
 

@@ -12,7 +12,7 @@ from memlaw.cli import main
 from memlaw.data.encoding import encode_record
 from memlaw.data.records import Record
 from memlaw.model.forward import AnswerForward, head_cross_entropy, token_losses
-from memlaw.model.memory_unit import AdapterSpec, LowRankMemory, attach_adapter
+from memlaw.model.memory_unit import AdapterSpec, LowRankUnit, attach_adapter
 from memlaw.model.prefix_cache import PrefixCache, unsupported_reason
 
 QUERIES = ["Ann Lee:", "Bob Ray the Second:", "Cy:", "Di Fox:"]
@@ -142,7 +142,7 @@ def test_no_shared_prefix_runs_the_plain_path():
 def reseed_units(adapter, seed: int) -> None:
     """Restart the units' own random stream (their dropout masks; memory_unit.UnitRandom)."""
     for module in adapter.model.modules():
-        if isinstance(module, LowRankMemory):
+        if isinstance(module, LowRankUnit):
             module.random.cpu.manual_seed(seed)
 
 

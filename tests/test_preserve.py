@@ -14,7 +14,7 @@ from memlaw.cli import main
 from memlaw.config import TrainConfig
 from memlaw.errors import MemlawError
 from memlaw.evaluate.locality import builtin_prompts, builtin_text
-from memlaw.model.memory_unit import LowRankMemory, gate_mask
+from memlaw.model.memory_unit import LowRankUnit, gate_mask
 from memlaw.train.preserve import fit_gate, output_penalty, protected_basis, replay_prompts, replay_text
 
 PHONES = [
@@ -160,7 +160,7 @@ def test_locality_data_measures_on_the_users_prompts(runs, tmp_path, capsys):
 
 def test_gate_mask_writes_only_where_the_score_exceeds_the_threshold():
     torch.manual_seed(0)
-    unit = LowRankMemory(4, 2, gate=True)
+    unit = LowRankUnit(4, 2, gate=True)
     x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]])
     with torch.no_grad():
         unit.B.normal_()
@@ -194,7 +194,7 @@ def test_fit_gate_separates_records_from_replayed_inputs_and_places_the_threshol
 
 def test_the_gate_writes_only_where_its_key_fires_and_is_saved(runs):
     from memlaw.memory import Memory
-    from memlaw.model.memory_unit import MemoryMLP
+    from memlaw.model.memory_unit import UnitMLP
     from memlaw.train.preserve import replay_sequences
 
     spec = json.loads((runs["gate"] / "adapter.json").read_text())
@@ -203,7 +203,7 @@ def test_the_gate_writes_only_where_its_key_fires_and_is_saved(runs):
     state = json.loads((runs["gate"] / "train_state.json").read_text())
     memory = Memory.load(runs["gate"])
     session = memory.session
-    unit = next(m.memory for m in session.adapter.model.modules() if isinstance(m, MemoryMLP))
+    unit = next(m.unit for m in session.adapter.model.modules() if isinstance(m, UnitMLP))
     assert float(unit.key.abs().max()) > 0 and float(unit.B.abs().max()) > 0  # saved and loaded with the unit
     seen = []
     handle = unit.register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o.detach())))

@@ -46,8 +46,8 @@ class AdapterSpec:
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ()
     lora_alpha: float | None = None
-    a_init: str = "reference"  # mlp: the initial scale of A (LowRankMemory)
-    gate: bool = False  # mlp: the unit writes only where its key fires (LowRankMemory.key, .threshold)
+    a_init: str = "reference"  # mlp: the initial scale of A (LowRankUnit)
+    gate: bool = False  # mlp: the unit writes only where its key fires (LowRankUnit.key, .threshold)
     base_model: str = ""
     model_type: str = ""
     hidden_size: int = 0
@@ -136,7 +136,7 @@ class UnitRandom:
         return self._devices[device]
 
 
-class LowRankMemory(nn.Module):
+class LowRankUnit(nn.Module):
     """x (…, d) -> dropout(x · A · B) (…, d), with A: d×r (Kaiming-uniform), B: r×d (zeros).
 
     `a_init`: "reference" applies kaiming_uniform_(a=√5) to the d×r tensor itself, as the paper's
@@ -172,13 +172,13 @@ class LowRankMemory(nn.Module):
         return out * gate_mask(x, self.key, self.threshold) if self.gate else out
 
 
-class MemoryMLP(nn.Module):
-    """A decoder layer's MLP with a :class:`LowRankMemory` in parallel on the same input."""
+class UnitMLP(nn.Module):
+    """A decoder layer's MLP with a :class:`LowRankUnit` in parallel on the same input."""
 
-    def __init__(self, mlp: nn.Module, memory: LowRankMemory):
+    def __init__(self, mlp: nn.Module, unit: LowRankUnit):
         super().__init__()
         self.mlp = mlp
-        self.memory = memory
+        self.unit = unit
         self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,24 +186,25 @@ class MemoryMLP(nn.Module):
         if not self.enabled:
             return out
         # The memory is kept in float32 whatever the base dtype (as PEFT does for adapters).
-        return out + self.memory(x.to(self.memory.A.dtype)).to(out.dtype)
+        return out + self.unit(x.to(self.unit.A.dtype)).to(out.dtype)
 
 
 class Adapter:
     """Handle on a model with an attached memory unit: parameters, state, enable/disable, save.
 
     mlp: `hosts` maps each adapted layer's MLP (its module path, e.g. "model.layers.20.mlp") to the
-    :class:`MemoryMLP` that holds this adapter's unit, so the handle touches its own units only and
-    names their tensors "<path>.memory.<A|B|key|threshold>" wherever the units sit."""
+    :class:`UnitMLP` that holds this adapter's unit, so the handle touches its own units only and
+    names their tensors "<path>.memory.<A|B|key|threshold>" wherever the units sit (the names of every
+    adapter.safetensors written so far: a file format, kept when the module attribute became `unit`)."""
 
-    def __init__(self, model: nn.Module, spec: AdapterSpec, hosts: dict[str, MemoryMLP] | None = None):
+    def __init__(self, model: nn.Module, spec: AdapterSpec, hosts: dict[str, UnitMLP] | None = None):
         self.model = model  # what to call: the base model (mlp) or the PeftModel (lora)
         self.spec = spec
         self.hosts = hosts or {}
 
     @property
-    def units(self) -> dict[str, LowRankMemory]:
-        return {path: host.memory for path, host in self.hosts.items()}
+    def units(self) -> dict[str, LowRankUnit]:
+        return {path: host.unit for path, host in self.hosts.items()}
 
     # ------------------------------------------------------------------ state
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -328,10 +329,10 @@ def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None)
     if spec.component == "mlp":
         blocks = decoder_layers(model)
         for k in spec.layers:
-            if isinstance(blocks[k].mlp, MemoryMLP):
+            if isinstance(blocks[k].mlp, UnitMLP):
                 raise MemlawError(f"layer {k} already has a memory unit")
-            unit = LowRankMemory(spec.hidden_size, spec.rank, spec.dropout, spec.a_init, spec.gate, random)
-            blocks[k].mlp = MemoryMLP(blocks[k].mlp, unit.to(device))
+            unit = LowRankUnit(spec.hidden_size, spec.rank, spec.dropout, spec.a_init, spec.gate, random)
+            blocks[k].mlp = UnitMLP(blocks[k].mlp, unit.to(device))
         ours = {id(blocks[k].mlp) for k in spec.layers}
         hosts = {name: m for name, m in model.named_modules() if id(m) in ours}  # in the model's order
         handle = Adapter(model, spec, hosts)
@@ -348,7 +349,7 @@ def detach_adapter(adapter: Adapter) -> nn.Module:
         return adapter.model.unload()  # PEFT puts the original linear modules back, unmerged
     blocks = decoder_layers(adapter.model)
     for k in adapter.spec.layers:
-        if isinstance(blocks[k].mlp, MemoryMLP):
+        if isinstance(blocks[k].mlp, UnitMLP):
             blocks[k].mlp = blocks[k].mlp.mlp
     return adapter.model
 
