@@ -30,9 +30,9 @@ general text and everyday prompts with the base model's own answers
 
 The penalty and the projection leave the unit's format as it is (A and B): the projection is applied
 to A itself, and the penalty only shapes training. The gate adds two tensors per unit, its key (d,)
-and threshold (1,) (adapter.json says ``gate: true``; the export's loader applies them). All are off (0) by default, in
-`memlaw train` (the paper's objective) and, until they are measured beyond one file, in `memlaw memorize`
-(docs/benchmarks.md, "Locality").
+and threshold (1,) (adapter.json says ``gate: true``; the export's loader applies them). All are off (0) by
+default in `memlaw train` (the paper's objective); `memlaw memorize` gates its unit at 0.5
+(config.MEMORIZE_DEFAULTS; measured in docs/benchmarks.md, "Locality").
 """
 
 from __future__ import annotations
