@@ -78,7 +78,7 @@ def test_mlp_unit_shapes_init_and_param_count():
     bound = 1 / 5**0.5  # Kaiming-uniform(a=sqrt 5) on the d×r tensor: fan_in = r (the reference's scale)
     assert unit.A.abs().max() <= bound and unit.A.abs().max() > 0.5 * bound
     # only the unit trains; the base model is frozen
-    assert all(not p.requires_grad for n, p in model.named_parameters() if ".unit." not in n)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if ".units." not in n)
     # the saved names: a file format (every committed adapter.safetensors), whatever the module attribute is called
     assert sorted(handle.state_dict()) == [f"model.layers.{k}.mlp.memory.{t}" for k in (0, 2) for t in "AB"]
 

@@ -361,3 +361,14 @@ def build_config(
 
 def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
     return dataclasses.replace(cfg, **changes)
+
+
+def pack_key(cfg: TrainConfig) -> tuple | None:
+    """What the runs of one pack must share (None: the run cannot pack): one base model, one data file read the
+    same way (one prefix cache), the same unit layers and batch width; the prefix cache's settings; and whether
+    dropout is on (it decides which forward the cache runs). lora units and the locality means train alone."""
+    if cfg.component != "mlp" or any((cfg.preserve_weight, cfg.preserve_kl, cfg.preserve_gate, cfg.preserve_energy)):
+        return None
+    return (cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code, str(Path(cfg.data).resolve()), cfg.length,
+            cfg.chat_template, tuple(cfg.layer or ()), cfg.batch_size, cfg.eval_batch_size, cfg.prefix_cache,
+            cfg.prefix_cache_max_mb, cfg.prefix_cache_device, cfg.dropout > 0)

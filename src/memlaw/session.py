@@ -85,16 +85,17 @@ def adapter_spec(cfg: TrainConfig, model: torch.nn.Module) -> AdapterSpec:
     )
 
 
-def new_session(cfg: TrainConfig, loaded: LoadedModel | None = None) -> Session:
+def new_session(cfg: TrainConfig, loaded: LoadedModel | None = None, pack: bool = False) -> Session:
     """Attach a fresh, seeded adapter (identity at step 0) to the base model: `loaded` (a model already
-    loaded for cfg's model, device and dtype, with no unit attached) or a freshly loaded one."""
+    loaded for cfg's model, device and dtype, with no unit attached, or with the units of a pack's runs if
+    `pack`) or a freshly loaded one."""
     check_data_readable(cfg.data)
     if loaded is None:
         loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
     cfg = resolve(cfg, loaded)
     spec = adapter_spec(cfg, loaded.model)
     seed_everything(cfg.seed)
-    return Session(cfg, loaded, attach_adapter(loaded.model, spec, seed=cfg.seed))
+    return Session(cfg, loaded, attach_adapter(loaded.model, spec, seed=cfg.seed, pack=pack))
 
 
 def saved_session(run_dir: Path, cfg: TrainConfig) -> Session:

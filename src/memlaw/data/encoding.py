@@ -145,6 +145,25 @@ class Batch:
         )
 
 
+def join(batches: list[Batch], pad_id: int) -> Batch:
+    """Batches stacked row-wise into one (ΣB, T_max) batch, each left-padded to the widest (a packed forward's
+    input: memlaw.train.trainer.train_pack); labels left-padded with IGNORE to the longest target."""
+    T = max(b.input_ids.shape[1] for b in batches)
+    L = max(b.labels.shape[1] for b in batches)
+
+    def wide(t: torch.Tensor, width: int, value) -> torch.Tensor:  # (B, w) -> (B, width), left-padded
+        return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
+
+    return Batch(
+        torch.cat([wide(b.input_ids, T, pad_id) for b in batches]),
+        torch.cat([wide(b.attention_mask, T, 0) for b in batches]),
+        torch.cat([wide(b.position_ids, T, 0) for b in batches]),
+        torch.cat([wide(b.labels, L, IGNORE) for b in batches]),
+        torch.cat([wide(b.answer_mask, L, False) for b in batches]),
+        [n for b in batches for n in b.target_lens],
+    )
+
+
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-pad to (B, T); return ids, attention mask and position ids."""
     width = max(len(s) for s in sequences)

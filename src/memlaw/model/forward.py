@@ -20,7 +20,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from ..data.encoding import IGNORE, Batch, Encoded, collate
+from ..data.encoding import IGNORE, Batch, Encoded, collate, join
 from .prefix_cache import PrefixCache
 
 
@@ -128,6 +128,31 @@ class AnswerForward:
             hidden = self.cache.answer_hidden(indices, batch)  # (B, L, d), after the final norm
             losses, correct = head_cross_entropy(self.cache.lm_head, hidden, batch.labels)
         return AnswerTokens(losses, correct, batch)
+
+
+    def packed(self, groups: list[list[int]], adapters: list) -> list[AnswerTokens]:
+        """:meth:`__call__` for several runs in one forward (a pack: memlaw.train.trainer.train_pack): run k's
+        records `groups[k]` through `adapters[k]`'s units, whose layers they share; one AnswerTokens per run.
+        Each run's rows are left-padded to the widest run's; padding adds masked keys only."""
+        from .memory_unit import packed_units
+
+        batches = [collate([self.encoded[i] for i in g], self.pad_id).to(self.device) for g in groups]
+        joint = join(batches, self.pad_id)
+
+        def route(rows: list[int], widths: list[int]):
+            return packed_units(adapters, rows, widths)
+
+        if self.cache is not None:
+            hidden = self.cache.packed_answer_hidden(groups, batches, joint, route)  # per run (B_k, L_k, d)
+            return [AnswerTokens(*head_cross_entropy(self.cache.lm_head, h, b.labels), b) for h, b in zip(hidden, batches)]
+        with route([b.input_ids.shape[0] for b in batches], [b.input_ids.shape[1] for b in batches]):
+            logits = answer_logits(self.model, joint)  # (R, L_max, V)
+        out, first, L_max = [], 0, joint.labels.shape[1]
+        for b in batches:
+            B, L = b.labels.shape
+            out.append(AnswerTokens(*logits_cross_entropy(logits[first : first + B, L_max - L :], b.labels), b))
+            first += B
+        return out
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

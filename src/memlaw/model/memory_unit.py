@@ -161,50 +161,103 @@ class LowRankUnit(nn.Module):
             self.register_buffer("key", torch.zeros(hidden_size))  # (d,)
             self.register_buffer("threshold", torch.zeros(1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """`width`: in a packed batch (:class:`UnitMLP`), the columns this run's own batch has (its rows are
+        left-padded wider); the dropout mask is drawn over those alone, so the run draws the masks it draws alone."""
         out = x @ self.A @ self.B  # (…, d)
         p = self.dropout.p
         if self.training and p > 0:
             if self.random is None:
                 out = self.dropout(out)
             else:  # F.dropout's arithmetic, with the run's own generator
-                out = out * torch.empty_like(out).bernoulli_(1 - p, generator=self.random.on(out.device)).div_(1 - p)
+                out = out * self._keep(out, p, width)
         return out * gate_mask(x, self.key, self.threshold) if self.gate else out
+
+    def _keep(self, out: torch.Tensor, p: float, width: int | None) -> torch.Tensor:
+        """The dropout factor (…, T, d): bernoulli(1 − p) / (1 − p), drawn over the last `width` columns only
+        (the wider packed batch's extra columns are padding: 0)."""
+        generator = self.random.on(out.device)
+        if width is None or width == out.shape[-2]:
+            return torch.empty_like(out).bernoulli_(1 - p, generator=generator).div_(1 - p)
+        own = torch.empty((*out.shape[:-2], width, out.shape[-1]), dtype=out.dtype, device=out.device)
+        own.bernoulli_(1 - p, generator=generator).div_(1 - p)  # (…, width, d)
+        return torch.cat([own.new_zeros((*out.shape[:-2], out.shape[-2] - width, out.shape[-1])), own], -2)
 
 
 class UnitMLP(nn.Module):
-    """A decoder layer's MLP with a :class:`LowRankUnit` in parallel on the same input."""
+    """A decoder layer's MLP with low-rank units in parallel on the same input.
+
+    One unit (a run alone) writes every row. Several units on one layer are the runs of a pack
+    (memlaw.train.trainer.train_pack): a packed forward sets `spans`, (unit, rows, width) in row order,
+    and each unit writes its own rows only; any other forward (a run's check, evaluation, generation)
+    is one run's, named by `active` (:meth:`Adapter.selected`).
+    """
 
     def __init__(self, mlp: nn.Module, unit: LowRankUnit):
         super().__init__()
         self.mlp = mlp
-        self.unit = unit
+        self.units = nn.ModuleList([unit])
         self.enabled = True
+        self.active: LowRankUnit | None = None  # the unit that writes every row, when several share the layer
+        self.spans: list[tuple[LowRankUnit, int, int]] | None = None  # a packed forward's (unit, rows, width)
+
+    @property
+    def unit(self) -> LowRankUnit:
+        """The unit that writes a forward that is not packed."""
+        if self.active is not None:
+            return self.active
+        if len(self.units) > 1:
+            raise RuntimeError("several units share this layer and no run is selected (Adapter.selected)")
+        return self.units[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.mlp(x)
         if not self.enabled:
             return out
         # The memory is kept in float32 whatever the base dtype (as PEFT does for adapters).
-        return out + self.unit(x.to(self.unit.A.dtype)).to(out.dtype)
+        x32 = x.to(self.units[0].A.dtype)
+        if self.spans is None:
+            return out + self.unit(x32).to(out.dtype)
+        parts, first = [], 0
+        for unit, rows, width in self.spans:  # x (R, T, d): each run's rows in turn
+            parts.append(unit(x32[first : first + rows], width))
+            first += rows
+        assert first == x.shape[0], "the spans cover the packed batch"
+        return out + torch.cat(parts).to(out.dtype)
 
 
 class Adapter:
     """Handle on a model with an attached memory unit: parameters, state, enable/disable, save.
 
-    mlp: `hosts` maps each adapted layer's MLP (its module path, e.g. "model.layers.20.mlp") to the
-    :class:`UnitMLP` that holds this adapter's unit, so the handle touches its own units only and
-    names their tensors "<path>.memory.<A|B|key|threshold>" wherever the units sit (the names of every
-    adapter.safetensors written so far: a file format, kept when the module attribute became `unit`)."""
+    mlp: `units` maps each adapted layer's MLP (its module path, e.g. "model.layers.20.mlp") to this
+    adapter's :class:`LowRankUnit` there and `hosts` to the :class:`UnitMLP` that holds it (with the units
+    of the other runs of a pack, if any), so the handle touches its own units only and names their tensors
+    "<path>.memory.<A|B|key|threshold>" wherever the units sit (the names of every adapter.safetensors
+    written so far: a file format, kept when the module attribute became `units`)."""
 
-    def __init__(self, model: nn.Module, spec: AdapterSpec, hosts: dict[str, UnitMLP] | None = None):
+    def __init__(self, model: nn.Module, spec: AdapterSpec, hosts: dict[str, UnitMLP] | None = None,
+                 units: dict[str, LowRankUnit] | None = None):
         self.model = model  # what to call: the base model (mlp) or the PeftModel (lora)
         self.spec = spec
         self.hosts = hosts or {}
+        self._units = units if units is not None else {path: host.units[0] for path, host in self.hosts.items()}
 
     @property
     def units(self) -> dict[str, LowRankUnit]:
-        return {path: host.unit for path, host in self.hosts.items()}
+        return dict(self._units)
+
+    @contextmanager
+    def selected(self) -> Iterator[None]:
+        """Forwards that are not packed run through this adapter's units (they share their layers with a pack's
+        other runs): its checks, evaluation and generation. A no-op for a unit alone on its layers."""
+        before = {path: host.active for path, host in self.hosts.items()}
+        for path, host in self.hosts.items():
+            host.active = self._units[path]
+        try:
+            yield
+        finally:
+            for path, host in self.hosts.items():
+                host.active = before[path]
 
     # ------------------------------------------------------------------ state
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -253,10 +306,13 @@ class Adapter:
 
     def set_training(self, on: bool) -> None:
         """Train mode for the adapter only (its dropout); the frozen base model stays in eval mode."""
+        others = {unit: unit.training for host in self.hosts.values() for unit in host.units}  # a pack's other runs
         self.model.eval()
+        for unit, mode in others.items():
+            unit.train(mode)
+        for unit in self.units.values():
+            unit.train(on)
         if on:
-            for unit in self.units.values():
-                unit.train()
             for name, module in self.model.named_modules():
                 if name.endswith("lora_dropout"):
                     module.train()
@@ -268,13 +324,13 @@ class Adapter:
             with self.model.disable_adapter():
                 yield
             return
-        units = list(self.hosts.values())
-        for m in units:
+        hosts = list(self.hosts.values())  # every unit on them: a pack's runs share the base model's output
+        for m in hosts:
             m.enabled = False
         try:
             yield
         finally:
-            for m in units:
+            for m in hosts:
                 m.enabled = True
 
     # ------------------------------------------------------------------ files
@@ -313,9 +369,10 @@ def save_peft_format(model: nn.Module, folder: Path, tensors: dict[str, torch.Te
 
 
 # ---------------------------------------------------------------------- attach / load
-def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None) -> Adapter:
+def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None, pack: bool = False) -> Adapter:
     """Attach a fresh memory unit described by `spec` (from :meth:`AdapterSpec.for_model`) to a frozen
-    model, in place, and return its handle. The unit is the identity at step 0 (B = 0, lora_B = 0)."""
+    model, in place, and return its handle. The unit is the identity at step 0 (B = 0, lora_B = 0).
+    `pack`: the unit may join units already on its layers (the runs of a pack, mlp only)."""
     if spec.hidden_size != int(model.config.hidden_size) or spec.num_layers != len(decoder_layers(model)):
         raise MemlawError(
             f"adapter is for hidden size {spec.hidden_size} and {spec.num_layers} layers; "
@@ -325,18 +382,28 @@ def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None)
         torch.manual_seed(seed)
     random = UnitRandom(seed) if seed is not None else None  # one stream for all of this run's units, layer by layer
     device = next(model.parameters()).device
+    packed_before = [p for m in model.modules() if isinstance(m, LowRankUnit) for p in m.parameters()]  # a pack's
     model.requires_grad_(False)
+    for p in packed_before:
+        p.requires_grad_(True)
     if spec.component == "mlp":
         blocks = decoder_layers(model)
         for k in spec.layers:
-            if isinstance(blocks[k].mlp, UnitMLP):
+            if isinstance(blocks[k].mlp, UnitMLP) and not pack:
                 raise MemlawError(f"layer {k} already has a memory unit")
-            unit = LowRankUnit(spec.hidden_size, spec.rank, spec.dropout, spec.a_init, spec.gate, random)
-            blocks[k].mlp = UnitMLP(blocks[k].mlp, unit.to(device))
-        ours = {id(blocks[k].mlp) for k in spec.layers}
-        hosts = {name: m for name, m in model.named_modules() if id(m) in ours}  # in the model's order
-        handle = Adapter(model, spec, hosts)
+        units = {}
+        for k in spec.layers:
+            unit = LowRankUnit(spec.hidden_size, spec.rank, spec.dropout, spec.a_init, spec.gate, random).to(device)
+            if isinstance(blocks[k].mlp, UnitMLP):
+                blocks[k].mlp.units.append(unit)
+            else:
+                blocks[k].mlp = UnitMLP(blocks[k].mlp, unit)
+            units[id(blocks[k].mlp)] = unit
+        hosts = {name: m for name, m in model.named_modules() if id(m) in units}  # in the model's order
+        handle = Adapter(model, spec, hosts, {name: units[id(m)] for name, m in hosts.items()})
     else:
+        if pack:
+            raise MemlawError("only mlp units pack; a lora run trains alone")
         handle = Adapter(_attach_lora(model, spec), spec)
     assert handle.num_parameters() == spec.trainable_params, "AdapterSpec.for_model counts what is attached"
     return handle
@@ -344,13 +411,22 @@ def attach_adapter(model: nn.Module, spec: AdapterSpec, seed: int | None = None)
 
 def detach_adapter(adapter: Adapter) -> nn.Module:
     """Remove an attached unit, in place, and return the bare base model as it was before
-    :func:`attach_adapter` (its weights were never touched), so one loaded model serves many runs."""
+    :func:`attach_adapter` (its weights were never touched), so one loaded model serves many runs.
+    Units of other runs on the same layers (a pack) stay."""
     if adapter.spec.component == "lora":
         return adapter.model.unload()  # PEFT puts the original linear modules back, unmerged
     blocks = decoder_layers(adapter.model)
+    own = {id(u) for u in adapter.units.values()}
     for k in adapter.spec.layers:
-        if isinstance(blocks[k].mlp, UnitMLP):
-            blocks[k].mlp = blocks[k].mlp.mlp
+        host = blocks[k].mlp
+        if isinstance(host, UnitMLP):
+            rest = [u for u in host.units if id(u) not in own]
+            if rest:
+                host.units = nn.ModuleList(rest)
+                if host.active is not None and id(host.active) in own:
+                    host.active = None
+            else:
+                blocks[k].mlp = host.mlp
     return adapter.model
 
 
@@ -456,3 +532,18 @@ def load_adapter(model: nn.Module, folder: str | Path) -> Adapter:
         detach_adapter(handle)  # the model is left as it came
         raise
     return handle
+
+
+@contextmanager
+def packed_units(adapters: Sequence[Adapter], rows: Sequence[int], widths: Sequence[int]) -> Iterator[None]:
+    """Route one packed forward: its first rows[0] rows through adapters[0]'s units, the next rows[1] through
+    adapters[1]'s, and so on; run i's own batch is widths[i] columns wide (its dropout masks are drawn over those).
+    The adapters are a pack's runs: units on the same layers (train_pack checks)."""
+    hosts = adapters[0].hosts
+    for path, host in hosts.items():
+        host.spans = [(a._units[path], r, w) for a, r, w in zip(adapters, rows, widths)]
+    try:
+        yield
+    finally:
+        for host in hosts.values():
+            host.spans = None

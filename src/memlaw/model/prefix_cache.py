@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -127,17 +128,21 @@ def explicit_mask(
 
 
 class _PrefixKV:
-    """Stands in for a transformers Cache in the attention modules: row 0 of the batch is the shared
-    prefix (its last P columns); every row's keys/values get that row's P prefix keys/values put
-    in front, expanded to the batch: (B+1, h, W, hd) -> (B+1, h, P + W, hd)."""
+    """Stands in for a transformers Cache in the attention modules: a prefix row holds the shared prefix
+    (its last P columns); every row's keys/values get its prefix row's P keys/values put in front:
+    (R, h, W, hd) -> (R, h, P + W, hd). One prefix row (row 0) is expanded to the batch; a packed batch
+    has one per run, and `owner` (R,) names each row's."""
 
-    def __init__(self, prefix_len: int):
-        self.P = prefix_len
+    def __init__(self, prefix_len: int, owner: torch.Tensor | None = None):
+        self.P, self.owner = prefix_len, owner
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         n, W = key.shape[0], key.shape[2]
-        pk, pv = key[:1, :, W - self.P :], value[:1, :, W - self.P :]  # (1, h, P, hd)
-        return torch.cat([pk.expand(n, -1, -1, -1), key], 2), torch.cat([pv.expand(n, -1, -1, -1), value], 2)
+        if self.owner is None:
+            pk, pv = key[:1, :, W - self.P :].expand(n, -1, -1, -1), value[:1, :, W - self.P :].expand(n, -1, -1, -1)
+        else:
+            pk, pv = key[self.owner, :, W - self.P :], value[self.owner, :, W - self.P :]  # (R, h, P, hd)
+        return torch.cat([pk, key], 2), torch.cat([pv, value], 2)
 
 
 def _stochastic(modules: nn.Module) -> bool:
@@ -205,65 +210,106 @@ class PrefixCache:
     def answer_hidden(self, indices: list[int], batch: Batch) -> torch.Tensor:
         """Final-norm hidden states that predict each target token, (B, L, d), for records `indices`
         collated as `batch`; ``lm_head`` turns them into logits."""
+        return self.packed_answer_hidden([indices], [batch], batch)[0]
+
+    def packed_answer_hidden(self, groups: list[list[int]], batches: list[Batch], joint: Batch, route=None
+                             ) -> list[torch.Tensor]:
+        """:meth:`answer_hidden` of several runs in one pass (a pack: memlaw.train.trainer.train_pack): run k's
+        records `groups[k]` collated as `batches[k]`, all of them as `joint` (memlaw.data.encoding.join).
+        `route(rows, widths)`: the context that sends each run's rows through its own units
+        (memlaw.model.memory_unit.packed_units); None for one run."""
         base = base_causal_lm(self.model)
         layers = base.model.layers[self.start :]
-        if self.prefix_len and not _stochastic(layers):
-            h = self._shared_prefix_layers(indices, batch)  # (B, W, d), right-aligned like batch
-        else:
-            h = self._full_layers(indices, batch)  # (B, T, d)
-        L = batch.labels.shape[1]
+        shared = self.prefix_len and not _stochastic(layers)
+        if shared:  # each run: its prefix row, then its records, W columns wide
+            h = self._shared_prefix_layers(groups, joint, route)
+            firsts = _starts([len(g) + 1 for g in groups], skip=1)
+        else:  # every record with its own copy of the prefix, as wide as the joint batch
+            rows = [b.input_ids.shape[0] for b in batches]
+            with _routed(route, rows, [b.input_ids.shape[1] for b in batches]):
+                h = self._full_layers([i for g in groups for i in g], joint)
+            firsts = _starts(rows)
         S = h.shape[1]
-        return base.model.norm(h[:, S - L - 1 : S - 1])  # (B, L, d): position j predicts label j
+        out = []
+        for first, b in zip(firsts, batches):
+            B, L = b.labels.shape
+            out.append(base.model.norm(h[first : first + B, S - L - 1 : S - 1]))  # (B, L, d): position j predicts label j
+        return out
 
-    def _rows(self, indices: list[int], device: torch.device, width: int, prefix_row: bool) -> torch.Tensor:
+    def _rows(self, groups: list[list[int]], device: torch.device, width: int, prefix_row: bool) -> torch.Tensor:
         """Cached states left-padded to (R, width, d) on `device`: each record's prefix and own tokens
-        (R = B), or (prefix_row) the shared prefix as row 0 and each record's own tokens (R = B + 1)."""
+        (R = Σ B_k), or (prefix_row) per group the shared prefix as a row followed by each record's own
+        tokens (R = Σ (B_k + 1))."""
         shared = self.shared.to(device, non_blocking=True)  # (P, d)
-        h = torch.zeros((len(indices) + prefix_row, width, shared.shape[-1]), dtype=shared.dtype, device=device)
-        if prefix_row:
-            h[0, width - shared.shape[0] :] = shared
-        for row, i in enumerate(indices, start=int(prefix_row)):
-            own = self.hidden[i].to(device, non_blocking=True)
-            n = own.shape[0]
-            h[row, width - n :] = own
-            if not prefix_row:
-                h[row, width - n - shared.shape[0] : width - n] = shared
+        n_rows = sum(len(g) + prefix_row for g in groups)
+        h = torch.zeros((n_rows, width, shared.shape[-1]), dtype=shared.dtype, device=device)
+        row = 0
+        for indices in groups:
+            if prefix_row:
+                h[row, width - shared.shape[0] :] = shared
+                row += 1
+            for i in indices:
+                own = self.hidden[i].to(device, non_blocking=True)
+                n = own.shape[0]
+                h[row, width - n :] = own
+                if not prefix_row:
+                    h[row, width - n - shared.shape[0] : width - n] = shared
+                row += 1
         return h
 
     def _full_layers(self, indices: list[int], batch: Batch) -> torch.Tensor:
         """Every record runs its own copy of the prefix: (B, T, d), masks from the model's own builders."""
         base = base_causal_lm(self.model)
-        h = self._rows(indices, batch.input_ids.device, batch.input_ids.shape[1], prefix_row=False)
+        h = self._rows([indices], batch.input_ids.device, batch.input_ids.shape[1], prefix_row=False)
         return run_layers(base, h, batch.attention_mask, batch.position_ids, self.start, len(base.model.layers))
 
-    def _shared_prefix_layers(self, indices: list[int], batch: Batch) -> torch.Tensor:
-        """The shared prefix as row 0 of the batch, every record's own tokens attending to its keys and
-        values: one pass through the layers; returns the records' rows (B, W, d), right-aligned."""
+    def _shared_prefix_layers(self, groups: list[list[int]], batch: Batch, route=None) -> torch.Tensor:
+        """Per group the shared prefix as a row, its records' own tokens attending to that row's keys and
+        values: one pass through the layers; returns every row (R, W, d), right-aligned, prefix rows included.
+        `batch`: the records collated (its width T counts the prefix)."""
         base = base_causal_lm(self.model)
         inner, config = base.model, base.config
-        P, (B, T) = self.prefix_len, batch.input_ids.shape
+        P, T, device = self.prefix_len, batch.input_ids.shape[1], batch.input_ids.device
         W = max(P, T - P)  # row width: the prefix, or the longest record's own tokens
-        device = batch.input_ids.device
-        spans = [(0, P)] + [(P, self.hidden[i].shape[0]) for i in indices]  # per row: first position, tokens
-        first, length = torch.tensor(spans, device=device).unbind(1)  # (B+1,) each
-        pad = (W - length)[:, None]  # (B+1, 1) left padding per row
+        spans, heads, owner = [], [], []  # per row: (first position, tokens); the prefix rows; each row's prefix row
+        for indices in groups:
+            heads.append(len(spans))
+            owner += [len(spans)] * (len(indices) + 1)
+            spans += [(0, P)] + [(P, self.hidden[i].shape[0]) for i in indices]
+        R = len(spans)
+        first, length = torch.tensor(spans, device=device).unbind(1)  # (R,) each
+        pad = (W - length)[:, None]  # (R, 1) left padding per row
         cols = torch.arange(W, device=device)[None, :]  # (1, W)
-        q_valid = cols >= pad  # (B+1, W)
-        q_pos = first[:, None] + (cols - pad).clamp(min=0)  # (B+1, W): 0 … P-1 / P … T_i - 1 where valid
-        p_pos = torch.arange(P, device=device)[None, :].expand(B + 1, -1)  # (B+1, P)
+        q_valid = cols >= pad  # (R, W)
+        q_pos = first[:, None] + (cols - pad).clamp(min=0)  # (R, W): 0 … P-1 / P … T_i - 1 where valid
+        p_pos = torch.arange(P, device=device)[None, :].expand(R, -1)  # (R, P)
         own_keys = q_valid.clone()
-        own_keys[0] = False  # the prefix row reads its keys once, from the prepended copy (twice would be the same softmax)
-        k_pos = torch.cat([p_pos, q_pos], 1)  # (B+1, P + W)
-        k_valid = torch.cat([torch.ones_like(p_pos, dtype=torch.bool), own_keys], 1)  # (B+1, P + W)
+        own_keys[heads] = False  # a prefix row reads its keys once, from the prepended copy (twice would be the same softmax)
+        k_pos = torch.cat([p_pos, q_pos], 1)  # (R, P + W)
+        k_valid = torch.cat([torch.ones_like(p_pos, dtype=torch.bool), own_keys], 1)  # (R, P + W)
 
         stop = len(inner.layers)
         types = _layer_types(config, stop)[self.start : stop]
         window = {"full_attention": None, "sliding_attention": getattr(config, "sliding_window", None)}
         dtype = self.shared.dtype
         masks = {t: explicit_mask(config, q_pos, q_valid, k_pos, k_valid, window[t], dtype) for t in set(types)}
-        h = self._rows(indices, device, W, prefix_row=True)  # (B+1, W, d)
-        h = _through_layers(base, self.start, stop, h, masks, q_pos, _PrefixKV(P))
-        return h[1:]  # (B, W, d)
+        h = self._rows(groups, device, W, prefix_row=True)  # (R, W, d)
+        kv = _PrefixKV(P, None if len(groups) == 1 else torch.tensor(owner, device=device))
+        with _routed(route, [len(g) + 1 for g in groups], [W] * len(groups)):
+            return _through_layers(base, self.start, stop, h, masks, q_pos, kv)
+
+
+def _starts(rows: list[int], skip: int = 0) -> list[int]:
+    """The first row of each run's records in a packed batch of runs of `rows` rows (`skip`: its prefix row)."""
+    starts, first = [], 0
+    for n in rows:
+        starts.append(first + skip)
+        first += n
+    return starts
+
+
+def _routed(route, rows: list[int], widths: list[int]):
+    return nullcontext() if route is None else route(rows, widths)
 
 
 def notice(message: str) -> None:

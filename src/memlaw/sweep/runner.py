@@ -27,6 +27,7 @@ from ..io import write_yaml
 from ..lock import FolderLock
 from ..rundir import ERROR_FILE
 from .grid import Cell, Grid
+from .packs import PACK_MODES, packs
 from .results import cell_row, set_aside, verify_cell, write_results
 from .worker import SCRATCH, CellOutcome, CellWorker, clean_leftovers, data_payload, publish_cell
 
@@ -83,6 +84,7 @@ def run_sweep(
     max_retries: int = MAX_RETRIES,
     reuse_model: bool = True,
     gpus_per_cell: float = 1.0,
+    pack: str = "auto",
 ):
     """Run every unfinished cell of `grid` into `out_dir`; return the results DataFrame.
 
@@ -90,7 +92,8 @@ def run_sweep(
     ``attrs["skipped"]`` counts the cells not run in this call. `reuse_model=False` loads the
     base model for every cell (for the throughput benchmark; the rows are the same).
     `gpus_per_cell` (ray, CUDA grids): the share of a GPU each worker asks for; 0.25 runs four
-    small cells at once on each GPU.
+    small cells at once on each GPU. `pack` (auto | on | off): train cells that share model, data, layers and
+    batch size together in one pass (memlaw.sweep.packs); each cell's folder and row are what it gives alone.
     """
     if engine not in ENGINES:
         raise MemlawError(f"--engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -100,27 +103,32 @@ def run_sweep(
         raise MemlawError(f"--workers: must be a positive integer, got {workers!r}")
     if max_retries < 0:
         raise MemlawError(f"--max-retries: must be >= 0, got {max_retries!r}")
+    if pack not in PACK_MODES:
+        raise MemlawError(f"--pack: must be one of {', '.join(PACK_MODES)}, got {pack!r}")
     if not 0 < gpus_per_cell <= 1 and not (gpus_per_cell > 1 and float(gpus_per_cell).is_integer()):
         raise MemlawError(f"--gpus-per-cell: must be in (0, 1] or a whole number, got {gpus_per_cell!r}")
     out = Path(out_dir).expanduser().resolve()
     with FolderLock(out):
         return _sweep(grid, out, engine, address, workers, retry_failed, overwrite, progress, max_retries, reuse_model,
-                      gpus_per_cell)
+                      gpus_per_cell, pack)
 
 
 def _sweep(grid: Grid, out: Path, engine: str, address: str | None, workers: int | None, retry_failed: bool,
-           overwrite: bool, progress: bool, max_retries: int, reuse_model: bool, gpus_per_cell: float):
+           overwrite: bool, progress: bool, max_retries: int, reuse_model: bool, gpus_per_cell: float, pack: str):
     prepare_sweep_dir(grid, out, overwrite)
     clean_leftovers(out)
     cells = grid.cells()
     rows = {c.name: readable_row(grid, out, c) for c in cells}
     failed_before = [c for c in cells if rows[c.name] is not None and rows[c.name]["status"] == "failed"]
     todo = [c for c in cells if rows[c.name] is None or (retry_failed and c in failed_before)]
+    todo_packs = packs(todo, out / "data", pack)
     skipped = len(cells) - len(todo)
     write_results(out, [r for r in rows.values() if r is not None])
     if progress:
         kept = "" if retry_failed or not failed_before else f" ({len(failed_before)} of them failed; --retry-failed re-runs them)"
-        print(f"sweep {grid.name}: {len(cells)} cells, {skipped} done before and skipped{kept}, {len(todo)} to run", flush=True)
+        packed = f" in {len(todo_packs)} packs" if len(todo_packs) < len(todo) else ""
+        print(f"sweep {grid.name}: {len(cells)} cells, {skipped} done before and skipped{kept}, {len(todo)} to run{packed}",
+              flush=True)
 
     bar = tqdm(total=len(cells), initial=skipped, unit="cell", desc=grid.name, disable=not progress, dynamic_ncols=True)
 
@@ -140,9 +148,9 @@ def _sweep(grid: Grid, out: Path, engine: str, address: str | None, workers: int
     try:
         if todo:
             if engine == "ray":
-                _run_ray(grid, out, todo, finished, status, address, workers, max_retries, reuse_model, gpus_per_cell)
+                _run_ray(grid, out, todo_packs, finished, status, address, workers, max_retries, reuse_model, gpus_per_cell)
             else:
-                _run_local(grid, out, todo, finished, status, reuse_model)
+                _run_local(grid, out, todo_packs, finished, status, reuse_model)
     finally:
         bar.close()
         shutil.rmtree(out / SCRATCH, ignore_errors=True)
@@ -166,18 +174,28 @@ def readable_row(grid: Grid, out: Path, cell: Cell) -> dict | None:
         return None
 
 
-def _run_local(grid: Grid, out: Path, todo: list[Cell], finished: Callable[[CellOutcome], None], status,
+def _run_local(grid: Grid, out: Path, todo: list[list[Cell]], finished: Callable[[CellOutcome], None], status,
                reuse_model: bool) -> None:
     worker = CellWorker(scratch_root=out / SCRATCH, reuse_model=reuse_model)
-    for cell in todo:
-        status(f"running {cell.name}")
-        finished(worker.run(grid, cell, data_payload(grid, cell, out / "data"), str(out / "data")))
+    for pack in todo:
+        status(f"running {pack_name(pack)}")
+        for outcome in worker.run_pack(grid, pack, pack_payload(grid, pack, out / "data"), str(out / "data")):
+            finished(outcome)
+
+
+def pack_name(pack: list[Cell]) -> str:
+    return pack[0].name if len(pack) == 1 else f"{pack[0].name} and {len(pack) - 1} packed with it"
+
+
+def pack_payload(grid: Grid, pack: list[Cell], data_dir: Path) -> dict[str, bytes]:
+    """The data files of a pack's cells that the driver already has."""
+    return {name: content for cell in pack for name, content in data_payload(grid, cell, data_dir).items()}
 
 
 def _run_ray(
     grid: Grid,
     out: Path,
-    todo: list[Cell],
+    todo: list[list[Cell]],
     finished: Callable[[CellOutcome], None],
     status,
     address: str | None,
@@ -186,7 +204,7 @@ def _run_ray(
     reuse_model: bool,
     gpus_per_cell: float,
 ) -> None:
-    """A pool of model-resident actors, one cell each at a time; a cell whose actor died goes to a new actor."""
+    """A pool of model-resident actors, one pack of cells each at a time; a pack whose actor died goes to a new actor."""
     try:
         import ray
     except ImportError:
@@ -197,7 +215,7 @@ def _run_ray(
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    inflight: dict[Any, tuple[Any, Cell, int]] = {}  # result ref -> (actor, cell, attempt)
+    inflight: dict[Any, tuple[Any, list[Cell], int]] = {}  # result ref -> (actor, pack, attempt)
     actors: list[Any] = []
     try:
         gpu = grid.device == "cuda" or (grid.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
@@ -208,7 +226,7 @@ def _run_ray(
         else:
             worker_cls = ray.remote(CellWorker).options(num_cpus=1)
             slots = int(resources.get("CPU", 1))
-        size = min(len(todo), workers or max(1, slots))
+        size = min(len(todo), workers or max(1, slots))  # todo: the packs
 
         def new_actor():
             actor = worker_cls.remote(reuse_model=reuse_model)  # scratch: the node's own temporary folder
@@ -216,34 +234,37 @@ def _run_ray(
             return actor
 
         idle = [new_actor() for _ in range(size)]
-        pending = deque((cell, 1) for cell in todo)
+        pending = deque((pack, 1) for pack in todo)
         lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                 ray.exceptions.ObjectLostError)
         data_dir = str(out / "data")
         while pending or inflight:
             while pending and idle:
-                cell, attempt = pending.popleft()
+                pack, attempt = pending.popleft()
                 actor = idle.pop()
-                ref = actor.run.remote(grid, cell, data_payload(grid, cell, out / "data"), data_dir)
-                inflight[ref] = (actor, cell, attempt)
+                ref = actor.run_pack.remote(grid, pack, pack_payload(grid, pack, out / "data"), data_dir)
+                inflight[ref] = (actor, pack, attempt)
             status(f"{len(inflight)} in flight")
             [ref], _ = ray.wait(list(inflight), num_returns=1)
-            actor, cell, attempt = inflight.pop(ref)
+            actor, pack, attempt = inflight.pop(ref)
             try:
-                outcome = ray.get(ref)
+                outcomes = ray.get(ref)
                 idle.append(actor)
-            except lost as e:  # the worker process or its node died: replace it, run the cell again
+            except lost as e:  # the worker process or its node died: replace it, run the pack again
                 ray.kill(actor, no_restart=True)
                 idle.append(new_actor())
                 if attempt <= max_retries:
-                    pending.append((cell, attempt + 1))
+                    pending.append((pack, attempt + 1))
                     continue
                 last = " ".join(str(e).split())[:300]
-                outcome = CellOutcome.failure(cell, f"the worker died {attempt} time(s) running this cell; last: {last}")
+                outcomes = [CellOutcome.failure(cell, f"the worker died {attempt} time(s) running this cell; last: {last}")
+                            for cell in pack]
             except ray.exceptions.RayError as e:  # anything else the worker could not catch: failed, not retried
                 idle.append(actor)
-                outcome = CellOutcome.failure(cell, f"Ray could not run this cell: {' '.join(str(e).split())[:300]}")
-            finished(outcome)
+                outcomes = [CellOutcome.failure(cell, f"Ray could not run this cell: {' '.join(str(e).split())[:300]}")
+                            for cell in pack]
+            for outcome in outcomes:
+                finished(outcome)
     finally:  # killing the actors ends the cells still in flight (Ray cannot force-cancel actor tasks)
         for actor in actors:
             try:

@@ -94,32 +94,57 @@ class CellWorker:
         `data_dir`: the driver's data folder, which the returned config.yaml names as the data's home.
         Any exception of the cell is recorded in its error.json (status "failed").
         """
-        from ..train.trainer import train
+        return self.run_pack(grid, [cell], data, data_dir)[0]
+
+    def run_pack(self, grid: Grid, cells: list[Cell], data: dict[str, bytes], data_dir: str) -> list[CellOutcome]:
+        """Train `cells`, which share their data (:func:`memlaw.sweep.packs.packs`), in one pass
+        (memlaw.train.trainer.train_pack); one cell alone trains as :meth:`run` always has. Each cell fails alone:
+        its exception in its own error.json, the others' outcomes as if they had run alone."""
+        from ..train.trainer import train, train_pack
 
         if self.scratch_root is not None:
             self.scratch_root.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f"{cell.name}-", dir=self.scratch_root))
+        scratch = Path(tempfile.mkdtemp(prefix=f"{cells[0].name}-", dir=self.scratch_root))
         try:
-            local_data, run = scratch / "data", RunDir(scratch / "cell")
+            local_data = scratch / "data"
             local_data.mkdir()
             for name, content in data.items():
                 (local_data / name).write_bytes(content)
-            try:
-                train_file, heldout = ensure_data(grid, cell, local_data)
-                cfg = cell.train_config(train_file)
-                train(cfg, run.path, overwrite=True, progress=False, also_evaluate=() if heldout is None else (heldout,),
-                      loaded=self.loaded_model(cfg))
-                # The scratch copy of the data goes away; the cell names the driver's copy, as if it had run there.
-                run.set_data(Path(data_dir) / train_file.name)
-                status = "ok"
-            except TrainingInterrupted:
-                raise
-            except Exception as e:  # noqa: BLE001 - a failing cell must not stop the sweep
-                run.path.mkdir(parents=True, exist_ok=True)
-                run.write_error(e)
-                status = "failed"
+            runs = [RunDir(scratch / cell.name) for cell in cells]
+            errors: list[Exception | None] = [None] * len(cells)
+            configs = []
+            for k, cell in enumerate(cells):
+                try:
+                    train_file, heldout = ensure_data(grid, cell, local_data)
+                    configs.append((k, cell.train_config(train_file), () if heldout is None else (heldout,)))
+                except Exception as e:  # noqa: BLE001 - a failing cell must not stop the sweep
+                    errors[k] = e
+            if len(configs) == 1 or (configs and len(cells) == 1):
+                (k, cfg, also), = configs
+                try:
+                    train(cfg, runs[k].path, overwrite=True, progress=False, also_evaluate=also, loaded=self.loaded_model(cfg))
+                except TrainingInterrupted:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    errors[k] = e
+            elif configs:
+                results = train_pack([cfg for _, cfg, _ in configs], [runs[k].path for k, _, _ in configs],
+                                     self.loaded_model(configs[0][1]), [also for _, _, also in configs], overwrite=True)
+                for (k, _, _), result in zip(configs, results):
+                    if isinstance(result, Exception):
+                        errors[k] = result
+            outcomes = []
             made = {p.name: p.read_bytes() for p in local_data.iterdir() if p.name not in data}
-            return CellOutcome(cell.name, status, read_folder(run.path), made, socket.gethostname())
+            for i, (cell, run, error) in enumerate(zip(cells, runs, errors)):
+                if error is None:
+                    # The scratch copy of the data goes away; the cell names the driver's copy, as if it had run there.
+                    run.set_data(Path(data_dir) / data_paths(cell, local_data)[0].name)
+                else:
+                    run.path.mkdir(parents=True, exist_ok=True)
+                    run.write_error(error)
+                outcomes.append(CellOutcome(cell.name, "failed" if error else "ok", read_folder(run.path),
+                                            made if i == 0 else {}, socket.gethostname()))
+            return outcomes
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

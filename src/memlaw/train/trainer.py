@@ -8,7 +8,9 @@ stopper and state): forward, weights, backward, step, log. What the method chang
 
 from __future__ import annotations
 
+import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Sequence
@@ -17,12 +19,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RECALL_P, TrainConfig
-from ..errors import TrainingInterrupted
+from ..config import RECALL_P, TrainConfig, pack_key
+from ..errors import MemlawError, TrainingInterrupted
 from ..evaluate.recall import TokenStats, teacher_forced
 from ..evaluate.run import evaluate_session, initial_stats
 from ..lock import FolderLock
-from ..model.forward import AnswerForward
+from ..model.forward import AnswerForward, AnswerTokens
 from ..model.loading import LoadedModel
 from ..model.memory_unit import Adapter
 from ..rundir import RunDir, RunMetrics
@@ -247,11 +249,18 @@ class Run:
             if self.stop.after_epoch(self.epoch, state.steps, self.epoch_stubborn):  # certified, budget, or last epoch
                 return
 
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step: linearly decayed over the planned steps, no warm-up."""
+        return self.session.cfg.lr * max(0.0, 1.0 - self.state.steps / self.method.planned_steps)
+
     def step(self, group: list[list[int]]) -> None:
-        """One optimizer step on `group` at the linearly decayed learning rate (no warm-up), logged."""
-        cfg, state = self.session.cfg, self.state
-        lr = cfg.lr * max(0.0, 1.0 - state.steps / self.method.planned_steps)
-        row = optimizer_step(self.session, self.forward, group, self.method, self.optimizer, lr, self.preserve)
+        """One optimizer step on `group`, logged."""
+        self.record(optimizer_step(self.session, self.forward, group, self.method, self.optimizer, self.lr, self.preserve))
+
+    def record(self, row: dict) -> None:
+        """Log a step taken (its train_log.csv row); the token-probability trace, if its turn."""
+        state = self.state
         state.steps += 1
         state.log.append({"epoch": self.epoch, "step": state.steps, **row})
         self.epoch_stubborn += row["stubborn_tokens"]
@@ -302,6 +311,7 @@ class StepStats:
     stubborn: int = 0
     active: int = 0
     backwards: int = 0
+    info: dict = field(default_factory=dict)  # the method's notes on the last micro-batch (memft_sw: anchor, window)
 
     def row(self, lr: float, info: dict) -> dict:
         return {
@@ -317,34 +327,36 @@ class StepStats:
         }
 
 
-def optimizer_step(session: Session, forward: AnswerForward, group: list[list[int]], method: Method,
-                   optimizer: torch.optim.Optimizer, lr: float, preserve: Preserver | None = None) -> dict:
-    """Forward, weights, backward over the micro-batches of one optimizer step; then clip and step.
+def accumulate(tokens: AnswerTokens, idx: list[int], method: Method, stats: StepStats, share: int) -> torch.Tensor | None:
+    """One micro-batch of an optimizer step of `share` micro-batches: its weighted loss / share, to backward
+    (None: zero-bp, nothing to learn), its numbers added to `stats`. A non-finite loss is MemlawError."""
+    losses, mask = tokens.losses, tokens.batch.target_mask  # (B, L)
+    weights, stats.info = method.weights(tokens, idx)
+    loss = weighted_loss(losses, weights)
+    with torch.no_grad():  # the numbers go to the host in one transfer: one GPU sync per micro-batch
+        probs = torch.exp(-losses) * mask  # (B, L), 0 at padding
+        stubborn = (probs <= RECALL_P) & tokens.batch.answer_mask  # the certificate's tokens
+        numbers = torch.stack([(weights > 0).sum(), mask.sum(), stubborn.sum(), loss.detach(), probs.sum()]).tolist()
+    if not math.isfinite(numbers[3]):
+        raise MemlawError(f"training diverged: the loss is {numbers[3]} (not finite); a lower --lr may help")
+    n_active, n_mask, n_stubborn = map(int, numbers[:3])
+    stats.active += n_active
+    stats.tokens += n_mask
+    stats.stubborn += n_stubborn
+    stats.loss += numbers[3] / share
+    stats.prob_sum += numbers[4]
+    if n_active or not method.zero_bp:
+        stats.backwards += 1
+        return loss / share
+    return None
 
-    A step whose micro-batches all have zero total weight (zero-bp) does no backward and no update.
-    `preserve` adds its penalty's gradient to an update, then projects A after it (preserve_energy).
-    """
-    cfg = session.cfg
+
+def apply_update(cfg: TrainConfig, optimizer: torch.optim.Optimizer, stats: StepStats, lr: float,
+                 preserve: Preserver | None = None) -> dict:
+    """After a step's backward passes: clip the run's own gradients, step its optimizer at `lr` (unless no
+    micro-batch had weight: zero-bp), clear them; the step's train_log.csv row. `preserve` adds its penalty's
+    gradient first, then projects A after the update (preserve_energy)."""
     params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
-    stats, info = StepStats(), {}
-    for idx in group:
-        tokens = forward(idx)
-        losses, mask = tokens.losses, tokens.batch.target_mask  # (B, L)
-        weights, info = method.weights(tokens, idx)
-        loss = weighted_loss(losses, weights)
-        with torch.no_grad():  # the numbers go to the host in one transfer: one GPU sync per micro-batch
-            probs = torch.exp(-losses) * mask  # (B, L), 0 at padding
-            stubborn = (probs <= RECALL_P) & tokens.batch.answer_mask  # the certificate's tokens
-            numbers = torch.stack([(weights > 0).sum(), mask.sum(), stubborn.sum(), loss.detach(), probs.sum()]).tolist()
-        n_active, n_mask, n_stubborn = map(int, numbers[:3])
-        if n_active or not method.zero_bp:
-            (loss / len(group)).backward()
-            stats.backwards += 1
-        stats.active += n_active
-        stats.tokens += n_mask
-        stats.stubborn += n_stubborn
-        stats.loss += numbers[3] / len(group)
-        stats.prob_sum += numbers[4]
     penalty = preserve.loss() if preserve is not None and stats.backwards else None
     if penalty is not None:
         penalty.backward()
@@ -357,10 +369,53 @@ def optimizer_step(session: Session, forward: AnswerForward, group: list[list[in
         if preserve is not None:
             preserve.constrain()
     optimizer.zero_grad(set_to_none=True)
-    row = stats.row(lr, info)
+    row = stats.row(lr, stats.info)
     if preserve is not None:
         row["preserve_penalty"] = round(float(penalty.detach()), 6) if penalty is not None else ""
     return row
+
+
+def optimizer_step(session: Session, forward: AnswerForward, group: list[list[int]], method: Method,
+                   optimizer: torch.optim.Optimizer, lr: float, preserve: Preserver | None = None) -> dict:
+    """Forward, weights, backward over the micro-batches of one optimizer step; then clip and step.
+
+    A step whose micro-batches all have zero total weight (zero-bp) does no backward and no update.
+    """
+    stats = StepStats()
+    for idx in group:
+        loss = accumulate(forward(idx), idx, method, stats, len(group))
+        if loss is not None:
+            loss.backward()
+    return apply_update(session.cfg, optimizer, stats, lr, preserve)
+
+
+def packed_step(parts: list[tuple[Run, list[list[int]]]], forward: AnswerForward) -> dict[Run, Exception]:
+    """One optimizer step of each run of a pack on its group of micro-batches: the runs' j-th micro-batches
+    share one forward (AnswerForward.packed), and since each run's rows pass through its own units only, one
+    backward of the summed losses gives every run the gradient it gets alone. Returns the runs that failed
+    (a non-finite loss, ...): their losses are left out of the backward, and they take no step."""
+    stats = {run: StepStats() for run, _ in parts}
+    failed: dict[Run, Exception] = {}
+    for j in range(max(len(group) for _, group in parts)):
+        here = [(run, group[j], len(group)) for run, group in parts if j < len(group) and run not in failed]
+        if not here:
+            continue
+        tokens = forward.packed([idx for _, idx, _ in here], [run.session.adapter for run, _, _ in here])
+        total = None
+        for (run, idx, share), run_tokens in zip(here, tokens):
+            try:
+                loss = accumulate(run_tokens, idx, run.method, stats[run], share)
+            except Exception as e:  # noqa: BLE001 - this run fails; the pack goes on
+                failed[run] = e
+                continue
+            if loss is not None:
+                total = loss if total is None else total + loss
+        if total is not None:
+            total.backward()
+    for run, _ in parts:
+        if run not in failed:
+            run.record(apply_update(run.session.cfg, run.optimizer, stats[run], run.lr))
+    return failed
 
 
 def train(
@@ -401,18 +456,117 @@ def train(
             token_probs = TokenProbLog(session, forward, run, [r.id for r in records], initial)
             preserve = Preserver.for_session(session, encoded)  # after init_tensors: the projection applies to them too
             state = train_loop(session, forward, run, token_probs, progress, on_check, preserve)
-            session.adapter.save(run.path)
-            run.write_state({**state.summary(), **(preserve.summary() if preserve is not None else {})})
-            metrics = evaluate_session(session, records, forward, run, state.summary(), initial=initial)
-            for data in also_evaluate:
-                other_records, other_encoded = session.load_data(str(data))
-                evaluate_session(session, other_records, session.answer_forward(other_encoded), run.eval_dir(data),
-                                 state.summary(), train_exact_match=metrics.exact_match)
-            if locality:
-                from ..evaluate.locality import measure_locality
-
-                prompts_file = None if locality is True else locality
-                run.write_locality(measure_locality(session, prompts_file=prompts_file).to_dict())
+            extra = preserve.summary() if preserve is not None else {}
+            return finish_run(session, run, records, forward, initial, state, extra, also_evaluate, locality)
         finally:
             session.close()
+
+
+def finish_run(session: Session, run: RunDir, records, forward: AnswerForward, initial: list[TokenStats],
+               state: TrainState, extra_state: dict, also_evaluate: Sequence[str | Path] = (),
+               locality: bool | str | Path = False) -> RunMetrics:
+    """After training: save the adapter and train_state.json, evaluate (metrics.json last), then the further
+    records files and locality asked for."""
+    session.adapter.save(run.path)
+    run.write_state({**state.summary(), **extra_state})
+    metrics = evaluate_session(session, records, forward, run, state.summary(), initial=initial)
+    for data in also_evaluate:
+        other_records, other_encoded = session.load_data(str(data))
+        evaluate_session(session, other_records, session.answer_forward(other_encoded), run.eval_dir(data),
+                         state.summary(), train_exact_match=metrics.exact_match)
+    if locality:
+        from ..evaluate.locality import measure_locality
+
+        prompts_file = None if locality is True else locality
+        run.write_locality(measure_locality(session, prompts_file=prompts_file).to_dict())
     return metrics
+
+
+# ---------------------------------------------------------------------- packs
+def train_pack(
+    cfgs: Sequence[TrainConfig],
+    outs: Sequence[str | Path],
+    loaded: LoadedModel,
+    also_evaluate: Sequence[tuple[str | Path, ...]] | None = None,
+    overwrite: bool = False,
+) -> list[RunMetrics | Exception]:
+    """Train several runs that share their base model and data (one :func:`pack_key`) in one pass: each run has
+    its own unit (of any rank), method, optimizer, learning-rate schedule, clipping, dropout stream, stopper and
+    folder, and its j-th micro-batch joins the others' in one forward (:func:`packed_step`); the prefix cache is
+    built once. A run leaves the pack when it stops (saved, evaluated, its unit detached). Each run's result is
+    what :func:`train` returns for it alone, within float tolerance, or the exception it failed with: a run that
+    fails (in its setup, a non-finite loss) fails alone, the others finish."""
+    also_evaluate = list(also_evaluate) if also_evaluate is not None else [()] * len(cfgs)
+    results: list[RunMetrics | Exception | None] = [None] * len(cfgs)
+    members: dict[int, tuple[Run, Iterator[list[list[int]]]]] = {}
+    shared = None  # the pack's data: records, encoded, forward (one prefix cache), initial statistics
+    with ExitStack() as stack:
+
+        def leave(k: int, error: Exception | None = None) -> None:
+            run = members.pop(k)[0]
+            try:
+                if error is None:
+                    run.bar.close()
+                    records, _, forward, initial = shared
+                    with run.session.adapter.selected():
+                        run.token_probs.finish(run.state.steps)
+                        run.session.adapter.set_training(False)
+                        results[k] = finish_run(run.session, run.out, records, forward, initial, run.finish(), {},
+                                                also_evaluate[k])
+                else:
+                    results[k] = error
+            except Exception as e:  # noqa: BLE001 - this run fails; the pack goes on
+                results[k] = e
+            finally:
+                run.session.close()  # detach its unit; the others' stay
+
+        for k, (cfg, out) in enumerate(zip(cfgs, outs)):
+            try:
+                check_data_readable(cfg.data)
+                stack.enter_context(FolderLock(out))
+                session = new_session(cfg, loaded, pack=True)
+            except Exception as e:  # noqa: BLE001
+                results[k] = e
+                continue
+            try:
+                if members and pack_key(session.cfg) != pack_key(next(iter(members.values()))[0].session.cfg):
+                    raise MemlawError("this run cannot join the pack: it differs in model, data, layers or batch size")
+                rundir = RunDir(out)
+                config = session.cfg.to_dict()
+                rundir.prepare(config, overwrite)
+                if shared is None:
+                    records, encoded = session.load_data()
+                    forward = session.answer_forward(encoded)
+                    shared = (records, encoded, forward, initial_stats(session, forward))
+                records, _, forward, initial = shared
+                rundir.write_config(config)
+                token_probs = TokenProbLog(session, forward, rundir, [r.id for r in records], initial)
+                run = Run(session, forward, rundir, token_probs, progress=False)
+                members[k] = (run, run.schedule())
+            except Exception as e:  # noqa: BLE001
+                session.close()
+                results[k] = e
+
+        try:
+            while members:
+                parts = []
+                for k, (run, schedule) in list(members.items()):
+                    try:
+                        with run.session.adapter.selected():  # its checks and trace: its own unit
+                            parts.append((run, next(schedule)))
+                    except StopIteration:
+                        leave(k)
+                    except Exception as e:  # noqa: BLE001
+                        leave(k, e)
+                if not parts:
+                    continue
+                for run, _ in parts:  # a check put every unit in eval mode; each run's dropout on again
+                    run.session.adapter.set_training(True)
+                failed = packed_step(parts, shared[2])
+                for k, (run, _) in list(members.items()):
+                    if run in failed:
+                        leave(k, failed[run])
+        except Exception as e:  # noqa: BLE001 - the shared forward failed: every run still in the pack fails
+            for k in list(members):
+                leave(k, e)
+    return results
