@@ -43,7 +43,7 @@ from memlaw.model.forward import AnswerForward
 from memlaw.model.loading import load_model, load_tokenizer
 from memlaw.model.prefix_cache import PrefixCache
 from memlaw.session import new_session
-from memlaw.train.method import Method
+from memlaw.train.method import method_for
 from memlaw.train.trainer import optimizer_step
 
 
@@ -146,7 +146,7 @@ def measure(args) -> None:
         device = session.loaded.device
         cuda = device.type == "cuda"
 
-        method = Method(run_cfg, len(encoded))  # sft
+        method = method_for(run_cfg, len(encoded))  # sft
         optimizer = torch.optim.AdamW(session.adapter.parameters(), lr=1e-3, weight_decay=0.0)
         session.adapter.set_training(True)
 

@@ -1,19 +1,23 @@
-"""Sweep throughput: cells per hour with the local engine before and after model reuse, and with Ray.
+"""Sweep throughput: cells per hour with the local engine before and after model reuse, packed, and with Ray.
 
-One command runs the same cells (the first --cells cells of a preset, default the demo's 16) in
-three ways, one after the other, each into its own fresh folder:
+One command runs the same cells (the first --cells cells of a preset, default the demo's 16; --length L
+keeps the cells of one length, which share their data) in these ways, one after the other, each into its
+own fresh folder:
 
-  local-reload — the local engine loading the base model for every cell (memlaw before issue 15);
-  local        — the local engine with its model loaded once (today's default);
-  ray          — the Ray engine with --workers actors (default 2), each loading the model once.
+  local-reload — the local engine loading the base model for every cell, one cell at a time (memlaw before issue 15);
+  local        — the local engine with its model loaded once, one cell at a time (--pack off);
+  packed       — the local engine training the cells that share their data in one pass (--pack on, issue 27);
+  ray          — the Ray engine with --workers actors (default 2), each loading the model once, one cell each.
 
 and reports, per variant, the wall time of the whole sweep, cells per hour, and whether the rows
-equal local-reload's (timing columns aside; Ray's workers run one thread each, so its float sums
-may round differently: compared to 1e-5). Wall time includes everything a user waits for:
-starting Ray, loading models, generating data, training, evaluating, writing the tables.
+equal the first variant's (timing columns aside; Ray's workers run one thread each, so its float sums
+may round differently: compared to rtol 1e-5; a pack multiplies larger matrices, whose float32 sums round
+differently, and over 50 steps a loss moves by ~2e-6: compared to rtol 1e-5 and atol 1e-5). Wall time
+includes everything a user waits for: starting Ray, loading models, generating data, training,
+evaluating, writing the tables.
 
     .venv/bin/python benchmarks/sweep_throughput.py [--preset smollm2-demo] [--cells 16] [--workers 2]
-        [--variants local-reload,local,ray] [--device cpu]
+        [--variants local-reload,local,packed,ray] [--device cpu] [--length L] [--batch-size B]
 
 With --device cuda (the lent GPU): add --workers N to run N cells at once on one GPU (each actor
 then asks for 1/N of it) against --workers 1.
@@ -29,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("local-reload", "local", "ray")
+VARIANTS = ("local-reload", "local", "packed", "ray")
 
 
 def run_variant(name: str, grid, out: Path, workers: int, gpu_share: float | None):
@@ -41,11 +45,13 @@ def run_variant(name: str, grid, out: Path, workers: int, gpu_share: float | Non
 
         ray.init(num_cpus=workers, num_gpus=1 if gpu_share else 0, include_dashboard=False, log_to_driver=False)
         try:
-            frame = run_sweep(grid, out, engine="ray", workers=workers, progress=False, gpus_per_cell=gpu_share or 1.0)
+            frame = run_sweep(grid, out, engine="ray", workers=workers, progress=False, gpus_per_cell=gpu_share or 1.0,
+                              pack="off")
         finally:
             ray.shutdown()
     else:
-        frame = run_sweep(grid, out, engine="local", progress=False, reuse_model=name == "local")
+        frame = run_sweep(grid, out, engine="local", progress=False, reuse_model=name != "local-reload",
+                          pack="on" if name == "packed" else "off")
     return frame, time.perf_counter() - start
 
 
@@ -56,6 +62,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="ray: actors (cells at once)")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--device", default=None, help="override the preset's device (cpu / cuda)")
+    p.add_argument("--length", type=int, default=None, help="keep the cells of this length only (one data file)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
     p.add_argument("--out", default=None, help="keep the sweep folders here (default: a temporary folder)")
     args = p.parse_args()
 
@@ -67,9 +75,11 @@ def main() -> int:
     from memlaw.sweep import TIMING_COLUMNS, load_preset
 
     grid = load_preset(args.preset)
-    keep = grid.cells()[: args.cells]
+    keep = [c for c in grid.cells() if args.length is None or c.length == args.length][: args.cells]
     if args.device:
         grid = dataclasses.replace(grid, train={**grid.train, "device": args.device})
+    if args.batch_size:
+        grid = dataclasses.replace(grid, train={**grid.train, "batch_size": args.batch_size})
     # Only the first N cells: a block per kept cell (blocks select a union of partial grids).
     grid = dataclasses.replace(grid, blocks=[{"methods": [c.method], "ranks": [c.rank], "lengths": [c.length],
                                               "seeds": [c.seed]} for c in keep])
@@ -81,29 +91,31 @@ def main() -> int:
         frame, wall = run_variant(name, grid, root / name, args.workers, gpu_share)
         frames[name] = frame.drop(columns=list(TIMING_COLUMNS))
         ok = int((frame["status"] == "ok").sum())
-        same = None
-        if "local-reload" in frames and name != "local-reload":
+        same, first = None, variants[0]
+        if name != first:
             try:
-                pd.testing.assert_frame_equal(frames[name], frames["local-reload"], check_exact=name != "ray",
-                                              rtol=1e-5, atol=1e-6)
+                inexact = {first, name} & {"ray", "packed"}
+                pd.testing.assert_frame_equal(frames[name], frames[first], check_exact=not inexact, rtol=1e-5,
+                                              atol=1e-5 if "packed" in inexact else 1e-6)
                 same = True
             except AssertionError:
                 same = False
         row = {"variant": name, "cells": len(frame), "ok": ok, "wall_s": round(wall, 1),
-               "cells_per_hour": round(len(frame) / wall * 3600, 1), "rows_equal_local_reload": same}
+               "cells_per_hour": round(len(frame) / wall * 3600, 1), "rows_equal_first": same}
         results.append(row)
         print(json.dumps(row), flush=True)
-    base = next((r for r in results if r["variant"] == "local-reload"), None)
+    base = results[0]
     print()
-    print(f"{args.preset}, first {len(keep)} cells, device {grid.device}, torch threads {torch.get_num_threads()}, "
-          f"ray workers {args.workers}")
-    print("| variant | cells | wall (s) | cells / hour | × local-reload | rows equal local-reload |")
+    at = f" of length {args.length}" if args.length else ""
+    print(f"{args.preset}, first {len(keep)} cells{at}, batch {grid.train.get('batch_size')}, device {grid.device}, "
+          f"torch threads {torch.get_num_threads()}, ray workers {args.workers}")
+    print(f"| variant | cells | wall (s) | cells / hour | × {base['variant']} | rows equal {base['variant']}'s |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        ratio = f"{r['cells_per_hour'] / base['cells_per_hour']:.2f}×" if base else "—"
-        same = {None: "—", True: "yes", False: "NO"}[r["rows_equal_local_reload"]]
+        ratio = f"{r['cells_per_hour'] / base['cells_per_hour']:.2f}×"
+        same = {None: "—", True: "yes", False: "NO"}[r["rows_equal_first"]]
         print(f"| {r['variant']} | {r['cells']} | {r['wall_s']} | {r['cells_per_hour']} | {ratio} | {same} |")
-    return 0 if all(r["rows_equal_local_reload"] in (None, True) for r in results) else 1
+    return 0 if all(r["rows_equal_first"] in (None, True) for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@ data in one pass gives each cell the row it gets alone, and a cell that fails in
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from memlaw.errors import MemlawError
+from memlaw.rundir import RunDir
 from memlaw.sweep import TIMING_COLUMNS, parse_grid, run_sweep
 from memlaw.sweep.packs import packs
 
@@ -15,7 +17,8 @@ def grid_values(model_dir, **changes) -> dict:
     values = {
         "name": "packs", "model": str(model_dir), "benchmark": "phonebook", "methods": ["sft", "memft_ot", "memft_sw"],
         "ranks": [1, 2, 4, 8], "lengths": [60], "seeds": [42], "layer": 1,
-        "train": {"lr": 0.05, "epochs": 6, "batch_size": 4, "dropout": 0.0, "device": "cpu", "stop_when": "certified"},
+        "train": {"lr": 0.05, "epochs": 6, "batch_size": 4, "dropout": 0.0, "device": "cpu", "stop_when": "certified",
+                  "log_token_probs": 2},
     }
     values.update(changes)
     if "memft_sw" in values["methods"]:
@@ -42,6 +45,9 @@ def test_packed_sweep_gives_the_rows_of_one_cell_at_a_time(tiny_model_dir, tmp_p
     for name in packed["cell"]:
         logs = [pd.read_csv(tmp_path / mode / "cells" / name / "train_log.csv") for mode in ("off", "on")]
         pd.testing.assert_frame_equal(logs[1], logs[0], check_exact=False, rtol=1e-5, atol=1e-6)
+        traces = [RunDir(tmp_path / mode / "cells" / name).read_token_probs() for mode in ("off", "on")]
+        assert traces[1].steps.tolist() == traces[0].steps.tolist()
+        np.testing.assert_allclose(traces[1].probs, traces[0].probs, rtol=1e-4, atol=1e-6)
 
 
 def test_a_diverging_cell_fails_alone_in_its_pack(tiny_model_dir, tmp_path, monkeypatch):
@@ -111,3 +117,15 @@ def test_which_cells_pack(tiny_model_dir, tmp_path):
         packs(lora_cells, data, "on")
     with pytest.raises(MemlawError, match="--pack: must be one of auto, on, off"):
         packs(cells, data, "sometimes")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_packed_rows_on_cuda(tiny_model_dir, tmp_path):
+    """On a GPU (bf16 by default): packed and one-at-a-time rows agree to bf16's precision, dropout on."""
+    values = grid_values(tiny_model_dir)
+    values["train"].update(device="cuda", dropout=0.1)
+    grid = parse_grid(values, "grid.yaml")
+    alone = run_sweep(grid, tmp_path / "off", pack="off", progress=False)
+    packed = run_sweep(grid, tmp_path / "on", pack="on", progress=False)
+    assert packed["status"].eq("ok").all()
+    pd.testing.assert_frame_equal(rows(packed), rows(alone), check_exact=False, rtol=1e-2, atol=1e-2)

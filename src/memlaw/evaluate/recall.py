@@ -60,13 +60,28 @@ def teacher_forced(forward: AnswerForward, batch_size: int) -> list[TokenStats]:
     forward.model.eval()
     out: list[TokenStats] = []
     for idx in _chunks(len(forward), batch_size):
-        tokens = forward(list(idx))
-        losses = tokens.losses.double().cpu().numpy()  # (B, L)
-        correct = tokens.correct.cpu().numpy()
-        L = tokens.batch.labels.shape[1]
-        for i, (row, n) in enumerate(zip(idx, tokens.batch.target_lens)):
-            out.append(TokenStats(losses[i, L - n :], correct[i, L - n :], forward.encoded[row].suffix_len))
+        out += _token_stats(forward, idx, forward(list(idx)))
     return out
+
+
+@torch.no_grad()
+def teacher_forced_pack(forward: AnswerForward, adapters: list, batch_size: int) -> list[list[TokenStats]]:
+    """:func:`teacher_forced` of each of a pack's adapters (memlaw.train.trainer.train_pack), in one forward per
+    batch: every run's copy of the batch's records through its own units."""
+    forward.model.eval()
+    out: list[list[TokenStats]] = [[] for _ in adapters]
+    for idx in _chunks(len(forward), batch_size):
+        for stats, tokens in zip(out, forward.packed([list(idx)] * len(adapters), adapters)):
+            stats += _token_stats(forward, idx, tokens)
+    return out
+
+
+def _token_stats(forward: AnswerForward, idx: range, tokens) -> list[TokenStats]:
+    losses = tokens.losses.double().cpu().numpy()  # (B, L)
+    correct = tokens.correct.cpu().numpy()
+    L = tokens.batch.labels.shape[1]
+    return [TokenStats(losses[i, L - n :], correct[i, L - n :], forward.encoded[row].suffix_len)
+            for i, (row, n) in enumerate(zip(idx, tokens.batch.target_lens))]
 
 
 @torch.no_grad()
@@ -75,6 +90,26 @@ def greedy_decode(model, encoded: list[Encoded], pad_id: int, batch_size: int, d
     (KV cache, left-padded batches)."""
     lengths = [e.answer_len for e in encoded]
     return [ids for ids, _ in greedy_generate(model, [e.prompt_ids for e in encoded], lengths, pad_id, batch_size, device)]
+
+
+@torch.no_grad()
+def greedy_decode_pack(model, encoded: list[Encoded], pad_id: int, batch_size: int, device, adapters: list
+                       ) -> list[list[list[int]]]:
+    """:func:`greedy_decode` of each of a pack's adapters in one generation: each batch holds every run's copy of
+    the same records, run by run, and the units split its rows evenly (memlaw.model.memory_unit.packed_units)."""
+    from ..model.memory_unit import packed_units
+
+    K, chunks = len(adapters), list(_chunks(len(encoded), batch_size))
+    order = [i for idx in chunks for _ in range(K) for i in idx]  # batch c: K copies of chunk c
+    with packed_units(adapters, [None] * K, [None] * K):
+        generated = greedy_decode(model, [encoded[i] for i in order], pad_id, batch_size * K, device)
+    out: list[list[list[int]]] = [[] for _ in adapters]
+    position = 0
+    for idx in chunks:
+        for k in range(K):
+            out[k] += generated[position : position + len(idx)]
+            position += len(idx)
+    return out
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from ..errors import MemlawError
 from ..model.forward import AnswerForward
 from ..rundir import RunDir, RunMetrics
 from ..session import Session, saved_session
-from .recall import TokenStats, greedy_decode, summarize, teacher_forced
+from .recall import TokenStats, greedy_decode, greedy_decode_pack, summarize, teacher_forced, teacher_forced_pack
 
 
 def initial_stats(session: Session, forward: AnswerForward) -> list[TokenStats]:
@@ -33,6 +33,26 @@ def evaluate_session(
     initial = initial if initial is not None else initial_stats(session, forward)
     final = teacher_forced(forward, bs)
     generated = greedy_decode(session.adapter.model, encoded, session.pad_id, bs, device)
+    return write_evaluation(session, records, encoded, initial, final, generated, out, train_summary, train_exact_match)
+
+
+def evaluate_pack(sessions: list[Session], records: list[Record], forward: AnswerForward, outs: list[RunDir],
+                  train_summaries: list[dict], initial: list[TokenStats]) -> list[RunMetrics]:
+    """:func:`evaluate_session` of several runs of a pack (memlaw.train.trainer.train_pack) on their shared records,
+    in one teacher-forced pass and one generation: each run's copy of a batch through its own units."""
+    first = sessions[0]
+    adapters, bs = [s.adapter for s in sessions], first.cfg.eval_batch_size
+    finals = teacher_forced_pack(forward, adapters, bs)
+    generated = greedy_decode_pack(first.adapter.model, forward.encoded, first.pad_id, bs, first.loaded.device, adapters)
+    return [write_evaluation(s, records, forward.encoded, initial, final, gen, out, summary)
+            for s, final, gen, out, summary in zip(sessions, finals, generated, outs, train_summaries)]
+
+
+def write_evaluation(session: Session, records: list[Record], encoded, initial: list[TokenStats],
+                     final: list[TokenStats], generated: list[list[int]], out: RunDir, train_summary: dict,
+                     train_exact_match: float | None = None) -> RunMetrics:
+    """The metrics of one evaluation, from its teacher-forced statistics and generations; metrics.json (last: its
+    presence marks the run as finished) and records.jsonl written into `out`."""
     info = record_information(records, [s.answer_losses for s in initial])
     recall, rows = summarize(encoded, final, initial, generated, info)
     params = session.adapter.num_parameters()
@@ -53,7 +73,7 @@ def evaluate_session(
         {"id": r.id, "query": r.query, "target": r.target, "generated": tok.decode(row.pop("generated_ids")), **row}
         for r, row in zip(records, rows)
     )
-    out.write_metrics(metrics)  # last: its presence marks the run as finished
+    out.write_metrics(metrics)
     return metrics
 
 

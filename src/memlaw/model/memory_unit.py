@@ -199,7 +199,7 @@ class UnitMLP(nn.Module):
         self.units = nn.ModuleList([unit])
         self.enabled = True
         self.active: LowRankUnit | None = None  # the unit that writes every row, when several share the layer
-        self.spans: list[tuple[LowRankUnit, int, int]] | None = None  # a packed forward's (unit, rows, width)
+        self.spans: list[tuple[LowRankUnit, int | None, int | None]] | None = None  # a packed forward's (unit, rows, width)
 
     @property
     def unit(self) -> LowRankUnit:
@@ -219,7 +219,8 @@ class UnitMLP(nn.Module):
         if self.spans is None:
             return out + self.unit(x32).to(out.dtype)
         parts, first = [], 0
-        for unit, rows, width in self.spans:  # x (R, T, d): each run's rows in turn
+        for unit, rows, width in self.spans:  # x (R, T, d): each run's rows in turn (None: an equal share)
+            rows = x.shape[0] // len(self.spans) if rows is None else rows
             parts.append(unit(x32[first : first + rows], width))
             first += rows
         assert first == x.shape[0], "the spans cover the packed batch"
@@ -535,10 +536,11 @@ def load_adapter(model: nn.Module, folder: str | Path) -> Adapter:
 
 
 @contextmanager
-def packed_units(adapters: Sequence[Adapter], rows: Sequence[int], widths: Sequence[int]) -> Iterator[None]:
+def packed_units(adapters: Sequence[Adapter], rows: Sequence[int | None], widths: Sequence[int | None]) -> Iterator[None]:
     """Route one packed forward: its first rows[0] rows through adapters[0]'s units, the next rows[1] through
-    adapters[1]'s, and so on; run i's own batch is widths[i] columns wide (its dropout masks are drawn over those).
-    The adapters are a pack's runs: units on the same layers (train_pack checks)."""
+    adapters[1]'s, and so on (rows None: every run an equal share of each forward's rows, as a packed generation
+    needs); run i's own batch is widths[i] columns wide (its dropout masks are drawn over those; None: as wide as
+    the packed batch). The adapters are a pack's runs: units on the same layers (train_pack checks)."""
     hosts = adapters[0].hosts
     for path, host in hosts.items():
         host.spans = [(a._units[path], r, w) for a, r, w in zip(adapters, rows, widths)]

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from ..config import RECALL_P, TrainConfig, pack_key
 from ..errors import MemlawError, TrainingInterrupted
-from ..evaluate.recall import TokenStats, teacher_forced
-from ..evaluate.run import evaluate_session, initial_stats
+from ..evaluate.recall import TokenStats, teacher_forced, teacher_forced_pack
+from ..evaluate.run import evaluate_pack, evaluate_session, initial_stats
 from ..lock import FolderLock
 from ..model.forward import AnswerForward, AnswerTokens
 from ..model.loading import LoadedModel
@@ -168,13 +168,21 @@ class TokenProbLog:
         # (step, (tokens,) p_t): one append each, so Ctrl-C splits none
         self.rows: list[tuple[int, np.ndarray]] = [(0, self._probs(initial))] if self.every else []
 
+    def due(self, steps: int, last: bool = False) -> bool:
+        """Whether step `steps` gets a row: on the schedule, or (`last`) the last step's, unless it already has one."""
+        return bool(self.every) and (steps % self.every == 0 if not last else self.rows[-1][0] != steps)
+
     def maybe_record(self, steps: int) -> None:
-        if self.every and steps % self.every == 0:
+        if self.due(steps):
             self._record(steps)
+
+    def add(self, steps: int, stats: list[TokenStats]) -> None:
+        """The row of step `steps` from statistics measured outside (a pack measures its runs' rows together)."""
+        self.rows.append((steps, self._probs(stats)))
 
     def finish(self, steps: int) -> None:
         """The last step's row (unless it fell on the schedule), then the file."""
-        if self.every and self.rows[-1][0] != steps:  # rows[0] is step 0's
+        if self.due(steps, last=True):  # rows[0] is step 0's
             self._record(steps)
         self.save(steps)
 
@@ -258,15 +266,17 @@ class Run:
         """One optimizer step on `group`, logged."""
         self.record(optimizer_step(self.session, self.forward, group, self.method, self.optimizer, self.lr, self.preserve))
 
-    def record(self, row: dict) -> None:
-        """Log a step taken (its train_log.csv row); the token-probability trace, if its turn."""
+    def record(self, row: dict, trace: bool = True) -> None:
+        """Log a step taken (its train_log.csv row); the token-probability trace, if its turn (unless `trace` is
+        False: a pack measures its runs' rows together)."""
         state = self.state
         state.steps += 1
         state.log.append({"epoch": self.epoch, "step": state.steps, **row})
         self.epoch_stubborn += row["stubborn_tokens"]
         self.bar.update(1)
         self.bar.set_postfix(epoch=self.epoch, loss=f"{row['loss']:.4f}", stubborn=row["stubborn_tokens"], refresh=False)
-        self.token_probs.maybe_record(state.steps)
+        if trace:
+            self.token_probs.maybe_record(state.steps)
 
     def finish(self) -> TrainState:
         state = self.state
@@ -414,8 +424,24 @@ def packed_step(parts: list[tuple[Run, list[list[int]]]], forward: AnswerForward
             total.backward()
     for run, _ in parts:
         if run not in failed:
-            run.record(apply_update(run.session.cfg, run.optimizer, stats[run], run.lr))
+            run.record(apply_update(run.session.cfg, run.optimizer, stats[run], run.lr), trace=False)
+    failed.update(trace_pack([run for run, _ in parts if run not in failed and run.token_probs.due(run.state.steps)],
+                             forward))
     return failed
+
+
+def trace_pack(runs: list[Run], forward: AnswerForward, last: bool = False) -> dict[Run, Exception]:
+    """The token-probability rows (--log-token-probs) of the runs of a pack whose turn it is, in one teacher-forced
+    pass; returns them all as failed if it fails."""
+    if not runs:
+        return {}
+    try:
+        stats = teacher_forced_pack(forward, [run.session.adapter for run in runs], runs[0].session.cfg.eval_batch_size)
+    except Exception as e:  # noqa: BLE001 - these runs fail; the pack goes on
+        return {run: e for run in runs}
+    for run, run_stats in zip(runs, stats):
+        run.token_probs.add(run.state.steps, run_stats)
+    return {}
 
 
 def train(
@@ -490,46 +516,28 @@ def train_pack(
     also_evaluate: Sequence[tuple[str | Path, ...]] | None = None,
     overwrite: bool = False,
 ) -> list[RunMetrics | Exception]:
-    """Train several runs that share their base model and data (one :func:`pack_key`) in one pass: each run has
+    """Train several runs that share their base model and data (one config.pack_key) in one pass: each run has
     its own unit (of any rank), method, optimizer, learning-rate schedule, clipping, dropout stream, stopper and
     folder, and its j-th micro-batch joins the others' in one forward (:func:`packed_step`); the prefix cache is
-    built once. A run leaves the pack when it stops (saved, evaluated, its unit detached). Each run's result is
-    what :func:`train` returns for it alone, within float tolerance, or the exception it failed with: a run that
-    fails (in its setup, a non-finite loss) fails alone, the others finish."""
+    built once, and the runs' token-probability rows and final evaluations are measured together. A run leaves
+    the pack when it stops (saved, evaluated, its unit detached). Each run's result is what :func:`train`
+    returns for it alone, within float tolerance, or the exception it failed with: a run that fails (in its
+    setup, a non-finite loss) fails alone, the others finish."""
     also_evaluate = list(also_evaluate) if also_evaluate is not None else [()] * len(cfgs)
     results: list[RunMetrics | Exception | None] = [None] * len(cfgs)
-    members: dict[int, tuple[Run, Iterator[list[list[int]]]]] = {}
-    shared = None  # the pack's data: records, encoded, forward (one prefix cache), initial statistics
+    members: dict[Run, tuple[int, Iterator[list[list[int]]]]] = {}  # run -> (its index, its schedule)
+    shared = None  # the pack's data: records, forward (one prefix cache), initial statistics
     with ExitStack() as stack:
-
-        def leave(k: int, error: Exception | None = None) -> None:
-            run = members.pop(k)[0]
-            try:
-                if error is None:
-                    run.bar.close()
-                    records, _, forward, initial = shared
-                    with run.session.adapter.selected():
-                        run.token_probs.finish(run.state.steps)
-                        run.session.adapter.set_training(False)
-                        results[k] = finish_run(run.session, run.out, records, forward, initial, run.finish(), {},
-                                                also_evaluate[k])
-                else:
-                    results[k] = error
-            except Exception as e:  # noqa: BLE001 - this run fails; the pack goes on
-                results[k] = e
-            finally:
-                run.session.close()  # detach its unit; the others' stay
-
         for k, (cfg, out) in enumerate(zip(cfgs, outs)):
             try:
                 check_data_readable(cfg.data)
                 stack.enter_context(FolderLock(out))
                 session = new_session(cfg, loaded, pack=True)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - this run fails; the pack goes on
                 results[k] = e
                 continue
             try:
-                if members and pack_key(session.cfg) != pack_key(next(iter(members.values()))[0].session.cfg):
+                if members and pack_key(session.cfg) != pack_key(next(iter(members)).session.cfg):
                     raise MemlawError("this run cannot join the pack: it differs in model, data, layers or batch size")
                 rundir = RunDir(out)
                 config = session.cfg.to_dict()
@@ -537,36 +545,69 @@ def train_pack(
                 if shared is None:
                     records, encoded = session.load_data()
                     forward = session.answer_forward(encoded)
-                    shared = (records, encoded, forward, initial_stats(session, forward))
-                records, _, forward, initial = shared
+                    shared = (records, forward, initial_stats(session, forward))
+                records, forward, initial = shared
                 rundir.write_config(config)
                 token_probs = TokenProbLog(session, forward, rundir, [r.id for r in records], initial)
                 run = Run(session, forward, rundir, token_probs, progress=False)
-                members[k] = (run, run.schedule())
+                members[run] = (k, run.schedule())
             except Exception as e:  # noqa: BLE001
                 session.close()
                 results[k] = e
 
+        def leave(runs: list[Run], errors: dict[Run, Exception]) -> None:
+            """Runs out of the pack: the failed ones with their error, the others saved and evaluated together."""
+            done = [run for run in runs if run not in errors]
+            try:
+                for run in done:
+                    run.bar.close()
+                    run.finish()
+                errors.update(trace_pack([run for run in done if run.token_probs.due(run.state.steps, last=True)],
+                                         shared[1]))
+                done = [run for run in done if run not in errors]
+                for run in done:
+                    run.token_probs.save(run.state.steps)
+                    run.session.adapter.save(run.out.path)
+                    run.out.write_state(run.state.summary())
+                if done:
+                    records, forward, initial = shared
+                    metrics = evaluate_pack([run.session for run in done], records, forward, [run.out for run in done],
+                                            [run.state.summary() for run in done], initial)
+                    for run, m in zip(done, metrics):
+                        results[members[run][0]] = m
+                        for data in also_evaluate[members[run][0]]:
+                            with run.session.adapter.selected():
+                                other_records, other_encoded = run.session.load_data(str(data))
+                                evaluate_session(run.session, other_records, run.session.answer_forward(other_encoded),
+                                                 run.out.eval_dir(data), run.state.summary(), train_exact_match=m.exact_match)
+            except Exception as e:  # noqa: BLE001 - these runs fail; the pack goes on
+                errors.update({run: e for run in done})
+            for run in runs:
+                if run in errors:
+                    results[members[run][0]] = errors[run]
+                run.session.close()  # detach its unit; the others' stay
+                del members[run]
+
         try:
             while members:
-                parts = []
-                for k, (run, schedule) in list(members.items()):
+                parts, stopped, errors = [], [], {}
+                for run, (_, schedule) in members.items():
                     try:
-                        with run.session.adapter.selected():  # its checks and trace: its own unit
+                        with run.session.adapter.selected():  # its certificate checks: its own unit
                             parts.append((run, next(schedule)))
                     except StopIteration:
-                        leave(k)
+                        stopped.append(run)
                     except Exception as e:  # noqa: BLE001
-                        leave(k, e)
-                if not parts:
-                    continue
-                for run, _ in parts:  # a check put every unit in eval mode; each run's dropout on again
-                    run.session.adapter.set_training(True)
-                failed = packed_step(parts, shared[2])
-                for k, (run, _) in list(members.items()):
-                    if run in failed:
-                        leave(k, failed[run])
+                        stopped.append(run)
+                        errors[run] = e
+                if stopped:
+                    leave(stopped, errors)
+                if parts:
+                    for run, _ in parts:  # a check put every unit in eval mode; each run's dropout on again
+                        run.session.adapter.set_training(True)
+                    failed = packed_step(parts, shared[1])
+                    if failed:
+                        leave(list(failed), failed)
         except Exception as e:  # noqa: BLE001 - the shared forward failed: every run still in the pack fails
-            for k in list(members):
-                leave(k, e)
+            leave(list(members), {run: e for run in members})
     return results
