@@ -44,20 +44,27 @@ def forbid_writes() -> None:
 
 def crash_in_cell() -> None:
     """Kill this worker process (os._exit, as an out-of-memory kill or a lost node would) in the middle of
-    training a cell: MEMLAW_TEST_CRASH is "name:times,name:times", and the cell `name` is killed the first
+    training a cell (alone or in a pack): MEMLAW_TEST_CRASH is "name:times,name:times", and the cell `name` is killed the first
     `times` times it is trained; each crash leaves a file crash-<name>-<k> in MEMLAW_TEST_MARKERS."""
     import memlaw.train.trainer as trainer
 
     plan = dict((name, int(times)) for name, times in (item.rsplit(":", 1) for item in os.environ["MEMLAW_TEST_CRASH"].split(",")))
     markers = Path(os.environ["MEMLAW_TEST_MARKERS"])
-    original = trainer.train_loop
+    original, original_pack = trainer.train_loop, trainer.train_pack
 
-    def train_loop(session, forward, run, *args, **kwargs):
+    def crash(folders) -> None:
         for name, times in plan.items():
             crashes = len(list(markers.glob(f"crash-{name}-*")))
-            if Path(run.path).parent.name.startswith(f"{name}-") and crashes < times:
+            if any(Path(folder).name == name for folder in folders) and crashes < times:
                 (markers / f"crash-{name}-{crashes}").write_text(str(os.getpid()), encoding="utf-8")
                 os._exit(1)
+
+    def train_loop(session, forward, run, *args, **kwargs):
+        crash([run.path])
         return original(session, forward, run, *args, **kwargs)
 
-    trainer.train_loop = train_loop
+    def train_pack(cfgs, outs, *args, **kwargs):
+        crash(outs)
+        return original_pack(cfgs, outs, *args, **kwargs)
+
+    trainer.train_loop, trainer.train_pack = train_loop, train_pack

@@ -250,11 +250,11 @@ def _run_ray(
             try:
                 outcomes = ray.get(ref)
                 idle.append(actor)
-            except lost as e:  # the worker process or its node died: replace it, run the pack again
+            except lost as e:  # the worker process or its node died: replace it, run the cells again
                 ray.kill(actor, no_restart=True)
                 idle.append(new_actor())
-                if attempt <= max_retries:
-                    pending.append((pack, attempt + 1))
+                if attempt <= max_retries:  # a pack's cells one at a time: a cell that kills its worker fails alone
+                    pending.extend(([cell], attempt + 1) for cell in pack)
                     continue
                 last = " ".join(str(e).split())[:300]
                 outcomes = [CellOutcome.failure(cell, f"the worker died {attempt} time(s) running this cell; last: {last}")
