@@ -17,7 +17,11 @@ includes everything a user waits for: starting Ray, loading models, generating d
 evaluating, writing the tables.
 
     .venv/bin/python benchmarks/sweep_throughput.py [--preset smollm2-demo] [--cells 16] [--workers 2]
-        [--variants local-reload,local,packed,ray] [--device cpu] [--length L] [--batch-size B]
+        [--variants local-reload,local,packed,ray] [--device cpu] [--length L] [--batch-size B] [--rounds N]
+
+With --rounds N the variants run N times in alternating order (ABAB…, then BA…) after a one-cell
+warm-up sweep, and each variant's median wall time counts: on a noisy machine, and against the cold
+caches the first sweep of a process meets, the order of the variants otherwise decides a 10–30 % gap.
 
 With --device cuda (the lent GPU): add --workers N to run N cells at once on one GPU (each actor
 then asks for 1/N of it) against --workers 1.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -64,6 +69,8 @@ def main() -> int:
     p.add_argument("--device", default=None, help="override the preset's device (cpu / cuda)")
     p.add_argument("--length", type=int, default=None, help="keep the cells of this length only (one data file)")
     p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    p.add_argument("--rounds", type=int, default=1, help="run the variants this many times, alternating their order "
+                   "(after a warm-up sweep of one cell); each variant's median wall time counts")
     p.add_argument("--out", default=None, help="keep the sweep folders here (default: a temporary folder)")
     args = p.parse_args()
 
@@ -87,9 +94,19 @@ def main() -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="memlaw-throughput-"))
     results, frames = [], {}
+    if args.rounds > 1:  # warm-up: the first sweep of a process pays for cold caches (files, imports, kernels)
+        run_variant("local", dataclasses.replace(grid, blocks=grid.blocks[:1]), root / "warm-up", args.workers, gpu_share)
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(args.rounds):
+        order = variants if round_ % 2 == 0 else variants[::-1]  # alternate, so drift hits every variant alike
+        for name in order:
+            frame, wall = run_variant(name, grid, root / f"{name}-{round_}", args.workers, gpu_share)
+            walls[name].append(wall)
+            frames.setdefault(name, frame.drop(columns=list(TIMING_COLUMNS)))
+            print(json.dumps({"round": round_, "variant": name, "wall_s": round(wall, 1),
+                              "ok": int((frame["status"] == "ok").sum())}), flush=True)
     for name in variants:
-        frame, wall = run_variant(name, grid, root / name, args.workers, gpu_share)
-        frames[name] = frame.drop(columns=list(TIMING_COLUMNS))
+        frame, wall = frames[name], statistics.median(walls[name])
         ok = int((frame["status"] == "ok").sum())
         same, first = None, variants[0]
         if name != first:
@@ -101,6 +118,7 @@ def main() -> int:
             except AssertionError:
                 same = False
         row = {"variant": name, "cells": len(frame), "ok": ok, "wall_s": round(wall, 1),
+               "walls_s": [round(w, 1) for w in walls[name]],
                "cells_per_hour": round(len(frame) / wall * 3600, 1), "rows_equal_first": same}
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -109,7 +127,7 @@ def main() -> int:
     at = f" of length {args.length}" if args.length else ""
     print(f"{args.preset}, first {len(keep)} cells{at}, batch {grid.train.get('batch_size')}, device {grid.device}, "
           f"torch threads {torch.get_num_threads()}, ray workers {args.workers}")
-    print(f"| variant | cells | wall (s) | cells / hour | × {base['variant']} | rows equal {base['variant']}'s |")
+    print(f"| variant | cells | {'median ' if args.rounds > 1 else ''}wall (s) | cells / hour | × {base['variant']} | rows equal {base['variant']}'s |")
     print("|---|---|---|---|---|---|")
     for r in results:
         ratio = f"{r['cells_per_hour'] / base['cells_per_hour']:.2f}×"
