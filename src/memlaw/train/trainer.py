@@ -430,7 +430,7 @@ def packed_step(parts: list[tuple[Run, list[list[int]]]], forward: AnswerForward
     return failed
 
 
-def trace_pack(runs: list[Run], forward: AnswerForward, last: bool = False) -> dict[Run, Exception]:
+def trace_pack(runs: list[Run], forward: AnswerForward) -> dict[Run, Exception]:
     """The token-probability rows (--log-token-probs) of the runs of a pack whose turn it is, in one teacher-forced
     pass; returns them all as failed if it fails."""
     if not runs:
@@ -493,8 +493,7 @@ def finish_run(session: Session, run: RunDir, records, forward: AnswerForward, i
                locality: bool | str | Path = False) -> RunMetrics:
     """After training: save the adapter and train_state.json, evaluate (metrics.json last), then the further
     records files and locality asked for."""
-    session.adapter.save(run.path)
-    run.write_state({**state.summary(), **extra_state})
+    save_run(session, run, state, extra_state)
     metrics = evaluate_session(session, records, forward, run, state.summary(), initial=initial)
     for data in also_evaluate:
         other_records, other_encoded = session.load_data(str(data))
@@ -506,6 +505,12 @@ def finish_run(session: Session, run: RunDir, records, forward: AnswerForward, i
         prompts_file = None if locality is True else locality
         run.write_locality(measure_locality(session, prompts_file=prompts_file).to_dict())
     return metrics
+
+
+def save_run(session: Session, run: RunDir, state: TrainState, extra_state: dict | None = None) -> None:
+    """The trained adapter and train_state.json (before the evaluation, whose metrics.json marks the run finished)."""
+    session.adapter.save(run.path)
+    run.write_state({**state.summary(), **(extra_state or {})})
 
 
 # ---------------------------------------------------------------------- packs
@@ -567,8 +572,7 @@ def train_pack(
                 done = [run for run in done if run not in errors]
                 for run in done:
                     run.token_probs.save(run.state.steps)
-                    run.session.adapter.save(run.out.path)
-                    run.out.write_state(run.state.summary())
+                    save_run(run.session, run.out, run.state)
                 if done:
                     records, forward, initial = shared
                     metrics = evaluate_pack([run.session for run in done], records, forward, [run.out for run in done],
