@@ -129,3 +129,14 @@ def test_packed_rows_on_cuda(tiny_model_dir, tmp_path):
     packed = run_sweep(grid, tmp_path / "on", pack="on", progress=False)
     assert packed["status"].eq("ok").all()
     pd.testing.assert_frame_equal(rows(packed), rows(alone), check_exact=False, rtol=1e-2, atol=1e-2)
+
+
+def test_packed_linear_rule_cells_are_evaluated_on_their_held_out_pairs(tiny_model_dir, tmp_path):
+    values = grid_values(tiny_model_dir, benchmark="linear-rule", methods=["sft", "memft_ot"], ranks=[1, 2],
+                         lengths=[8], heldout=5)
+    grid = parse_grid(values, "grid.yaml")
+    assert [len(p) for p in packs(grid.cells(), tmp_path / "data", "auto")] == [4]
+    alone = run_sweep(grid, tmp_path / "off", pack="off", progress=False)
+    packed = run_sweep(grid, tmp_path / "on", pack="on", progress=False)
+    assert packed["status"].eq("ok").all() and packed["heldout_exact_match"].notna().all()
+    pd.testing.assert_frame_equal(rows(packed), rows(alone), check_exact=False, rtol=1e-5, atol=1e-6)

@@ -528,90 +528,107 @@ def train_pack(
     the pack when it stops (saved, evaluated, its unit detached). Each run's result is what :func:`train`
     returns for it alone, within float tolerance, or the exception it failed with: a run that fails (in its
     setup, a non-finite loss) fails alone, the others finish."""
-    also_evaluate = list(also_evaluate) if also_evaluate is not None else [()] * len(cfgs)
-    results: list[RunMetrics | Exception | None] = [None] * len(cfgs)
-    members: dict[Run, tuple[int, Iterator[list[list[int]]]]] = {}  # run -> (its index, its schedule)
-    shared = None  # the pack's data: records, forward (one prefix cache), initial statistics
-    with ExitStack() as stack:
+    pack = Pack(loaded, list(also_evaluate) if also_evaluate is not None else [()] * len(cfgs))
+    with ExitStack() as locks:
         for k, (cfg, out) in enumerate(zip(cfgs, outs)):
-            try:
-                check_data_readable(cfg.data)
-                stack.enter_context(FolderLock(out))
-                session = new_session(cfg, loaded, pack=True)
-            except Exception as e:  # noqa: BLE001 - this run fails; the pack goes on
-                results[k] = e
-                continue
-            try:
-                if members and pack_key(session.cfg) != pack_key(next(iter(members)).session.cfg):
-                    raise MemlawError("this run cannot join the pack: it differs in model, data, layers or batch size")
-                rundir = RunDir(out)
-                config = session.cfg.to_dict()
-                rundir.prepare(config, overwrite)
-                if shared is None:
-                    records, encoded = session.load_data()
-                    forward = session.answer_forward(encoded)
-                    shared = (records, forward, initial_stats(session, forward))
-                records, forward, initial = shared
-                rundir.write_config(config)
-                token_probs = TokenProbLog(session, forward, rundir, [r.id for r in records], initial)
-                run = Run(session, forward, rundir, token_probs, progress=False)
-                members[run] = (k, run.schedule())
-            except Exception as e:  # noqa: BLE001
-                session.close()
-                results[k] = e
-
-        def leave(runs: list[Run], errors: dict[Run, Exception]) -> None:
-            """Runs out of the pack: the failed ones with their error, the others saved and evaluated together."""
-            done = [run for run in runs if run not in errors]
-            try:
-                for run in done:
-                    run.bar.close()
-                    run.finish()
-                errors.update(trace_pack([run for run in done if run.token_probs.due(run.state.steps, last=True)],
-                                         shared[1]))
-                done = [run for run in done if run not in errors]
-                for run in done:
-                    run.token_probs.save(run.state.steps)
-                    save_run(run.session, run.out, run.state)
-                if done:
-                    records, forward, initial = shared
-                    metrics = evaluate_pack([run.session for run in done], records, forward, [run.out for run in done],
-                                            [run.state.summary() for run in done], initial)
-                    for run, m in zip(done, metrics):
-                        results[members[run][0]] = m
-                        for data in also_evaluate[members[run][0]]:
-                            with run.session.adapter.selected():
-                                other_records, other_encoded = run.session.load_data(str(data))
-                                evaluate_session(run.session, other_records, run.session.answer_forward(other_encoded),
-                                                 run.out.eval_dir(data), run.state.summary(), train_exact_match=m.exact_match)
-            except Exception as e:  # noqa: BLE001 - these runs fail; the pack goes on
-                errors.update({run: e for run in done})
-            for run in runs:
-                if run in errors:
-                    results[members[run][0]] = errors[run]
-                run.session.close()  # detach its unit; the others' stay
-                del members[run]
-
+            pack.join(k, cfg, out, overwrite, locks)
         try:
-            while members:
-                parts, stopped, errors = [], [], {}
-                for run, (_, schedule) in members.items():
-                    try:
-                        with run.session.adapter.selected():  # its certificate checks: its own unit
-                            parts.append((run, next(schedule)))
-                    except StopIteration:
-                        stopped.append(run)
-                    except Exception as e:  # noqa: BLE001
-                        stopped.append(run)
-                        errors[run] = e
-                if stopped:
-                    leave(stopped, errors)
+            while pack.members:
+                parts = pack.next_steps()  # the runs whose schedules ended leave here
                 if parts:
                     for run, _ in parts:  # a check put every unit in eval mode; each run's dropout on again
                         run.session.adapter.set_training(True)
-                    failed = packed_step(parts, shared[1])
+                    failed = packed_step(parts, pack.forward)
                     if failed:
-                        leave(list(failed), failed)
+                        pack.leave(list(failed), failed)
         except Exception as e:  # noqa: BLE001 - the shared forward failed: every run still in the pack fails
-            leave(list(members), {run: e for run in members})
-    return results
+            pack.leave(list(pack.members), {run: e for run in pack.members})
+    return [pack.results[k] for k in range(len(cfgs))]
+
+
+class Pack:
+    """The runs of :func:`train_pack`: who is in, their shared data, and what each one's result is."""
+
+    def __init__(self, loaded: LoadedModel, also_evaluate: list[tuple[str | Path, ...]]):
+        self.loaded, self.also_evaluate = loaded, also_evaluate
+        self.members: dict[Run, tuple[int, Iterator[list[list[int]]]]] = {}  # run -> (its index, its schedule)
+        self.results: dict[int, RunMetrics | Exception] = {}
+        self.records, self.forward, self.initial = None, None, None  # from the first run: one prefix cache
+
+    def join(self, k: int, cfg: TrainConfig, out: str | Path, overwrite: bool, locks: ExitStack) -> None:
+        """Set run k up (its folder locked for the pack's life); a run that cannot is failed with its exception."""
+        try:
+            check_data_readable(cfg.data)
+            locks.enter_context(FolderLock(out))
+            session = new_session(cfg, self.loaded, pack=True)
+        except Exception as e:  # noqa: BLE001 - this run fails; the pack goes on
+            self.results[k] = e
+            return
+        try:
+            if self.members and pack_key(session.cfg) != pack_key(next(iter(self.members)).session.cfg):
+                raise MemlawError("this run cannot join the pack: it differs in model, data, layers or batch size")
+            rundir, config = RunDir(out), session.cfg.to_dict()
+            rundir.prepare(config, overwrite)
+            if self.forward is None:
+                self.records, encoded = session.load_data()
+                self.forward = session.answer_forward(encoded)
+                self.initial = initial_stats(session, self.forward)
+            rundir.write_config(config)
+            token_probs = TokenProbLog(session, self.forward, rundir, [r.id for r in self.records], self.initial)
+            run = Run(session, self.forward, rundir, token_probs, progress=False)
+            self.members[run] = (k, run.schedule())
+        except Exception as e:  # noqa: BLE001
+            session.close()
+            self.results[k] = e
+
+    def next_steps(self) -> list[tuple[Run, list[list[int]]]]:
+        """Each run's next optimizer step (its checks run with its own unit); the runs that stopped leave."""
+        parts, stopped, errors = [], [], {}
+        for run, (_, schedule) in self.members.items():
+            try:
+                with run.session.adapter.selected():
+                    parts.append((run, next(schedule)))
+            except StopIteration:
+                stopped.append(run)
+            except Exception as e:  # noqa: BLE001
+                stopped.append(run)
+                errors[run] = e
+        if stopped:
+            self.leave(stopped, errors)
+        return parts
+
+    def leave(self, runs: list[Run], errors: dict[Run, Exception]) -> None:
+        """Runs out of the pack: the failed ones with their error, the others saved and evaluated together;
+        their units detached (the others' stay)."""
+        done = [run for run in runs if run not in errors]
+        try:
+            for run in done:
+                run.bar.close()
+                run.finish()
+            errors.update(trace_pack([run for run in done if run.token_probs.due(run.state.steps, last=True)],
+                                     self.forward))
+            done = [run for run in done if run not in errors]
+            for run in done:
+                run.token_probs.save(run.state.steps)
+                save_run(run.session, run.out, run.state)
+            if done:
+                metrics = evaluate_pack([run.session for run in done], self.records, self.forward,
+                                        [run.out for run in done], [run.state.summary() for run in done], self.initial)
+                for run, m in zip(done, metrics):
+                    self.results[self.members[run][0]] = m
+                    self._evaluate_also(run, m)
+        except Exception as e:  # noqa: BLE001 - these runs fail; the pack goes on
+            errors.update({run: e for run in done})
+        for run in runs:
+            if run in errors:
+                self.results[self.members[run][0]] = errors[run]
+            run.session.close()
+            del self.members[run]
+
+    def _evaluate_also(self, run: Run, metrics: RunMetrics) -> None:
+        """The further records files of `run` (a linear-rule cell's held-out pairs), as :func:`finish_run` does."""
+        for data in self.also_evaluate[self.members[run][0]]:
+            with run.session.adapter.selected():
+                other_records, other_encoded = run.session.load_data(str(data))
+                evaluate_session(run.session, other_records, run.session.answer_forward(other_encoded),
+                                 run.out.eval_dir(data), run.state.summary(), train_exact_match=metrics.exact_match)
