@@ -10,7 +10,7 @@ import pytest
 from memlaw.errors import MemlawError
 from memlaw.rundir import RunDir
 from memlaw.sweep import TIMING_COLUMNS, parse_grid, run_sweep
-from memlaw.sweep.packs import packs
+from memlaw.sweep.packs import packs, spread
 
 
 def grid_values(model_dir, **changes) -> dict:
@@ -117,6 +117,11 @@ def test_which_cells_pack(tiny_model_dir, tmp_path):
         packs(lora_cells, data, "on")
     with pytest.raises(MemlawError, match="--pack: must be one of auto, on, off"):
         packs(cells, data, "sometimes")
+    # Ray, --pack auto: packs split until every worker has one
+    assert [len(p) for p in spread(by_data, 3)] == [6, 6, 12]
+    assert [len(p) for p in spread(by_data, 4)] == [6, 6, 6, 6]
+    assert [c.name for p in spread(by_data, 5) for c in p] == [c.name for p in by_data for c in p]
+    assert [len(p) for p in spread([[cells[0]], [cells[1]]], 8)] == [1, 1]
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")

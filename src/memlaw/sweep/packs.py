@@ -54,3 +54,17 @@ def packs(cells: list[Cell], data_dir: Path, mode: str = "auto", rows: int = PAC
             out.append(pack)
         pack.append(cell)
     return out
+
+
+def spread(packs_: list[list[Cell]], workers: int) -> list[list[Cell]]:
+    """Split the largest packs in halves until there are at least `workers` packs (or every pack is one cell):
+    on Ray, packing must not leave workers idle that could run cells of their own."""
+    out = [list(p) for p in packs_]
+    while len(out) < workers:
+        largest = max(range(len(out)), key=lambda i: len(out[i]), default=None)
+        if largest is None or len(out[largest]) < 2:
+            break
+        pack = out.pop(largest)
+        half = (len(pack) + 1) // 2
+        out[largest:largest] = [pack[:half], pack[half:]]
+    return out

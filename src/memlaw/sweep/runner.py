@@ -27,7 +27,7 @@ from ..io import write_yaml
 from ..lock import FolderLock
 from ..rundir import ERROR_FILE
 from .grid import Cell, Grid
-from .packs import PACK_MODES, packs
+from .packs import PACK_MODES, packs, spread
 from .results import cell_row, set_aside, verify_cell, write_results
 from .worker import SCRATCH, CellOutcome, CellWorker, clean_leftovers, data_payload, publish_cell
 
@@ -148,7 +148,8 @@ def _sweep(grid: Grid, out: Path, engine: str, address: str | None, workers: int
     try:
         if todo:
             if engine == "ray":
-                _run_ray(grid, out, todo_packs, finished, status, address, workers, max_retries, reuse_model, gpus_per_cell)
+                _run_ray(grid, out, todo_packs, finished, status, address, workers, max_retries, reuse_model, gpus_per_cell,
+                         spread_packs=pack == "auto")
             else:
                 _run_local(grid, out, todo_packs, finished, status, reuse_model)
     finally:
@@ -203,6 +204,7 @@ def _run_ray(
     max_retries: int,
     reuse_model: bool,
     gpus_per_cell: float,
+    spread_packs: bool = False,
 ) -> None:
     """A pool of model-resident actors, one pack of cells each at a time; a pack whose actor died goes to a new actor."""
     try:
@@ -226,6 +228,8 @@ def _run_ray(
         else:
             worker_cls = ray.remote(CellWorker).options(num_cpus=1)
             slots = int(resources.get("CPU", 1))
+        if spread_packs:  # --pack auto: no idle worker while a pack could be split for it
+            todo = spread(todo, workers or max(1, slots))
         size = min(len(todo), workers or max(1, slots))  # todo: the packs
 
         def new_actor():
