@@ -3,7 +3,8 @@
 On the default model, on PhoneBook (--length answer tokens), K = 4 SFT runs of ranks 1/2/4/8 at batch B share the
 base model; in interleaved rounds it times
 
-  alone  — each run's optimizer step in turn (memlaw.train.trainer.optimizer_step), K steps per tick;
+  alone  — each run's optimizer step in turn (memlaw.train.trainer.optimizer_step) with its unit alone on the
+           layer, as a sweep runs one cell at a time: K steps per tick;
   packed — the K runs' steps as one packed step (packed_step: one forward, one backward);
   wide   — one run's step at batch K·B (the same records per tick in one batch, no extra prefix rows),
 
@@ -20,6 +21,7 @@ import json
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,10 +72,23 @@ def main() -> None:
             run.session.adapter.set_training(True)
         sync = torch.cuda.synchronize if loaded.device.type == "cuda" else (lambda: None)
 
+        @contextmanager
+        def only(run: Run):
+            """The layer holds this run's unit alone for the step, as in a sweep that runs one cell at a time."""
+            hosts = run.session.adapter.hosts
+            kept = {path: host.units for path, host in hosts.items()}
+            for path, host in hosts.items():
+                host.units = torch.nn.ModuleList([run.session.adapter.units[path]])
+            try:
+                yield
+            finally:
+                for path, host in hosts.items():
+                    host.units = kept[path]
+
         def alone() -> None:
             for g in groups:
                 for run in runs:
-                    with run.session.adapter.selected():
+                    with only(run):
                         run.step([g])
 
         def packed() -> None:
@@ -83,7 +98,7 @@ def main() -> None:
                 packed_step([(run, [g]) for run in runs], forward)
 
         def wide_step() -> None:
-            with wide.session.adapter.selected():
+            with only(wide):
                 for _ in groups:
                     wide.step(wide_groups)
 
