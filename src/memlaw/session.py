@@ -72,8 +72,9 @@ def resolve(cfg: TrainConfig, loaded: LoadedModel) -> TrainConfig:
     dtype = str(loaded.dtype).replace("torch.", "")
     # a concrete dtype keeps the reason it came with (a run's config reused: memorize --into)
     reason = loaded.dtype_reason if cfg.dtype == "auto" else cfg.dtype_reason or "given (--dtype)"
-    return replace(cfg, layer=list(layers), device=loaded.device.type, dtype=dtype, dtype_reason=reason,
-                   data=str(Path(cfg.data).resolve()))
+    resolved = replace(cfg, layer=list(layers), device=loaded.device.type, dtype=dtype, dtype_reason=reason,
+                       data=str(Path(cfg.data).resolve()))
+    return resolved.validate()  # the checks that need the concrete layers (the gate's one layer) hold here too
 
 
 def adapter_spec(cfg: TrainConfig, model: torch.nn.Module) -> AdapterSpec:

@@ -43,7 +43,6 @@ from importlib import resources
 import torch
 
 from ..data.encoding import Encoded, prompt_ids, suffix_ids
-from ..errors import MemlawError
 from ..evaluate.recall import greedy_generate
 
 REPLAY_WINDOW = 256  # tokens of replay text per forward pass
@@ -234,10 +233,7 @@ class Preserver:
         self.scales = {n: r.mlp_energy for n, r in replayed.items()}
         self.bases = {n: protected_basis(r.moment, energy).to(device) for n, r in replayed.items()} if energy else {}
         self.gates: dict[str, Gate] = {}
-        if gate:
-            if len(self.units) > 1:  # a later unit's input would move with an earlier one's output
-                raise MemlawError("preserve_gate: the gate is fit on the unit's own input, which holds for a unit at "
-                                  f"one layer; this run has units at {len(self.units)} layers")
+        if gate:  # one unit: TrainConfig.validate checks the resolved layers (session.resolve)
             for name, x in record_inputs(session, encoded).items():
                 self.gates[name] = fit_gate(x, replayed[name].inputs, gate)
                 self.units[name].key.copy_(self.gates[name].key)
