@@ -129,7 +129,6 @@ class AnswerForward:
             losses, correct = head_cross_entropy(self.cache.lm_head, hidden, batch.labels)
         return AnswerTokens(losses, correct, batch)
 
-
     def packed(self, groups: list[list[int]], adapters: list) -> list[AnswerTokens]:
         """:meth:`__call__` for several runs in one forward (a pack: memlaw.train.trainer.train_pack): run k's
         records `groups[k]` through `adapters[k]`'s units, whose layers they share; one AnswerTokens per run.

@@ -7,6 +7,7 @@ import sys
 
 
 def register(subparsers) -> None:
+    from .packs import PACK_MODES, PACK_ROWS
     from .runner import MAX_RETRIES
 
     p = subparsers.add_parser(
@@ -26,10 +27,10 @@ def register(subparsers) -> None:
                    help=f"ray: run a cell whose worker died again at most N times, then record it as failed (default: {MAX_RETRIES})")
     p.add_argument("--gpus-per-cell", type=float, default=1.0, metavar="F",
                    help="ray, CUDA grids: the share of a GPU each worker takes (0.25: four small cells at once per GPU; default 1)")
-    p.add_argument("--pack", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--pack", choices=PACK_MODES, default="auto",
                    help="train cells that share model, data, layers and batch size together, in one pass (the same rows up "
-                        "to float rounding; docs/sweeps.md): auto (default) packs the cells that can, up to 64 records "
-                        "a micro-batch; on: every cell must; off: one cell at a time")
+                        f"to float rounding; docs/sweeps.md): auto (default) packs the cells that can, up to {PACK_ROWS} "
+                        "records a micro-batch; on: every cell must; off: one cell at a time")
     p.add_argument("--model", default=None, metavar="PATH", help="model for every cell (replaces the grid's; required by the 8B presets)")
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again (default: keep them as failed)")
     p.add_argument("--overwrite", action="store_true", help="DIR holds a different grid: delete its cells and results, start over")

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import TrainConfig, pack_key
 from ..errors import MemlawError
-from ..config import pack_key
 from .grid import Cell, data_paths
 
 PACK_MODES = ("auto", "on", "off")
 PACK_ROWS = 64  # records in a pack's micro-batch at most: K cells of batch size B pack while K * B <= this
 
 
-def why_alone(cell: Cell, data_dir: Path) -> str | None:
-    """Why `cell` cannot join a pack (None: it can)."""
-    cfg = cell.train_config(data_paths(cell, data_dir)[0])
+def why_alone(cfg: TrainConfig) -> str | None:
+    """Why a cell with this config cannot join a pack (None: it can)."""
     if cfg.component != "mlp":
         return "lora units train alone"
     if pack_key(cfg) is None:
@@ -40,13 +39,13 @@ def packs(cells: list[Cell], data_dir: Path, mode: str = "auto", rows: int = PAC
     out: list[list[Cell]] = []
     open_packs: dict[tuple, list[Cell]] = {}
     for cell in cells:
-        reason = why_alone(cell, data_dir)
+        cfg = cell.train_config(data_paths(cell, data_dir)[0])
+        reason = why_alone(cfg)
         if reason is not None:
             if mode == "on":
                 raise MemlawError(f"--pack on: cell {cell.name} cannot pack ({reason}); use --pack auto")
             out.append([cell])
             continue
-        cfg = cell.train_config(data_paths(cell, data_dir)[0])
         key = pack_key(cfg)
         pack = open_packs.get(key)
         if pack is None or (len(pack) + 1) * cfg.batch_size > max(rows, cfg.batch_size):

@@ -119,7 +119,7 @@ class CellWorker:
                     configs.append((k, cell.train_config(train_file), () if heldout is None else (heldout,)))
                 except Exception as e:  # noqa: BLE001 - a failing cell must not stop the sweep
                     errors[k] = e
-            if len(configs) == 1 or (configs and len(cells) == 1):
+            if len(configs) == 1:  # a cell alone trains as it always has
                 (k, cfg, also), = configs
                 try:
                     train(cfg, runs[k].path, overwrite=True, progress=False, also_evaluate=also, loaded=self.loaded_model(cfg))

@@ -495,16 +495,23 @@ def finish_run(session: Session, run: RunDir, records, forward: AnswerForward, i
     records files and locality asked for."""
     save_run(session, run, state, extra_state)
     metrics = evaluate_session(session, records, forward, run, state.summary(), initial=initial)
-    for data in also_evaluate:
-        other_records, other_encoded = session.load_data(str(data))
-        evaluate_session(session, other_records, session.answer_forward(other_encoded), run.eval_dir(data),
-                         state.summary(), train_exact_match=metrics.exact_match)
+    evaluate_also(session, run, state, also_evaluate, metrics)
     if locality:
         from ..evaluate.locality import measure_locality
 
         prompts_file = None if locality is True else locality
         run.write_locality(measure_locality(session, prompts_file=prompts_file).to_dict())
     return metrics
+
+
+def evaluate_also(session: Session, run: RunDir, state: TrainState, also_evaluate: Sequence[str | Path],
+                  metrics: RunMetrics) -> None:
+    """The trained adapter on further records files (a linear-rule cell's held-out pairs), each into
+    RUN/eval-<name>/ with the run's own exact match beside its new one."""
+    for data in also_evaluate:
+        other_records, other_encoded = session.load_data(str(data))
+        evaluate_session(session, other_records, session.answer_forward(other_encoded), run.eval_dir(data),
+                         state.summary(), train_exact_match=metrics.exact_match)
 
 
 def save_run(session: Session, run: RunDir, state: TrainState, extra_state: dict | None = None) -> None:
@@ -626,9 +633,6 @@ class Pack:
             del self.members[run]
 
     def _evaluate_also(self, run: Run, metrics: RunMetrics) -> None:
-        """The further records files of `run` (a linear-rule cell's held-out pairs), as :func:`finish_run` does."""
-        for data in self.also_evaluate[self.members[run][0]]:
-            with run.session.adapter.selected():
-                other_records, other_encoded = run.session.load_data(str(data))
-                evaluate_session(run.session, other_records, run.session.answer_forward(other_encoded),
-                                 run.out.eval_dir(data), run.state.summary(), train_exact_match=metrics.exact_match)
+        """:func:`evaluate_also` with the run's own unit selected."""
+        with run.session.adapter.selected():
+            evaluate_also(run.session, run.out, run.state, self.also_evaluate[self.members[run][0]], metrics)
