@@ -17,13 +17,13 @@ import math
 import time
 from pathlib import Path
 
-from memlaw.config import METHODS, TrainConfig
+from memlaw.config import TrainConfig
 from memlaw.data.linear_rule import generate_linear_rule
 from memlaw.data.phonebook import generate_phonebook
 from memlaw.evaluate.run import evaluate_run
 from memlaw.io import atomic_write_text, write_jsonl
 from memlaw.model.loading import load_tokenizer
-from memlaw.train.method import planned_steps
+from memlaw.train.method import METHODS, planned_steps
 from memlaw.train.trainer import train
 
 

@@ -188,3 +188,65 @@ def test_memorize_exits_1_when_the_budget_runs_out(tiny_model_dir, data, tmp_pat
     m = metrics(run)
     assert m["steps"] == 2 and m["stopped"] == "budget" and m["certified_fraction"] < 1.0
     assert (run / "adapter.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------- the method registry
+def last_token_method():
+    """A method defined only here: each record's last answer token, nothing else (no fields of its own)."""
+    import torch
+
+    from memlaw.train.method import Method
+
+    class Last(Method):
+        name = "last_token"
+
+        def weights(self, tokens, record_ids):
+            mask = tokens.batch.target_mask  # (B, L)
+            last = mask.float().cumsum(1) == mask.sum(1, keepdim=True)  # the last target position of each row
+            return (last & mask).to(torch.float32), {}
+
+    return Last
+
+
+def test_a_method_registered_in_one_module_trains_and_sweeps(tiny_model_dir, data, tmp_path, monkeypatch):
+    """Adding a method is a class in memlaw.train.method's METHODS: `memlaw train --method` and a sweep grid's
+    `methods` take it with no other change."""
+    from memlaw.sweep import parse_grid
+    from memlaw.train import method
+
+    monkeypatch.setitem(method.METHODS, "last_token", last_token_method())
+    out = tmp_path / "last"
+    assert main(args(tiny_model_dir, data, out, "--epochs", "3", "--method", "last_token")) == 0
+    assert metrics(out)["steps"] == 6 and yaml_method(out) == "last_token"
+    grid = parse_grid({"name": "t", "model": str(tiny_model_dir), "benchmark": "phonebook", "methods": ["last_token"],
+                       "ranks": [1], "lengths": [20], "layer": 1, "train": {"epochs": 1}}, "grid.yaml")
+    assert [c.method for c in grid.cells()] == ["last_token"]
+
+
+def yaml_method(run) -> str:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())["method"]
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--method", "mem_ft"], "config field 'method': unknown method 'mem_ft'; choose from sft, memft_ot, memft_sw"),
+    (["--method", "memft_sw", "--sw-window", "0"], "config field 'sw-window': must be > 0, got 0"),
+    (["--method", "memft_ot", "--threshold-p", "1.5"], "config field 'threshold-p': must be in (0, 1), got 1.5"),
+])
+def test_a_method_checks_its_own_fields_before_anything_is_written(tiny_model_dir, data, tmp_path, capsys, flags, said):
+    out = tmp_path / "bad"
+    assert main(args(tiny_model_dir, data, out, *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"memlaw: error: {said}"] and not out.exists()
+
+
+def test_fields_of_another_method_are_not_read():
+    """sft reads no window: a window value that memft_sw refuses leaves an sft config valid."""
+    from memlaw.config import TrainConfig
+    from memlaw.errors import MemlawError
+    from memlaw.train.method import checked
+
+    assert checked(TrainConfig(data="x.jsonl", method="sft", sw_window=0)).sw_window == 0
+    with pytest.raises(MemlawError, match="sw-window"):
+        checked(TrainConfig(data="x.jsonl", method="memft_sw", sw_window=0))

@@ -150,11 +150,11 @@ def test_curriculum_trains_its_stage_in_the_fixed_shuffled_order():
     assert stage2[0] == stage2[1] == [order[i : i + 2] for i in range(0, 10, 2)]
 
 
-def test_every_method_flag_has_one_class_and_the_classes_differ_where_the_methods_do():
-    from memlaw.config import METHODS as NAMES
+def test_every_method_has_one_class_and_the_classes_differ_where_the_methods_do():
     from memlaw.train.method import METHODS
 
-    assert tuple(METHODS) == NAMES  # --method's choices are the registered classes
+    NAMES = ("sft", "memft_ot", "memft_sw")  # the paper's three (DESIGN §3)
+    assert tuple(METHODS) == NAMES
     assert all(cls.name == name for name, cls in METHODS.items())
     hard = torch.tensor([[0.1, 3.0, 0.2]])
     weights = {name: method_for(cfg(method=name, sw_mode="curriculum"), 1).weights(tokens_of(hard), [0])[0].tolist()

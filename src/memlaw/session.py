@@ -17,6 +17,7 @@ from .model.forward import AnswerForward
 from .model.loading import LoadedModel, decoder_layers, default_layers, load_model
 from .model.memory_unit import Adapter, AdapterSpec, attach_adapter, detach_adapter, load_adapter
 from .model.prefix_cache import PrefixCache, notice, unsupported_reason
+from .train.method import checked
 
 
 @dataclass
@@ -74,7 +75,7 @@ def resolve(cfg: TrainConfig, loaded: LoadedModel) -> TrainConfig:
     reason = loaded.dtype_reason if cfg.dtype == "auto" else cfg.dtype_reason or "given (--dtype)"
     resolved = replace(cfg, layer=list(layers), device=loaded.device.type, dtype=dtype, dtype_reason=reason,
                        data=str(Path(cfg.data).resolve()))
-    return resolved.validate()  # the checks that need the concrete layers (the gate's one layer) hold here too
+    return checked(resolved)  # the checks that need the concrete layers (the gate's one layer) hold here too; the method's own
 
 
 def adapter_spec(cfg: TrainConfig, model: torch.nn.Module) -> AdapterSpec:

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from ..config import FIELD_NAMES, METHODS, TrainConfig, from_mapping, read_yaml_mapping
+from ..config import FIELD_NAMES, TrainConfig, from_mapping, read_yaml_mapping
 from ..data.benchmarks import BENCHMARKS, DataSpec, generate
 from ..data.long_context import RATIOS
 from ..errors import MemlawError
@@ -77,7 +77,9 @@ class Cell:
         return f"{self.benchmark}{ratio}-L{self.length}-d{self.data_seed}{source}"
 
     def train_config(self, data: str | Path) -> TrainConfig:
-        return TrainConfig(data=str(data), **self.overrides).validate()
+        from ..train.method import checked  # torch: not on `memlaw --help`'s path
+
+        return checked(TrainConfig(data=str(data), **self.overrides))
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,8 @@ def parse_grid(values: dict[str, Any], where: str, model: str | None = None) -> 
     benchmark = v["benchmark"]
     if benchmark not in BENCHMARKS:
         raise bad("benchmark", f"must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
+    from ..train.method import METHODS  # torch: not on `memlaw --help`'s path
+
     methods = _unique_list(v["methods"], lambda x: x in METHODS, f"a non-empty list of methods from {', '.join(METHODS)}", bad, "methods")
     ranks = _int_list(v, "ranks", 1, bad)
     lengths = _int_list(v, "lengths", 1, bad)

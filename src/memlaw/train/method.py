@@ -8,8 +8,11 @@ A :class:`Method` answers the loop's three method-dependent questions (DESIGN §
   window keeps per-record state between steps);
 * how many optimizer steps the run plans (the length of the linear LR schedule).
 
-Adding a method: a subclass here, registered in METHODS, and its name in config.METHODS (the --method choices;
-a test checks the two agree). Its hyperparameters, if it has new ones, are TrainConfig fields, as every flag is.
+A method also checks its own fields (:meth:`Method.check`): config.validate checks what every run reads, and
+:func:`checked` adds the method's name and fields; the session and the sweep grid call it before anything runs.
+
+Adding a method: a subclass here, registered in METHODS (the names --method and a grid's ``methods`` accept come
+from it). Its hyperparameters, if it has new ones, are TrainConfig fields, as every flag is.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import math
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, field_error
+from ..errors import MemlawError
 from ..model.forward import AnswerTokens
 from .objectives import (
     WindowState,
@@ -50,6 +54,10 @@ class Method:
 
     name = ""
     zero_bp = False  # a step whose weights are all zero is skipped (no backward, no update)
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """Raise config.field_error for a bad value of a field this method reads (the base reads none of its own)."""
 
     def __init__(self, cfg: TrainConfig, n: int):
         self.cfg, self.n = cfg, n
@@ -99,6 +107,10 @@ class MemFTOT(Method):
 
     name = "memft_ot"
 
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        _check_threshold(cfg)
+
     def __init__(self, cfg: TrainConfig, n: int):
         super().__init__(cfg, n)
         self.zero_bp = cfg.zero_bp
@@ -115,6 +127,22 @@ class MemFTSW(Method):
     record a window that follows its first wrong token (kept per record between steps)."""
 
     name = "memft_sw"
+    modes = ("auto", "curriculum", "sliding")
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        _check_threshold(cfg)
+        if cfg.sw_mode not in cls.modes:
+            raise field_error("sw_mode", f"must be one of {', '.join(cls.modes)}, got {cfg.sw_mode!r}")
+        for name in ("sw_window", "sw_patience", "sw_tau", "sw_scale", "sw_expand_max"):
+            if getattr(cfg, name) <= 0:
+                raise field_error(name, f"must be > 0, got {getattr(cfg, name)!r}")
+        ratios, b = cfg.curriculum_ratios, cfg.curriculum_boundaries
+        if not ratios or any(not 0 < r <= 1 for r in ratios):
+            raise field_error("curriculum_ratios", f"must be fractions in (0, 1], got {ratios!r}")
+        if b is not None and (len(b) != len(ratios) or any(x >= y for x, y in zip(b, b[1:])) or b[0] <= 0):
+            raise field_error("curriculum_boundaries",
+                              f"must be {len(ratios)} increasing positive epochs (one per ratio), got {b!r}")
 
     def __init__(self, cfg: TrainConfig, n: int):
         self.sliding = cfg.sw_mode == "sliding" or (cfg.sw_mode == "auto" and n == 1)
@@ -155,9 +183,30 @@ class MemFTSW(Method):
         return with_fallback(weights, mask), {"anchor": anchors[0], "window": windows[0]}
 
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, MemFTOT, MemFTSW)}  # config.METHODS names them for the flags
+def _check_threshold(cfg: TrainConfig) -> None:
+    if not 0.0 < cfg.threshold_p < 1.0:
+        raise field_error("threshold_p", f"must be in (0, 1), got {cfg.threshold_p!r}")
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, MemFTOT, MemFTSW)}
+
+
+def unknown_method(name: object) -> MemlawError | None:
+    """The error for a name that is not a registered method (None for a registered one)."""
+    if name in METHODS:
+        return None
+    return field_error("method", f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+
+
+def checked(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` validated, with its method's name and own fields (config.validate leaves those to the method)."""
+    cfg.validate()
+    if (error := unknown_method(cfg.method)) is not None:
+        raise error
+    METHODS[cfg.method].check(cfg)
+    return cfg
 
 
 def method_for(cfg: TrainConfig, n: int) -> Method:
     """cfg.method applied to a run of `n` records."""
-    return METHODS[cfg.method](cfg, n)
+    return METHODS[checked(cfg).method](cfg, n)

@@ -29,7 +29,7 @@ from ..model.loading import LoadedModel
 from ..model.memory_unit import Adapter
 from ..rundir import RunDir, RunMetrics
 from ..session import Session, check_data_readable, new_session
-from .method import Method, method_for
+from .method import Method, checked, method_for
 from .objectives import weighted_loss
 from .preserve import Preserver
 
@@ -467,6 +467,7 @@ def train(
     second writer refuses.
     """
     run = RunDir(out)
+    checked(cfg)  # the method's name and fields, before the model loads
     check_data_readable(cfg.data)
     with FolderLock(out):
         session = new_session(cfg, loaded)
