@@ -1,17 +1,25 @@
-"""Print docs/reproduction.md's tables (markdown) from the committed study, with memlaw's own readers.
+"""Print docs/reproduction.md's tables (markdown) from the committed studies, with memlaw's own readers.
 
-    .venv/bin/python scripts/reproduction_tables.py [results/smollm2-135m]
+    .venv/bin/python scripts/reproduction_tables.py [results/smollm2-135m]            # the first study
+    .venv/bin/python scripts/reproduction_tables.py --regime [results/smollm2-135m]   # the law in its regime
 
-Reads phonebook/results.parquet, phonebook/law/law.json (from `memlaw fit`), phonebook/analysis/phase.json
-(from `memlaw analyze`), linear-rule/results.parquet and seed43/results.parquet; prints the law per method and
-form, EM per rank per method (mean over lengths) with the paper's orderings, ρ per setting, bits per parameter
-per rank, the linear rule, and the seed-to-seed differences. Nothing is trained.
+The first study reads phonebook/results.parquet, phonebook/law/law.json (from `memlaw fit`),
+phonebook/analysis/phase.json (from `memlaw analyze`), linear-rule/results.parquet and seed43/results.parquet;
+it prints the law per method and form, EM per rank per method (mean over lengths) with the paper's orderings,
+ρ per setting, bits per parameter per rank, the linear rule, and the seed-to-seed differences.
+
+--regime reads phonebook-regime/ and long-context/ (and long-context-2000/ where present): per method the
+cells (EM, token accuracy, ΔL over its ceiling, final loss over the format floor), each MemFT method against
+sft on the same cells, how many cells sit at an edge, the laws of law/ (held-out largest rank),
+law-length/ (held-out longest length) and law-in-regime/ (edge cells left out), seed noise on the same
+records, bits per parameter, ρ, and what 2000 epochs change against 500. A study still running prints
+what it has. Nothing is trained.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -58,8 +66,7 @@ def orderings(em: pd.DataFrame) -> None:
         print(f"- r = {r}: {order} ({', '.join(f'{m} {v:.1f}' for m, v in values.items())})")
 
 
-def main() -> int:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "results/smollm2-135m")
+def first_study(root: Path) -> None:
     pb = root / "phonebook"
     results = pd.read_parquet(pb / "results.parquet")
     ok = results[results["status"] == "ok"]
@@ -74,17 +81,8 @@ def main() -> int:
     em = em_table(ok)
     print("\norderings (EM):")
     orderings(em)
-    print("\n### Bits per parameter per rank (largest over lengths): memorized information / loss removed in bits\n")
+    bits_table(ok)
     loss_bits = ok["loss_bits"] if "loss_bits" in ok else ok["bits_stored"]
-    with_loss = ok.assign(loss_bits_per_param=loss_bits / ok["trainable_params"])
-    per_cell = with_loss.groupby(["method", "rank", "length"])[["bits_per_param", "loss_bits_per_param"]].mean()
-    bits = per_cell.groupby(level=["method", "rank"]).max()
-    ranks = sorted(ok["rank"].unique())
-    print("| method | " + " | ".join(f"r = {r}" for r in ranks) + " |")
-    print("|---|" + "---|" * len(ranks))
-    for m in [m for m in METHODS if m in bits.index.get_level_values(0)]:
-        print(f"| {m} | " + " | ".join(f"{bits.loc[(m, r), 'bits_per_param']:.3f} / {bits.loc[(m, r), 'loss_bits_per_param']:.3f}"
-                                        if (m, r) in bits.index else "—" for r in ranks) + " |")
     if "information_bits" in ok:
         over = ok[loss_bits > ok["information_bits"]]
         print(f"\nloss_bits exceeds the records' information in {len(over)} of {len(ok)} cells")
@@ -95,13 +93,7 @@ def main() -> int:
         recalled = ((ok["exact_match"] >= 1) | (ok["certified_fraction"] >= 1)).sum()
         print(f"cells with every record recalled or certified: {recalled}; ΔL within 5 % of the initial loss: {near_ceiling}; "
               f"final loss within 5 % of the format floor (or above it): {near_floor}")
-    phase = pb / "analysis" / "phase.json"
-    if phase.is_file():
-        summary = json.loads(phase.read_text(encoding="utf-8"))
-        print("\n### ρ (earliest stubborn position vs first free-run failure)\n")
-        print(f"- pooled: ρ = {summary['spearman']['rho']}, n = {summary['spearman']['n']}")
-        for e in summary.get("spearman_by", []):
-            print(f"- {e['benchmark']} · {e['method']}: ρ = {e['rho']}, n = {e['n']}")
+    rho(pb)
     lin = root / "linear-rule" / "results.parquet"
     if lin.is_file():
         d = pd.read_parquet(lin)
@@ -132,8 +124,165 @@ def main() -> int:
                   f"{b['exact_match']:.3f} | {row.exact_match:.3f} |")
         if diffs:
             print(f"\nmean |ΔL(s43) − ΔL(s42)| / ΔL(s42) = {sum(diffs) / len(diffs):.2f} % over {len(diffs)} cells")
+
+
+def bits_table(ok: pd.DataFrame) -> None:
+    print("\n### Bits per parameter per rank (largest over lengths): memorized information / loss removed in bits\n")
+    loss_bits = ok["loss_bits"] if "loss_bits" in ok else ok["bits_stored"]
+    with_loss = ok.assign(loss_bits_per_param=loss_bits / ok["trainable_params"])
+    per_cell = with_loss.groupby(["method", "rank", "length"])[["bits_per_param", "loss_bits_per_param"]].mean()
+    bits = per_cell.groupby(level=["method", "rank"]).max()
+    ranks = sorted(ok["rank"].unique())
+    print("| method | " + " | ".join(f"r = {r}" for r in ranks) + " |")
+    print("|---|" + "---|" * len(ranks))
+    for m in [m for m in METHODS if m in bits.index.get_level_values(0)]:
+        print(f"| {m} | " + " | ".join(f"{bits.loc[(m, r), 'bits_per_param']:.3f} / {bits.loc[(m, r), 'loss_bits_per_param']:.3f}"
+                                        if (m, r) in bits.index else "—" for r in ranks) + " |")
+
+
+def rho(sweep: Path) -> None:
+    phase = sweep / "analysis" / "phase.json"
+    if phase.is_file():
+        summary = json.loads(phase.read_text(encoding="utf-8"))
+        print("\n### ρ (earliest stubborn position vs first free-run failure)\n")
+        print(f"- pooled: ρ = {summary['spearman']['rho']}, n = {summary['spearman']['n']}")
+        for e in summary.get("spearman_by", []):
+            setting = " · ".join(str(e[k]) for k in ("benchmark", "ratio", "method") if e.get(k))
+            print(f"- {setting}: ρ = {e['rho']}, n = {e['n']}")
+
+
+# ---------------------------------------------------------------------- the law in its regime (issue 25)
+def ok_cells(sweep: Path) -> pd.DataFrame:
+    """The sweep's finished cells, with ΔL over its ceiling (the initial loss) and the final loss over the floor."""
+    d = pd.read_csv(sweep / "results.csv")
+    d = d[d["status"] == "ok"].copy()
+    d["dl_rel"] = d["delta_loss"] / d["initial_loss"]
+    d["floor_rel"] = d["final_loss"] / d["format_floor_loss"]
+    return d
+
+
+def thousands(n: float) -> str:
+    return f"{int(n):,}".replace(",", " ")
+
+
+def cell_table(d: pd.DataFrame, by: tuple[str, ...] = ("rank", "length")) -> None:
+    """One row per (rank, length), its seeds side by side (s42 / s43)."""
+    print(f"| {' | '.join(by)} | seed | EM | token accuracy | ΔL / initial | final / floor | steps |")
+    print("|" + "---|" * (len(by) + 6))
+    for key, c in d.groupby(list(by)):
+        c = c.sort_values("seed")
+        def j(col, fmt):
+            return " / ".join(fmt(v) for v in c[col])
+        key = key if isinstance(key, tuple) else (key,)
+        print(f"| {' | '.join(thousands(k) if isinstance(k, (int, float)) else str(k) for k in key)} | "
+              f"{j('seed', str)} | {j('exact_match', lambda v: f'{v:.3g}')} | {j('token_accuracy', lambda v: f'{v:.3g}')} | "
+              f"{j('dl_rel', lambda v: f'{v:.3f}')} | {j('floor_rel', lambda v: f'{v:.2f}')} | {thousands(c['steps'].iloc[0])} |")
+
+
+def versus_sft(d: pd.DataFrame, method: str, keys: tuple[str, ...]) -> None:
+    """`method` against sft on the cells both have: ΔL / initial and EM, cell by cell."""
+    m = d[d["method"] == method].merge(d[d["method"] == "sft"], on=list(keys), suffixes=("_m", "_s"))
+    if m.empty:
+        return
+    gain = m["dl_rel_m"] - m["dl_rel_s"]
+    em = m["exact_match_m"] - m["exact_match_s"]
+    print(f"- {method} vs sft on {len(m)} matched cells: ΔL / initial higher in {int((gain > 0).sum())}, lower in "
+          f"{int((gain < 0).sum())} (difference {gain.min():+.3f} … {gain.max():+.3f}, mean {gain.mean():+.3f}); "
+          f"EM higher in {int((em > 0).sum())}, equal in {int((em == 0).sum())}, lower in {int((em < 0).sum())} "
+          f"(mean {em.mean():+.3f})")
+
+
+def edges(d: pd.DataFrame) -> None:
+    """Acceptance 3's counts: saturated by recall, ΔL within 5 % of its ceiling, final loss within 5 % of the floor."""
+    saturated = (d["exact_match"] >= 1) | (d["certified_fraction"] >= 1)
+    ceiling = d["delta_loss"] >= 0.95 * d["initial_loss"]
+    floor = d["final_loss"] >= 0.95 * d["format_floor_loss"]
+    n = len(d)
+    print(f"- {n} cells: {int(saturated.sum())} saturated by recall ({saturated.mean():.0%}), "
+          f"{int(ceiling.sum())} with ΔL within 5 % of the initial loss ({ceiling.mean():.0%}), "
+          f"{int(floor.sum())} with the final loss within 5 % of the format floor ({floor.mean():.0%}); "
+          f"ΔL / initial {d['dl_rel'].min():.3f}–{d['dl_rel'].max():.3f}, final / floor "
+          f"{d['floor_rel'].min():.2f}–{d['floor_rel'].max():.2f}")
+
+
+def laws(sweep: Path) -> None:
+    for name, what in (("law", "held out: the largest rank"), ("law-length", "held out: the longest length"),
+                       ("law-in-regime", "edge cells left out; held out: the largest rank")):
+        path = sweep / name / "law.json"
+        if not path.is_file():
+            continue
+        law = read_law(path)
+        print(f"\n#### {sweep.name}/{name}/law.json ({what}; by {law['group_cols']})\n")
+        law_table(law)
+        if law.get("excluded"):
+            print(f"\nexcluded: {len(law['excluded'])} cells: " + "; ".join(
+                f"{e['cell']} ({e['reason'].split(':')[0]})" for e in law["excluded"]))
+
+
+def seed_noise(d: pd.DataFrame, keys: tuple[str, ...]) -> None:
+    """Seed 43 against seed 42 on the same records (the grid's data seed is fixed): what training noise alone moves."""
+    s42, s43 = d[d["seed"] == 42], d[d["seed"] == 43]
+    m = s43.merge(s42, on=[k for k in keys if k != "seed"], suffixes=("_43", "_42"))
+    if m.empty:
+        return
+    dl = (m["delta_loss_43"] - m["delta_loss_42"]).abs() / m["delta_loss_42"] * 100
+    em = (m["exact_match_43"] - m["exact_match_42"]).abs()
+    print(f"- {' '.join(sorted(set(d['method'])))}: seed 43 vs 42 on the same records, {len(m)} cells: |ΔL difference| {dl.min():.2f}–{dl.max():.2f} % "
+          f"(mean {dl.mean():.2f} %), |EM difference| {em.min():.3g}–{em.max():.3g} (mean {em.mean():.3g})")
+
+
+def regime(root: Path) -> None:
+    pb = root / "phonebook-regime"
+    if (pb / "results.csv").is_file():
+        d = ok_cells(pb)
+        print(f"## PhoneBook in its regime: {len(d)} ok cells\n")
+        keys = ("rank", "length", "seed")
+        for method in [m for m in METHODS if m in set(d["method"])]:
+            print(f"\n### {method}\n")
+            cell_table(d[d["method"] == method])
+        print("\n### Against sft, edges, seeds\n")
+        for method in METHODS[1:]:
+            versus_sft(d, method, keys)
+        edges(d)
+        for method in [m for m in METHODS if m in set(d["method"])]:
+            seed_noise(d[d["method"] == method], keys)
+        laws(pb)
+        bits_table(d)
+        rho(pb)
+    lc = root / "long-context"
+    if (lc / "results.csv").is_file():
+        d = ok_cells(lc)
+        print(f"\n## Long-Context: {len(d)} ok cells\n")
+        for (ratio, method), g in d.groupby(["ratio", "method"]):
+            print(f"\n### {ratio} · {method}\n")
+            cell_table(g)
+        print()
+        for ratio, g in d.groupby("ratio"):
+            print(f"- {ratio}:", end=" ")
+            versus_sft(g, "memft_ot", ("rank", "length", "seed"))
+        edges(d)
+        laws(lc)
+        rho(lc)
+        long = root / "long-context-2000"
+        if (long / "results.csv").is_file():
+            d2 = ok_cells(long)
+            m = d2.merge(d, on=["ratio", "method", "rank", "length", "seed"], suffixes=("_2000", "_500"))
+            print("\n### 2000 epochs against 500 (same cells)\n")
+            print("| ratio | method | rank | length | EM 500 / 2000 | ΔL / initial 500 / 2000 | final / floor 500 / 2000 |")
+            print("|---|---|---|---|---|---|---|")
+            for r in m.itertuples():
+                print(f"| {r.ratio} | {r.method} | {r.rank} | {r.length} | {r.exact_match_500:.3g} / {r.exact_match_2000:.3g} | "
+                      f"{r.dl_rel_500:.3f} / {r.dl_rel_2000:.3f} | {r.floor_rel_500:.2f} / {r.floor_rel_2000:.2f} |")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", nargs="?", default="results/smollm2-135m")
+    p.add_argument("--regime", action="store_true", help="the law in its regime (issue 25) instead of the first study")
+    args = p.parse_args()
+    (regime if args.regime else first_study)(Path(args.root))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
