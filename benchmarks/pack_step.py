@@ -12,6 +12,7 @@ and prints seconds per tick (K runs' steps, or one wide step). packed / alone is
 step; wide bounds it: a pack also runs one prefix row per run.
 
     .venv/bin/python benchmarks/pack_step.py [--length 160] [--batch-size 4] [--rounds 3] [--ticks 4] [--device auto]
+        [--dropout 0]
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--ticks", type=int, default=4, help="ticks per variant per round")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dropout", type=float, default=0.0, help="the units' dropout (the reference recipe's is 0.1)")
     args = p.parse_args()
     K, B = len(RANKS), args.batch_size
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +56,7 @@ def main() -> None:
 
         def config(rank: int, batch: int) -> TrainConfig:
             return TrainConfig(data=str(data), model=args.model, method="sft", rank=rank, lr=1e-3, epochs=1000,
-                               batch_size=batch, dropout=0.0, device=args.device).validate()
+                               batch_size=batch, dropout=args.dropout, device=args.device).validate()
 
         sessions = [new_session(config(r, B), loaded, pack=True) for r in RANKS]
         records, encoded = sessions[0].load_data()
@@ -116,7 +118,7 @@ def main() -> None:
                     seconds[name].append((time.perf_counter() - t) / len(groups))
     per_tick = {n: round(statistics.median(v), 4) for n, v in seconds.items()}
     result = {"model": args.model, "device": loaded.device.type, "dtype": str(loaded.dtype).replace("torch.", ""),
-              "runs": K, "batch_size": B, "records": len(encoded), "rounds": args.rounds,
+              "runs": K, "batch_size": B, "dropout": args.dropout, "records": len(encoded), "rounds": args.rounds,
               "seconds_per_tick": per_tick, "packed_over_alone": round(per_tick["alone"] / per_tick["packed"], 2),
               "wide_over_alone": round(per_tick["alone"] / per_tick["wide"], 2), "torch_threads": torch.get_num_threads()}
     print(f"{'variant':<8} {'s / tick':>9}")
