@@ -138,7 +138,7 @@ def test_packed_rows_on_cuda(tiny_model_dir, tmp_path):
 
 def test_packed_linear_rule_cells_are_evaluated_on_their_held_out_pairs(tiny_model_dir, tmp_path):
     values = grid_values(tiny_model_dir, benchmark="linear-rule", methods=["sft", "memft_ot"], ranks=[1, 2],
-                         lengths=[8], heldout=5)
+                         lengths=None, records=[8], heldout=5)
     grid = parse_grid(values, "grid.yaml")
     assert [len(p) for p in packs(grid.cells(), tmp_path / "data", "auto")] == [4]
     alone = run_sweep(grid, tmp_path / "off", pack="off", progress=False)

@@ -35,7 +35,8 @@ def run_study(model_dir, out, **grid) -> str:
 def studies(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     phonebook = run_study(tiny_model_dir, root / "pb", benchmark="phonebook", ranks=[1, 2, 4], lengths=[20, 40])
-    rule = run_study(tiny_model_dir, root / "rule", benchmark="linear-rule", ranks=[1, 2], lengths=[6, 12], heldout=5)
+    rule = run_study(tiny_model_dir, root / "rule", benchmark="linear-rule", ranks=[1, 2], lengths=None, records=[6, 12],
+                     heldout=5)
     return root, phonebook, rule
 
 

@@ -71,6 +71,10 @@ def local_sweep(tiny_model_dir, tmp_path_factory):
     ({"benchmark": "long-context"}, "ratios"),
     ({"benchmark": "long-context", "ratios": ["r33"]}, "ratios"),
     ({"heldout": 10}, "heldout"),
+    ({"records": [8]}, "records"),  # phonebook is sized in answer tokens
+    ({"benchmark": "linear-rule"}, "lengths"),  # the linear rule in training pairs: records
+    ({"benchmark": "linear-rule", "lengths": None}, "records"),
+    ({"benchmark": "linear-rule", "lengths": None, "records": [8], "blocks": [{"lengths": [20]}]}, r"blocks\[0\]\.lengths"),
     ({"layer": "a,b"}, "layer"),
     ({"data_seed": -1}, "data_seed"),
     ({"train": {"lr": -1}}, "train"),
@@ -99,6 +103,18 @@ def test_grid_errors_name_the_field(tmp_path, change, field):
     path = write_grid(tmp_path / "grid.yaml", tiny_grid("/m", **change))
     with pytest.raises(MemlawError, match=rf"^grid\.yaml: field '{field}': "):
         load_grid(path)
+
+
+def test_a_linear_rule_grid_is_sized_in_records_and_keeps_length_for_answer_tokens(tmp_path):
+    values = tiny_grid("/m", benchmark="linear-rule", methods=["sft"], ranks=[1], lengths=None, records=[8, 16])
+    grid = load_grid(write_grid(tmp_path / "grid.yaml", values))
+    assert [(c.name, c.length, c.records) for c in grid.cells()] == [
+        ("linear-rule-sft-r1-N8-s42", None, 8), ("linear-rule-sft-r1-N16-s42", None, 16)]
+    assert grid.cells()[0].data_name == "linear-rule-N8-d42"
+    again = load_grid(write_grid(tmp_path / "again.yaml", grid.to_dict()))  # grid.yaml as a sweep writes it
+    assert again == grid and "lengths" not in grid.to_dict()
+    with pytest.raises(MemlawError, match="write records: "):
+        load_grid(write_grid(tmp_path / "old.yaml", tiny_grid("/m", benchmark="linear-rule", lengths=[32])))
 
 
 def test_grid_error_unknown_field_and_merged_cell_config(tmp_path):
@@ -340,15 +356,17 @@ def test_different_grid_is_refused_unless_overwrite(local_sweep, tiny_model_dir,
 
 def test_failed_cell_is_recorded_and_others_finish(tiny_model_dir, tmp_path, capsys):
     """Linear-rule: 10001 training pairs cannot be drawn from 100x100, so that cell fails."""
-    values = tiny_grid(tiny_model_dir, benchmark="linear-rule", methods=["sft"], ranks=[2], lengths=[6, 10001], heldout=5)
+    values = tiny_grid(tiny_model_dir, benchmark="linear-rule", methods=["sft"], ranks=[2], lengths=None, records=[6, 10001],
+                       heldout=5)
     grid_path = write_grid(tmp_path / "lin.yaml", values)
     out = tmp_path / "lin"
     assert main(["sweep", str(grid_path), "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "failed cells" in err and "linear-rule-sft-r2-L10001-s42" in err
+    assert "failed cells" in err and "linear-rule-sft-r2-N10001-s42" in err
     frame = pd.read_parquet(out / "results.parquet")
     ok, failed = frame.iloc[0], frame.iloc[1]
     assert ok["status"] == "ok" and 0.0 <= ok["heldout_exact_match"] <= 1.0 and pd.isna(ok["error"])
+    assert ok["n_records"] == 6 and ok["length"] == ok["target_tokens"] > 6  # sized in pairs; length: answer tokens
     assert failed["status"] == "failed" and "MemlawError: linear-rule: only 10000 distinct" in failed["error"]
     assert pd.isna(failed["exact_match"])
     error_file = out / "cells" / failed["cell"] / "error.json"

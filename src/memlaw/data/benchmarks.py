@@ -17,12 +17,12 @@ BENCHMARKS = ("phonebook", "long-context", "linear-rule")
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What to generate. `length` is the benchmark's size: answer tokens (phonebook), target tokens
-    (long-context) or training pairs (linear-rule)."""
+    """What to generate: `length` answer tokens (phonebook: records until their answers reach it; long-context:
+    the target's tokens) or `records` records (phonebook: instead of a length; linear-rule: the training pairs)."""
 
     benchmark: str
     length: int | None = None
-    records: int | None = None  # phonebook: a record count instead of `length`
+    records: int | None = None
     seed: int = 42
     ratio: str | None = None  # long-context: r0 … r100
     source: str | None = None  # long-context: a text or reference .jsonl file (default: the built-in text)
@@ -42,9 +42,9 @@ def generate(spec: DataSpec, model: str = "default", trust_remote_code: bool = F
     if spec.benchmark == "linear-rule":
         from .linear_rule import generate_linear_rule
 
-        if spec.length is None or spec.heldout is None:
+        if spec.records is None or spec.heldout is None:
             raise MemlawError("linear-rule: needs the number of training and held-out pairs")
-        return generate_linear_rule(spec.length, spec.heldout, seed=spec.seed, max_value=spec.max_value)
+        return generate_linear_rule(spec.records, spec.heldout, seed=spec.seed, max_value=spec.max_value)
     if spec.benchmark == "phonebook":
         from .phonebook import generate_phonebook
 

@@ -63,7 +63,7 @@ def cmd_linear_rule(args: argparse.Namespace) -> int:
     from ..io import write_jsonl
     from .benchmarks import DataSpec, generate
 
-    spec = DataSpec("linear-rule", length=args.train, heldout=args.heldout, seed=args.seed, max_value=args.max_value)
+    spec = DataSpec("linear-rule", records=args.train, heldout=args.heldout, seed=args.seed, max_value=args.max_value)
     train_rows, heldout_rows = generate(spec)
     write_jsonl(args.out_train, train_rows)
     write_jsonl(args.out_heldout, heldout_rows)

@@ -1,7 +1,10 @@
 """Sweep grids: a typed YAML description of many training runs, expanded into named cells.
 
-A grid is the product ``ratios × methods × ranks × lengths × seeds`` (ratios: Long-Context
-only). Optional ``blocks`` narrow it: each block is a partial grid (some of those five
+A grid is the product ``ratios × methods × ranks × sizes × seeds`` (ratios: Long-Context
+only). A cell's size is its ``length`` in answer tokens (PhoneBook, Long-Context: the grid's
+``lengths``) or, for the linear rule, its number of training pairs (the grid's ``records``): a
+length means answer tokens wherever memlaw says it, and a linear-rule row's ``length`` is the
+answer tokens its pairs came to. Optional ``blocks`` narrow it: each block is a partial grid (some of those five
 axes, each a subset of the grid's list; an axis it omits means all of the grid's values)
 and the grid's cells are the product's cells that at least one block selects, in product
 order. So "these ranks only on r100" or "MemFT only on r100" is one block each, a cell two
@@ -12,7 +15,7 @@ Every cell's TrainConfig is built from, in increasing priority:
                          < by_method_length[method][length] < the cell's own axes
 
 The axes (model, method, rank, seed, layer, and length for Long-Context) cannot be set in
-the override sections. Data depends only on (benchmark, ratio, length, data seed and the
+the override sections. Data depends only on (benchmark, ratio, size, data seed and the
 Long-Context ``source`` file, if any), so the ranks and methods of a grid share their data files.
 """
 
@@ -41,7 +44,7 @@ AXIS_KEYS = {
     "data": "the sweep", "model": "model", "method": "methods", "rank": "ranks", "seed": "seeds", "layer": "layer",
     "length": "lengths",
 }
-BLOCK_AXES = ("ratios", "methods", "ranks", "lengths", "seeds")  # a block's keys, in product order
+BLOCK_AXES = ("ratios", "methods", "ranks", "lengths", "records", "seeds")  # a block's keys, in product order
 DATA_PLACEHOLDER = "(generated per cell)"
 DEFAULT_HELDOUT = 100
 FLOAT_FIELDS = {  # YAML reads 1e-2 as a string; these fields accept it as a number
@@ -59,11 +62,12 @@ class Cell:
     ratio: str | None
     method: str
     rank: int
-    length: int
+    length: int | None  # answer tokens (None for the linear rule, sized in records)
     seed: int
     data_seed: int
     overrides: dict[str, Any]  # TrainConfig field -> value (everything but `data`)
     source: str | None = None  # long-context: the grid's source text file (absolute path)
+    records: int | None = None  # linear-rule: training pairs
 
     @property
     def data_name(self) -> str:
@@ -74,7 +78,12 @@ class Cell:
         """
         ratio = f"-{self.ratio}" if self.ratio else ""
         source = f"-{source_tag(self.source)}" if self.source else ""
-        return f"{self.benchmark}{ratio}-L{self.length}-d{self.data_seed}{source}"
+        return f"{self.benchmark}{ratio}-{self.size_tag}-d{self.data_seed}{source}"
+
+    @property
+    def size_tag(self) -> str:
+        """L<answer tokens>, or N<pairs> for the linear rule: the size in the cell's and its data's names."""
+        return f"N{self.records}" if self.records is not None else f"L{self.length}"
 
     def train_config(self, data: str | Path) -> TrainConfig:
         from ..train.method import checked  # torch: not on `memlaw --help`'s path
@@ -91,7 +100,7 @@ class Grid:
     benchmark: str
     methods: list[str]
     ranks: list[int]
-    lengths: list[int]
+    lengths: list[int]  # answer tokens (empty for the linear rule)
     seeds: list[int] = field(default_factory=lambda: [42])
     ratios: list[str] | None = None
     layer: list[int] | None = None
@@ -104,6 +113,12 @@ class Grid:
     by_method_length: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     blocks: list[dict[str, list]] | None = None  # partial grids whose cells are kept (None: the whole product)
     source: str | None = None  # long-context: source text file (None: the built-in text)
+    records: list[int] | None = None  # linear-rule: training pairs per cell, its size axis instead of lengths
+
+    @property
+    def sizes(self) -> list[int]:
+        """The size axis: records for the linear rule, else lengths."""
+        return self.records if self.records is not None else self.lengths
 
     @property
     def device(self) -> str:
@@ -113,26 +128,30 @@ class Grid:
         """The grid as written to DIR/grid.yaml; unset blocks/source are left out, so a sweep folder
         made before they existed still holds the same grid."""
         values = dataclasses.asdict(self)
-        for name in ("blocks", "source"):
+        for name in ("blocks", "source", "records"):
             if values[name] is None:
                 del values[name]
+        if self.records is not None:
+            del values["lengths"]
         return values
 
-    def selects(self, ratio: str | None, method: str, rank: int, length: int, seed: int) -> bool:
+    def selects(self, ratio: str | None, method: str, rank: int, size: int, seed: int) -> bool:
         """Whether this point of the product is a cell: always without blocks, else if some block has it."""
         if self.blocks is None:
             return True
-        point = dict(zip(BLOCK_AXES, (ratio, method, rank, length, seed)))
+        size_axis = "records" if self.records is not None else "lengths"
+        point = {"ratios": ratio, "methods": method, "ranks": rank, size_axis: size, "seeds": seed}
         return any(all(point[axis] in values for axis, values in block.items()) for block in self.blocks)
 
     def cells(self) -> list[Cell]:
         """Every cell, in grid order (ratio, method, rank, length, seed), each once."""
         out = []
-        for ratio, method, rank, length, seed in itertools.product(
-            self.ratios or [None], self.methods, self.ranks, self.lengths, self.seeds
+        for ratio, method, rank, size, seed in itertools.product(
+            self.ratios or [None], self.methods, self.ranks, self.sizes, self.seeds
         ):
-            if not self.selects(ratio, method, rank, length, seed):
+            if not self.selects(ratio, method, rank, size, seed):
                 continue
+            length, records = (None, size) if self.records is not None else (size, None)
             overrides = {
                 **self.train,
                 **self.by_method.get(method, {}),
@@ -143,11 +162,12 @@ class Grid:
             if self.benchmark == "long-context":
                 overrides["length"] = length
             prefix = self.benchmark + (f"-{ratio}" if ratio else "")
-            out.append(Cell(
-                name=f"{prefix}-{method}-r{rank}-L{length}-s{seed}",
-                benchmark=self.benchmark, ratio=ratio, method=method, rank=rank, length=length, seed=seed,
+            cell = Cell(
+                name="", benchmark=self.benchmark, ratio=ratio, method=method, rank=rank, length=length, seed=seed,
                 data_seed=seed if self.data_seed is None else self.data_seed, overrides=overrides, source=self.source,
-            ))
+                records=records,
+            )
+            out.append(dataclasses.replace(cell, name=f"{prefix}-{method}-r{rank}-{cell.size_tag}-s{seed}"))
         return out
 
 
@@ -173,9 +193,16 @@ def parse_grid(values: dict[str, Any], where: str, model: str | None = None) -> 
     v = dict(values)
     if model is not None:
         v["model"] = model
-    for name in ("name", "model", "benchmark", "methods", "ranks", "lengths"):
+    for name in ("name", "model", "benchmark", "methods", "ranks"):
         if v.get(name) is None:
             raise bad(name, "required")
+    size = "records" if v["benchmark"] == "linear-rule" else "lengths"
+    other = "lengths" if size == "records" else "records"
+    if v.get(other) is not None:
+        raise bad(other, "a linear-rule grid sizes its cells in records (training pairs); lengths (answer tokens) "
+                  "size the other benchmarks'" + (": write records: [...]" if other == "lengths" else ""))
+    if v.get(size) is None:
+        raise bad(size, "required")
 
     name = v["name"]
     if not isinstance(name, str) or not name.strip():
@@ -189,7 +216,8 @@ def parse_grid(values: dict[str, Any], where: str, model: str | None = None) -> 
 
     methods = _unique_list(v["methods"], lambda x: x in METHODS, f"a non-empty list of methods from {', '.join(METHODS)}", bad, "methods")
     ranks = _int_list(v, "ranks", 1, bad)
-    lengths = _int_list(v, "lengths", 1, bad)
+    lengths = _int_list(v, "lengths", 1, bad) if size == "lengths" else []
+    records = _int_list(v, "records", 1, bad) if size == "records" else None
     seeds = _int_list(v, "seeds", 0, bad) if "seeds" in v else [42]
 
     ratios = v.get("ratios")
@@ -225,7 +253,8 @@ def parse_grid(values: dict[str, Any], where: str, model: str | None = None) -> 
         if method not in methods:
             raise bad("by_method_length", f"method {method!r} is not in methods")
         by_method_length[method] = _keyed(per_length, f"by_method_length.{method}", lengths, "length", bad)
-    axes = {"ratios": ratios, "methods": methods, "ranks": ranks, "lengths": lengths, "seeds": seeds}
+    axes = {"ratios": ratios, "methods": methods, "ranks": ranks, "lengths": lengths or None, "records": records,
+            "seeds": seeds}
     blocks = _blocks(v.get("blocks"), axes, bad)
     source = _source(v.get("source"), benchmark, bad)
 
@@ -233,7 +262,7 @@ def parse_grid(values: dict[str, Any], where: str, model: str | None = None) -> 
         name=name.strip(), model=_normalize_model(v["model"].strip()), benchmark=benchmark, methods=methods,
         ranks=ranks, lengths=lengths, seeds=seeds, ratios=ratios, layer=layer, data_seed=data_seed,
         heldout=heldout, description=description, train=train, by_method=by_method, by_length=by_length,
-        by_method_length=by_method_length, blocks=blocks, source=source,
+        by_method_length=by_method_length, blocks=blocks, source=source, records=records,
     )
     cells = grid.cells()
     if blocks is not None:
@@ -266,7 +295,8 @@ def _blocks(value: Any, axes: dict[str, list | None], bad) -> list[dict[str, lis
             if axis not in block:
                 continue
             if axes[axis] is None:
-                raise bad(f"{where}.{axis}", "only for benchmark long-context")
+                only = {"ratios": "benchmark long-context", "records": "benchmark linear-rule"}.get(axis, "the other benchmarks")
+                raise bad(f"{where}.{axis}", f"only for {only}")
             kind = (lambda x: isinstance(x, str)) if axis in ("ratios", "methods") else _is_int
             values = _unique_list(block[axis], kind, f"a non-empty list from the grid's {axis}", bad, f"{where}.{axis}")
             missing = [x for x in values if x not in axes[axis]]
@@ -282,16 +312,16 @@ def _check_blocks_cover(cells: list[Cell], axes: dict[str, list | None], by_meth
     a value no block selects would be a silent no-op (usually a typo in a block)."""
     used = {
         "ratios": {c.ratio for c in cells}, "methods": {c.method for c in cells}, "ranks": {c.rank for c in cells},
-        "lengths": {c.length for c in cells}, "seeds": {c.seed for c in cells},
+        "lengths": {c.length for c in cells}, "records": {c.records for c in cells}, "seeds": {c.seed for c in cells},
     }
     for axis, values in axes.items():
         for x in values or []:
             if x not in used[axis]:
                 raise bad("blocks", f"{axis[:-1]} {x!r} is listed in {axis} but no block selects it")
-    pairs = {(c.method, c.length) for c in cells}
+    selected = {(c.method, c.length) for c in cells}
     for method, per_length in by_method_length.items():
         for length in per_length:
-            if (method, length) not in pairs:
+            if (method, length) not in selected:
                 raise bad(f"by_method_length.{method}.{length}", f"no block selects method {method} at length {length}")
 
 
@@ -433,8 +463,8 @@ def ensure_data(grid: Grid, cell: Cell, data_dir: Path) -> tuple[Path, Path | No
     train, heldout = data_paths(cell, data_dir)
     if train.is_file() and (heldout is None or heldout.is_file()):
         return train, heldout
-    spec = DataSpec(cell.benchmark, length=cell.length, seed=cell.data_seed, ratio=cell.ratio, heldout=grid.heldout,
-                    source=grid.source)
+    spec = DataSpec(cell.benchmark, length=cell.length, records=cell.records, seed=cell.data_seed, ratio=cell.ratio,
+                    heldout=grid.heldout, source=grid.source)
     train_rows, heldout_rows = generate(spec, grid.model, bool(grid.train.get("trust_remote_code", False)))
     if heldout is not None:
         write_jsonl(heldout, heldout_rows)

@@ -113,6 +113,8 @@ def cell_row(grid: Grid, out: Path, cell: Cell) -> dict[str, Any] | None:
         "component": cfg.component, "lr": cfg.lr, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
     }
     row.update({k: None if metrics is None else getattr(metrics, k) for k in METRIC_COLUMNS})
+    if cell.length is None and metrics is not None:  # the linear rule, sized in pairs: its answer tokens
+        row["length"] = metrics.target_tokens
     row.update(heldout_exact_match=heldout_em, run_dir=f"cells/{cell.name}")
     return row
 
