@@ -4,7 +4,7 @@ A grid is the product ``ratios × methods × ranks × sizes × seeds`` (ratios: 
 only). A cell's size is its ``length`` in answer tokens (PhoneBook, Long-Context: the grid's
 ``lengths``) or, for the linear rule, its number of training pairs (the grid's ``records``): a
 length means answer tokens wherever memlaw says it, and a linear-rule row's ``length`` is the
-answer tokens its pairs came to. Optional ``blocks`` narrow it: each block is a partial grid (some of those five
+answer tokens its pairs came to. Optional ``blocks`` narrow it: each block is a partial grid (some of those
 axes, each a subset of the grid's list; an axis it omits means all of the grid's values)
 and the grid's cells are the product's cells that at least one block selects, in product
 order. So "these ranks only on r100" or "MemFT only on r100" is one block each, a cell two
@@ -53,6 +53,11 @@ FLOAT_FIELDS = {  # YAML reads 1e-2 as a string; these fields accept it as a num
 }
 
 
+def size_tag(length: int | None, records: int | None) -> str:
+    """L<answer tokens>, or N<pairs> for the linear rule: the size in a cell's and its data's names."""
+    return f"N{records}" if records is not None else f"L{length}"
+
+
 @dataclass(frozen=True)
 class Cell:
     """One training run of a sweep: its axes and its fully resolved TrainConfig overrides."""
@@ -82,8 +87,7 @@ class Cell:
 
     @property
     def size_tag(self) -> str:
-        """L<answer tokens>, or N<pairs> for the linear rule: the size in the cell's and its data's names."""
-        return f"N{self.records}" if self.records is not None else f"L{self.length}"
+        return size_tag(self.length, self.records)
 
     def train_config(self, data: str | Path) -> TrainConfig:
         from ..train.method import checked  # torch: not on `memlaw --help`'s path
@@ -162,12 +166,12 @@ class Grid:
             if self.benchmark == "long-context":
                 overrides["length"] = length
             prefix = self.benchmark + (f"-{ratio}" if ratio else "")
-            cell = Cell(
-                name="", benchmark=self.benchmark, ratio=ratio, method=method, rank=rank, length=length, seed=seed,
+            out.append(Cell(
+                name=f"{prefix}-{method}-r{rank}-{size_tag(length, records)}-s{seed}",
+                benchmark=self.benchmark, ratio=ratio, method=method, rank=rank, length=length, seed=seed,
                 data_seed=seed if self.data_seed is None else self.data_seed, overrides=overrides, source=self.source,
                 records=records,
-            )
-            out.append(dataclasses.replace(cell, name=f"{prefix}-{method}-r{rank}-{cell.size_tag}-s{seed}"))
+            ))
         return out
 
 
@@ -199,8 +203,9 @@ def parse_grid(values: dict[str, Any], where: str, model: str | None = None) -> 
     size = "records" if v["benchmark"] == "linear-rule" else "lengths"
     other = "lengths" if size == "records" else "records"
     if v.get(other) is not None:
-        raise bad(other, "a linear-rule grid sizes its cells in records (training pairs); lengths (answer tokens) "
-                  "size the other benchmarks'" + (": write records: [...]" if other == "lengths" else ""))
+        raise bad(other, "a linear-rule grid is sized in records (training pairs), not lengths (answer tokens): write "
+                  "records: [...]" if other == "lengths" else "only for benchmark linear-rule (sized in training pairs); "
+                  "the other benchmarks are sized in lengths (answer tokens)")
     if v.get(size) is None:
         raise bad(size, "required")
 
