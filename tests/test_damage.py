@@ -78,6 +78,14 @@ def missing_key(path: Path) -> None:
         path.write_text(json.dumps({k: v for k, v in values.items() if k != first}), encoding="utf-8")
 
 
+def cut_between_keys(path: Path) -> None:
+    """A YAML mapping cut short at a line boundary halfway: it still parses, its later keys are gone (defaults fill
+    them in). Where a plain truncation cuts depends on the file's length, i.e. on the paths it holds."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keys = [i for i, line in enumerate(lines) if line[:1].isalpha()]
+    path.write_text("".join(lines[: keys[len(keys) // 2]]), encoding="utf-8")
+
+
 def wrong_value(path: Path) -> None:
     """A field of the wrong type: the first numeric field of a JSON object as a string."""
     values = json.loads(path.read_text(encoding="utf-8"))
@@ -172,7 +180,7 @@ RUN_COMMANDS = {
 RUN_ARTEFACTS = {
     "adapter.safetensors": SAFETENSORS,
     "adapter.json": JSON,
-    "config.yaml": [*TEXT, wrong_type, missing_key],
+    "config.yaml": [*TEXT, wrong_type, missing_key, cut_between_keys],
     "metrics.json": JSON,
     "records.jsonl": [*TEXT, wrong_type, missing_key],
     "train_state.json": JSON,

@@ -241,12 +241,15 @@ def test_a_method_checks_its_own_fields_before_anything_is_written(tiny_model_di
     assert err == [f"memlaw: error: {said}"] and not out.exists()
 
 
-def test_fields_of_another_method_are_not_read():
-    """sft reads no window: a window value that memft_sw refuses leaves an sft config valid."""
+def test_every_method_checks_its_fields_whichever_method_runs():
+    """sft reads no window, yet a window that memft_sw refuses is refused in an sft config too (a typo or a damaged
+    config.yaml); config.validate alone leaves the methods' fields to them."""
     from memlaw.config import TrainConfig
     from memlaw.errors import MemlawError
     from memlaw.train.method import checked
 
-    assert checked(TrainConfig(data="x.jsonl", method="sft", sw_window=0)).sw_window == 0
-    with pytest.raises(MemlawError, match="sw-window"):
-        checked(TrainConfig(data="x.jsonl", method="memft_sw", sw_window=0))
+    for method in ("sft", "memft_ot", "memft_sw"):
+        cfg = TrainConfig(data="x.jsonl", method=method, sw_mode="au")
+        assert cfg.validate() is cfg
+        with pytest.raises(MemlawError, match="config field 'sw-mode': must be one of auto, curriculum, sliding"):
+            checked(cfg)

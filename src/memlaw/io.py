@@ -1,4 +1,5 @@
-"""Atomic writes: every result file (and a replaced folder) is written beside its place, then renamed."""
+"""Files: atomic writes (every result file, and a replaced folder, is written beside its place, then renamed) and
+the readers of text and JSON objects that name a missing or damaged file in one MemlawError."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+
+from .errors import MemlawError
 
 
 def _umask() -> int:
@@ -91,3 +94,25 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: 
 
     blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
     atomic_write_bytes(path, blob)
+
+
+def read_text(path: Path) -> str:
+    """A text file's contents; a missing or unreadable file is one MemlawError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MemlawError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MemlawError(f"{path}: damaged: cannot read it ({e})") from None
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding one object; a missing, unreadable or damaged file is one MemlawError naming it."""
+    text = read_text(path)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MemlawError(f"{path}: damaged: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(value, dict):
+        raise MemlawError(f"{path}: damaged: expected a JSON object, got {type(value).__name__}")
+    return value

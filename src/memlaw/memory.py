@@ -205,11 +205,10 @@ class Memory:
         self._hold(run, loaded, *_contents(run))
 
     def _hold(self, run: RunDir, loaded, cfg, records: dict[str, dict]) -> None:
-        from .model.memory_unit import load_adapter
-        from .session import Session
+        from .session import saved_session
 
         self.path, self.records = run.path, records
-        self.session = Session(cfg, loaded, load_adapter(loaded.model, run.path))
+        self.session = saved_session(run.path, cfg, loaded)
 
     def _as_records(self, records: Any) -> tuple[list, str]:
         """Records from a JSONL path or a list of dicts, checked as `memlaw train` checks its data."""

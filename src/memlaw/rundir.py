@@ -32,7 +32,7 @@ import yaml
 
 from .config import TrainConfig, from_mapping, read_yaml_mapping
 from .errors import MemlawError
-from .io import save_tensors, write_csv, write_json, write_jsonl, write_yaml
+from .io import read_json_object, read_text, save_tensors, write_csv, write_json, write_jsonl, write_yaml
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -52,27 +52,6 @@ LOG_FIELDS = [
 def _metric(*, shown: bool = True, column: bool = True, default: Any = MISSING) -> Any:
     """A RunMetrics field: `shown` in the CLI's table, a `column` of the sweep results table."""
     return field(default=default, metadata={"shown": shown, "column": column})
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MemlawError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise MemlawError(f"{path}: damaged: cannot read it ({e})") from None
-
-
-def read_json_object(path: Path) -> dict:
-    """A JSON file holding one object; a missing, unreadable or damaged file is one MemlawError naming it."""
-    text = _read_text(path)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise MemlawError(f"{path}: damaged: not JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(value, dict):
-        raise MemlawError(f"{path}: damaged: expected a JSON object, got {type(value).__name__}")
-    return value
 
 
 def _is_type(value: Any, tp: Any) -> bool:
@@ -277,9 +256,11 @@ class RunDir:
     def read_config(self) -> TrainConfig:
         if not self.config_path.is_file():
             raise MemlawError(f"{self.path}: no {CONFIG_FILE}; not a memlaw run folder")
+        from .train.method import checked  # the methods' own fields too (a lazy import: rundir sits below train/)
+
         path = str(self.config_path)
         try:
-            return TrainConfig(**from_mapping(read_yaml_mapping(self.config_path), path)).validate()
+            return checked(TrainConfig(**from_mapping(read_yaml_mapping(self.config_path), path)))
         except MemlawError as e:
             message = str(e)
             raise MemlawError(message if path in message else f"{path}: damaged: {message}") from None
@@ -303,7 +284,7 @@ class RunDir:
         """records.jsonl: one object per line with at least query, target and certified; else one MemlawError."""
         path = self.records_path
         rows = []
-        for n, line in enumerate(_read_text(path).splitlines(), start=1):
+        for n, line in enumerate(read_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
             try:

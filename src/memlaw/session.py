@@ -15,8 +15,9 @@ from .data.records import Record, load_records
 from .errors import MemlawError
 from .model.forward import AnswerForward
 from .model.loading import LoadedModel, decoder_layers, default_layers, load_model
-from .model.memory_unit import Adapter, AdapterSpec, attach_adapter, detach_adapter, load_adapter
+from .model.memory_unit import ADAPTER_JSON, Adapter, AdapterSpec, attach_adapter, detach_adapter, load_adapter
 from .model.prefix_cache import PrefixCache, notice, unsupported_reason
+from .rundir import CONFIG_FILE
 from .train.method import checked
 
 
@@ -100,7 +101,19 @@ def new_session(cfg: TrainConfig, loaded: LoadedModel | None = None, pack: bool 
     return Session(cfg, loaded, attach_adapter(loaded.model, spec, seed=cfg.seed, pack=pack))
 
 
-def saved_session(run_dir: Path, cfg: TrainConfig) -> Session:
-    """Load the base model named in a run's config and the adapter saved in the run."""
-    loaded = load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
-    return Session(cfg, loaded, load_adapter(loaded.model, run_dir))
+def saved_session(run_dir: Path, cfg: TrainConfig, loaded: LoadedModel | None = None) -> Session:
+    """The run's adapter on the base model named in its config (`loaded`: that model, already loaded)."""
+    loaded = loaded or load_model(cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code)
+    adapter = load_adapter(loaded.model, run_dir)
+    # What the unit is lives in two files; they agree unless one was damaged (a config.yaml cut short still parses,
+    # with defaults for its lost fields), and training on from the run (memorize --into) rebuilds the unit from config.
+    saved = adapter.spec
+    said = {"component": cfg.component, "rank": cfg.rank, "gate": cfg.preserve_gate > 0,
+            "layers": tuple(cfg.layer) if cfg.layer is not None else saved.layers,
+            "target_modules": tuple(cfg.target_modules) if cfg.component == "lora" else ()}
+    differs = [name for name, value in said.items() if getattr(saved, name) != value]
+    if differs:
+        detach_adapter(adapter)
+        raise MemlawError(f"{Path(run_dir) / CONFIG_FILE} disagrees with {ADAPTER_JSON} on the unit "
+                          f"({', '.join(differs)}): one of the two files is damaged")
+    return Session(cfg, loaded, adapter)

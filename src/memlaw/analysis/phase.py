@@ -378,7 +378,7 @@ SUMMARY_KEYS = ("records", "cells", "exact", "certified", "certificate", "spearm
 
 def read_analysis(out: str | Path) -> PhaseAnalysis:
     """The analysis written by write_analysis; a missing or damaged file is one MemlawError naming it."""
-    from ..rundir import read_json_object
+    from ..io import read_json_object
 
     out = Path(out)
     summary = read_json_object(out / "phase.json")

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import MemlawError
 from ..io import write_json
-from ..rundir import read_json_object
+from ..io import read_json_object
 
 FORMULA = "K(r) = k·r^a (bits of records certified at rank r)"
 EXTRAPOLATION = 2.0  # plan answers up to this factor beyond the largest measured rank; beyond, it probes

@@ -115,7 +115,7 @@ def cpu_bf16_choice() -> tuple[bool, str]:
     once per machine: its result is cached in cache_dir()/cpu-dtype.json.
     """
     from ..io import write_json
-    from ..rundir import read_json_object
+    from ..io import read_json_object
 
     forced = os.environ.get(CPU_BF16_ENV, "").strip()
     if forced in ("0", "1"):

@@ -8,8 +8,9 @@ A :class:`Method` answers the loop's three method-dependent questions (DESIGN §
   window keeps per-record state between steps);
 * how many optimizer steps the run plans (the length of the linear LR schedule).
 
-A method also checks its own fields (:meth:`Method.check`): config.validate checks what every run reads, and
-:func:`checked` adds the method's name and fields; the session and the sweep grid call it before anything runs.
+A method also checks its own fields (:meth:`Method.check`): config.validate checks the fields every run reads,
+and :func:`checked` adds the method's name and every method's fields; `train`, the session, a sweep grid's cells
+and a run folder's config.yaml go through it.
 
 Adding a method: a subclass here, registered in METHODS (the names --method and a grid's ``methods`` accept come
 from it). Its hyperparameters, if it has new ones, are TrainConfig fields, as every flag is.
@@ -199,11 +200,14 @@ def unknown_method(name: object) -> MemlawError | None:
 
 
 def checked(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` validated, with its method's name and own fields (config.validate leaves those to the method)."""
+    """`cfg` validated, with its method's name and the methods' own fields (config.validate leaves those to the
+    methods). Every registered method checks its fields whichever method runs: a value that no method would accept
+    is a typo or a damaged file, even where this run does not read it."""
     cfg.validate()
     if (error := unknown_method(cfg.method)) is not None:
         raise error
-    METHODS[cfg.method].check(cfg)
+    for method in METHODS.values():
+        method.check(cfg)
     return cfg
 
 
