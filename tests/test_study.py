@@ -109,9 +109,15 @@ def test_committed_phonebook_cells_count_memory_as_information(sweep):
     np.testing.assert_allclose(table["bits_per_param"], table["bits_memorized"] / table["trainable_params"], rtol=1e-9)
 
 
-def test_memlaw_fit_rebuilds_the_committed_law(tmp_path):
-    folder = STUDY / "phonebook"
-    committed = json.loads((folder / "law" / "law.json").read_text(encoding="utf-8"))
+COMMITTED_LAWS = sorted(str(p.relative_to(STUDY)) for p in STUDY.glob("*/law*/law.json"))  # law/, law-length/, ...
+
+
+@pytest.mark.parametrize("law_file", COMMITTED_LAWS)
+def test_memlaw_fit_rebuilds_the_committed_law(tmp_path, law_file):
+    """Every committed law.json (the first study's, and the regime study's law/, law-length/ and law-in-regime/
+    once they are written) is what `memlaw fit` makes of its sweep's committed table with the options it records."""
+    folder = (STUDY / law_file).parents[1]
+    committed = json.loads((STUDY / law_file).read_text(encoding="utf-8"))
     shutil.copy(folder / "results.parquet", tmp_path / "results.parquet")
     assert main(["fit", str(tmp_path / "results.parquet"), "--out", str(tmp_path / "law"), *fit_args(committed)]) == 0
     fresh = json.loads((tmp_path / "law" / "law.json").read_text(encoding="utf-8"))
