@@ -139,16 +139,24 @@ def test_unreachable_targets_are_explained(fitted):
         growing_with_length.rank_for(1000, 0.1)
 
 
-def test_plan_refuses_the_shipped_paper_form_that_grows_with_length(capsys):
-    """The committed study's paper form has negative exponents (docs/reproduction.md): plan says why it refuses it."""
+def test_plan_takes_the_shipped_paper_form_only_with_the_law_s_shape(capsys):
+    """The law shipped for the default model (issue 25's acceptance 4): plan plans a rank from its paper form if
+    that form grows with rank and falls with length, and otherwise refuses it with the reason (the first study's
+    fit had negative exponents, docs/reproduction.md)."""
     from memlaw.cli import main
     from memlaw.law.advice import default_file
+    from memlaw.law.lawfile import group_law, pick_group, read_law
 
-    law = default_file("smollm2-135m-law.json")
-    assert main(["plan", "--law", str(law), "--group", "method=sft", "--form", "paper", "--length", "200",
-                 "--delta-loss", "2"]) == 2
-    err = capsys.readouterr().err
-    assert "does not grow with rank" in err or "does not fall with length" in err
+    path = default_file("smollm2-135m-law.json")
+    _, group = pick_group(read_law(path), "method=sft", path)
+    C, alpha, beta, _ = group_law(group, "paper").params_
+    rc = main(["plan", "--law", str(path), "--group", "method=sft", "--form", "paper", "--length", "200",
+               "--delta-loss", "2"])
+    out, err = capsys.readouterr()
+    if C > 0 and alpha > 0 and beta > 0:
+        assert rc == 0 and "rank" in out
+    else:
+        assert rc == 2 and ("does not grow with rank" in err or "does not fall with length" in err)
 
 
 @pytest.mark.parametrize(
