@@ -18,3 +18,5 @@ for d in phonebook-regime long-context; do
     $memlaw analyze $out/$d
     $memlaw report $out/$d
 done
+# the ΔL law shipped for the default model (memlaw/law/defaults/, for plan --law; tests/test_study.py checks this copy)
+cp $out/phonebook-regime/law/law.json src/memlaw/law/defaults/smollm2-135m-law.json

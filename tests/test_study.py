@@ -125,6 +125,17 @@ def test_memlaw_fit_rebuilds_the_committed_law(tmp_path, law_file):
     assert_close(fresh, committed)
 
 
+def test_the_shipped_law_is_the_committed_law_of_the_sweep_it_names():
+    """memlaw/law/defaults/smollm2-135m-law.json is a copy of a committed law/law.json (scripts/study_smollm2.sh, then
+    scripts/study_regime.sh once the regime study is complete), whose refit the test above checks."""
+    from memlaw.law.advice import default_file
+
+    shipped = default_file("smollm2-135m-law.json").read_text(encoding="utf-8")
+    source = Path(json.loads(shipped)["source"])  # results/smollm2-135m/<sweep>/results.parquet
+    assert source.parts[:2] == ("results", "smollm2-135m")
+    assert shipped == (STUDY / source.parent.name / "law" / "law.json").read_text(encoding="utf-8")
+
+
 def test_the_shipped_capacity_law_is_rebuilt_from_the_committed_searches(tmp_path):
     """memlaw/law/defaults/smollm2-135m-capacity.json (what `plan --data` reads) = `memlaw capacity --fit` over
     the committed searches in results/smollm2-135m/capacity."""
