@@ -76,7 +76,7 @@ def resolve(cfg: TrainConfig, loaded: LoadedModel) -> TrainConfig:
     reason = loaded.dtype_reason if cfg.dtype == "auto" else cfg.dtype_reason or "given (--dtype)"
     resolved = replace(cfg, layer=list(layers), device=loaded.device.type, dtype=dtype, dtype_reason=reason,
                        data=str(Path(cfg.data).resolve()))
-    return checked(resolved)  # the checks that need the concrete layers (the gate's one layer) hold here too; the method's own
+    return checked(resolved)  # again on the concrete layers (the gate's one layer), with the methods' own fields
 
 
 def adapter_spec(cfg: TrainConfig, model: torch.nn.Module) -> AdapterSpec:
