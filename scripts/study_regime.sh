@@ -11,12 +11,15 @@ out=results/smollm2-135m
 $memlaw sweep --preset smollm2-regime --out $out/phonebook-regime
 $memlaw sweep $out/long-context.yaml --out $out/long-context
 $memlaw sweep $out/long-context-2000.yaml --out $out/long-context-2000
+# The cells train on the pinned code (PYTHONPATH); the fits, analyses and reports are this checkout's own, which
+# tests/test_study.py checks them against.
+here="env -u PYTHONPATH $memlaw"
 for d in phonebook-regime long-context; do
-    $memlaw fit $out/$d --holdout "rank>=max"                                    # law/law.json: held-out largest rank
-    $memlaw fit $out/$d --holdout "length>=max" --out $out/$d/law-length         # held-out longest length
-    $memlaw fit $out/$d --holdout "rank>=max" --exclude-saturated --out $out/$d/law-in-regime
-    $memlaw analyze $out/$d
-    $memlaw report $out/$d
+    $here fit $out/$d --holdout "rank>=max"                                    # law/law.json: held-out largest rank
+    $here fit $out/$d --holdout "length>=max" --out $out/$d/law-length         # held-out longest length
+    $here fit $out/$d --holdout "rank>=max" --exclude-saturated --out $out/$d/law-in-regime
+    $here analyze $out/$d
+    $here report $out/$d
 done
 # the ΔL law shipped for the default model (memlaw/law/defaults/, for plan --law; tests/test_study.py checks this copy)
 cp $out/phonebook-regime/law/law.json src/memlaw/law/defaults/smollm2-135m-law.json
