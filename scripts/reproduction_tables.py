@@ -49,13 +49,17 @@ def law_table(law: dict) -> None:
 def em_table(ok: pd.DataFrame) -> pd.DataFrame:
     per_length = ok.groupby(["method", "rank", "length"])[["exact_match", "token_accuracy"]].mean()
     em = per_length.groupby(level=["method", "rank"]).mean() * 100
-    ranks = sorted(ok["rank"].unique())
+    method_rank_table(em, sorted(ok["rank"].unique()),
+                      lambda row: f"{row['exact_match']:.1f} ({row['token_accuracy']:.1f})")
+    return em
+
+
+def method_rank_table(table: pd.DataFrame, ranks: list, text) -> None:
+    """One markdown row per method of `table` (indexed by method, rank), one column per rank: text(row) or —."""
     print("| method | " + " | ".join(f"r = {r}" for r in ranks) + " |")
     print("|---|" + "---|" * len(ranks))
-    for m in [m for m in METHODS if m in em.index.get_level_values(0)]:
-        print(f"| {m} | " + " | ".join(f"{em.loc[(m, r), 'exact_match']:.1f} ({em.loc[(m, r), 'token_accuracy']:.1f})"
-                                        if (m, r) in em.index else "—" for r in ranks) + " |")
-    return em
+    for m in [m for m in METHODS if m in table.index.get_level_values(0)]:
+        print(f"| {m} | " + " | ".join(text(table.loc[(m, r)]) if (m, r) in table.index else "—" for r in ranks) + " |")
 
 
 def orderings(em: pd.DataFrame) -> None:
@@ -132,12 +136,8 @@ def bits_table(ok: pd.DataFrame) -> None:
     with_loss = ok.assign(loss_bits_per_param=loss_bits / ok["trainable_params"])
     per_cell = with_loss.groupby(["method", "rank", "length"])[["bits_per_param", "loss_bits_per_param"]].mean()
     bits = per_cell.groupby(level=["method", "rank"]).max()
-    ranks = sorted(ok["rank"].unique())
-    print("| method | " + " | ".join(f"r = {r}" for r in ranks) + " |")
-    print("|---|" + "---|" * len(ranks))
-    for m in [m for m in METHODS if m in bits.index.get_level_values(0)]:
-        print(f"| {m} | " + " | ".join(f"{bits.loc[(m, r), 'bits_per_param']:.3f} / {bits.loc[(m, r), 'loss_bits_per_param']:.3f}"
-                                        if (m, r) in bits.index else "—" for r in ranks) + " |")
+    method_rank_table(bits, sorted(ok["rank"].unique()),
+                      lambda row: f"{row['bits_per_param']:.3f} / {row['loss_bits_per_param']:.3f}")
 
 
 def rho(sweep: Path) -> None:
