@@ -233,8 +233,8 @@ def shape(d: pd.DataFrame, by: tuple[str, ...]) -> None:
     print("\n### What the cells determine: slopes of ΔL in ln r and ln ℓ vs the power law's exponents\n")
     print(f"| {' · '.join(by)} | n | log-linear R² | s_r [95 % CI] | s_ℓ [95 % CI] | −s_ℓ/s_r = β/α [95 % CI] | paper form R² | paper form: refits with α > 0 and β > 0 |")
     print("|---|---|---|---|---|---|---|---|")
-    rng = np.random.default_rng(0)
     for key, g in d.groupby(list(by)):
+        rng = np.random.default_rng(0)  # per group, so a group's intervals do not move when another gains cells
         r, ell, y = (g[c].to_numpy(dtype=float) for c in ("rank", "length", "delta_loss"))
         X = np.column_stack([np.ones_like(r), np.log(r), np.log(ell)])
         coef = np.linalg.lstsq(X, y, rcond=None)[0]
