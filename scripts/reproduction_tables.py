@@ -275,6 +275,8 @@ def regime(root: Path) -> None:
         for method in [m for m in METHODS if m in set(d["method"])]:
             print(f"\n### {method}\n")
             cell_table(d[d["method"] == method])
+        print("\n### EM % (token accuracy %) per rank: mean over the rank's three lengths, seed 42\n")
+        orderings(em_table(d[d["seed"] == 42]))
         print("\n### Against sft, edges, seeds\n")
         for method in METHODS[1:]:
             versus_sft(d, method, keys)
