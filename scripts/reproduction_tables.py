@@ -237,6 +237,8 @@ def shape(d: pd.DataFrame, by: tuple[str, ...]) -> None:
         rng = np.random.default_rng(0)  # per group, so a group's intervals do not move when another gains cells
         r, ell, y = (g[c].to_numpy(dtype=float) for c in ("rank", "length", "delta_loss"))
         X = np.column_stack([np.ones_like(r), np.log(r), np.log(ell)])
+        if len(y) < 5 or np.linalg.matrix_rank(X) < 3:  # a study still running: too few cells to fit
+            continue
         coef = np.linalg.lstsq(X, y, rcond=None)[0]
         r2 = 1 - np.sum((y - X @ coef) ** 2) / np.sum((y - y.mean()) ** 2)
         boots = []
