@@ -179,14 +179,14 @@ def cell_table(d: pd.DataFrame, by: tuple[str, ...] = ("rank", "length")) -> Non
               f"{j('dl_rel', lambda v: f'{v:.3f}')} | {j('floor_rel', lambda v: f'{v:.2f}')} | {thousands(c['steps'].iloc[0])} |")
 
 
-def versus_sft(d: pd.DataFrame, method: str, keys: tuple[str, ...]) -> None:
+def versus_sft(d: pd.DataFrame, method: str, keys: tuple[str, ...], label: str = "") -> None:
     """`method` against sft on the cells both have: ΔL / initial and EM, cell by cell."""
     m = d[d["method"] == method].merge(d[d["method"] == "sft"], on=list(keys), suffixes=("_m", "_s"))
     if m.empty:
         return
     gain = m["dl_rel_m"] - m["dl_rel_s"]
     em = m["exact_match_m"] - m["exact_match_s"]
-    print(f"- {method} vs sft on {len(m)} matched cells: ΔL / initial higher in {int((gain > 0).sum())}, lower in "
+    print(f"- {label + ': ' if label else ''}{method} vs sft on {len(m)} matched cells: ΔL / initial higher in {int((gain > 0).sum())}, lower in "
           f"{int((gain < 0).sum())} (difference {gain.min():+.3f} … {gain.max():+.3f}, mean {gain.mean():+.3f}); "
           f"EM higher in {int((em > 0).sum())}, equal in {int((em == 0).sum())}, lower in {int((em < 0).sum())} "
           f"(mean {em.mean():+.3f})")
@@ -242,10 +242,14 @@ def shape(d: pd.DataFrame, by: tuple[str, ...]) -> None:
         coef = np.linalg.lstsq(X, y, rcond=None)[0]
         r2 = 1 - np.sum((y - X @ coef) ** 2) / np.sum((y - y.mean()) ** 2)
         boots = []
-        while len(boots) < 200:
+        for _ in range(100 * 200):  # a resample that cannot separate ln r from ln ℓ is redrawn, within bounds
             i = rng.integers(0, len(y), len(y))
             if np.linalg.matrix_rank(X[i]) == 3:
                 boots.append(np.linalg.lstsq(X[i], y[i], rcond=None)[0])
+            if len(boots) == 200:
+                break
+        else:
+            continue
         boots = np.array(boots)
         lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
         ratio_lo, ratio_hi = np.percentile(-boots[:, 2] / boots[:, 1], [2.5, 97.5])
@@ -298,8 +302,7 @@ def regime(root: Path) -> None:
             cell_table(g)
         print()
         for ratio, g in d.groupby("ratio"):
-            print(f"- {ratio}:", end=" ")
-            versus_sft(g, "memft_ot", ("rank", "length", "seed"))
+            versus_sft(g, "memft_ot", ("rank", "length", "seed"), label=ratio)
         edges(d)
         laws(lc)
         shape(d, ("ratio", "method"))
