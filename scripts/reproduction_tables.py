@@ -9,11 +9,12 @@ it prints the law per method and form, EM per rank per method (mean over lengths
 ρ per setting, bits per parameter per rank, the linear rule, and the seed-to-seed differences.
 
 --regime reads phonebook-regime/ and long-context/ (and long-context-2000/ where present): per method the
-cells (EM, token accuracy, ΔL over its ceiling, final loss over the format floor), each MemFT method against
-sft on the same cells, how many cells sit at an edge, the laws of law/ (held-out largest rank),
-law-length/ (held-out longest length) and law-in-regime/ (edge cells left out), seed noise on the same
-records, bits per parameter, ρ, and what 2000 epochs change against 500. A study still running prints
-what it has. Nothing is trained.
+cells (EM, token accuracy, ΔL over its ceiling, final loss over the format floor), EM per rank with the
+orderings, each MemFT method against sft on the same cells, how many cells sit at an edge, the laws of law/
+(held-out largest rank), law-length/ (held-out longest length) and law-in-regime/ (edge cells left out),
+what the cells determine (the slopes of ΔL in ln r and ln ℓ, and β/α, against the paper form's exponents),
+seed noise on the same records, bits per parameter, ρ, and what 2000 epochs change against 500. A study
+still running prints what it has. Nothing is trained.
 """
 
 from __future__ import annotations
