@@ -229,7 +229,7 @@ def shape(d: pd.DataFrame, by: tuple[str, ...]) -> None:
     β/α = −s_ℓ/s_r (the rank that holds ΔL grows as ℓ^(β/α)), not the exponents themselves."""
     import numpy as np
 
-    from memlaw.law.fit import ParametricMemoryLaw
+    from memlaw.law.fit import MAX_DRAWS_PER_SAMPLE, ParametricMemoryLaw, r2_score
 
     print("\n### What the cells determine: slopes of ΔL in ln r and ln ℓ vs the power law's exponents\n")
     print(f"| {' · '.join(by)} | n | log-linear R² | s_r [95 % CI] | s_ℓ [95 % CI] | −s_ℓ/s_r = β/α [95 % CI] | paper form R² | paper form: refits with α > 0 and β > 0 |")
@@ -241,9 +241,9 @@ def shape(d: pd.DataFrame, by: tuple[str, ...]) -> None:
         if len(y) < 5 or np.linalg.matrix_rank(X) < 3:  # a study still running: too few cells to fit
             continue
         coef = np.linalg.lstsq(X, y, rcond=None)[0]
-        r2 = 1 - np.sum((y - X @ coef) ** 2) / np.sum((y - y.mean()) ** 2)
+        r2 = r2_score(y, X @ coef)
         boots = []
-        for _ in range(100 * 200):  # a resample that cannot separate ln r from ln ℓ is redrawn, within bounds
+        for _ in range(MAX_DRAWS_PER_SAMPLE * 200):  # a resample that cannot separate ln r from ln ℓ is redrawn, as in memlaw fit
             i = rng.integers(0, len(y), len(y))
             if np.linalg.matrix_rank(X[i]) == 3:
                 boots.append(np.linalg.lstsq(X[i], y[i], rcond=None)[0])
