@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -69,7 +70,10 @@ def test_env_override_and_explicit_dtypes(cpu_rule, monkeypatch):
 
 
 def test_real_micro_benchmark_gives_a_positive_ratio():
-    assert 0.05 < loading.bf16_matmul_speedup(reps=1) < 50
+    # No lower bound beyond 0: without bf16 instructions (an AVX2-only CPU) bf16 products are emulated
+    # and run about 55x slower than float32 (measured 0.018 on an AMD EPYC), which is a valid answer.
+    ratio = loading.bf16_matmul_speedup(reps=1)
+    assert math.isfinite(ratio) and 0 < ratio < 50
 
 
 def test_config_records_dtype_and_reason_and_says_it_once(cpu_rule, tiny_model_dir, small_records, tmp_path, capsys):
