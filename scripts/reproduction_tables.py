@@ -244,12 +244,12 @@ def shape(d: pd.DataFrame, by: tuple[str, ...]) -> None:
         r2 = r2_score(y, X @ coef)
         boots = []
         for _ in range(MAX_DRAWS_PER_SAMPLE * 200):  # a resample that cannot separate ln r from ln ℓ is redrawn, as in memlaw fit
+            if len(boots) == 200:
+                break
             i = rng.integers(0, len(y), len(y))
             if np.linalg.matrix_rank(X[i]) == 3:
                 boots.append(np.linalg.lstsq(X[i], y[i], rcond=None)[0])
-            if len(boots) == 200:
-                break
-        else:
+        if len(boots) < 200:  # too few resamples identify the slopes
             continue
         boots = np.array(boots)
         lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
