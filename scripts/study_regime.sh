@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The regime study of issue 25 (docs/reproduction.md, "The law in its regime"), end to end and resumable: every sweep
 # skips its finished cells, so rerun it after an interruption. About 12 CPU-hours on 2 cores in float32 (PhoneBook
-# ~8-9 h, Long-Context ~3.5 h with its 2000-epoch cells). Run it from a worktree pinned to one commit, writing into this checkout, e.g.:
+# ~8-9 h, Long-Context ~3.5 h with its two 2000-epoch cells). Run it from a worktree pinned to one commit, writing into this checkout, e.g.:
 #   git worktree add --detach /tmp/pin HEAD
 #   PYTHONPATH=/tmp/pin/src MEMLAW=".venv/bin/python -m memlaw.cli" scripts/study_regime.sh
 # and commit finished cells as they come: scripts/commit_study_cells.sh results/smollm2-135m/phonebook-regime "..."
