@@ -31,10 +31,10 @@ METHODS = ("sft", "memft_ot", "memft_sw")
 
 
 def law_table(law: dict) -> None:
-    print("| method | form | n | C | α | β | b or L0 | R² | MAPE % | held out: n, MAPE % |")
+    print("| setting | form | n | C | α | β | b or L0 | R² | MAPE % | held out: n, MAPE % |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for group in law["groups"]:
-        method = group["key"].get("method")
+        setting = " · ".join(str(group["key"][k]) for k in ("ratio", "method") if group["key"].get(k))  # Long-Context: per ratio
         for form in group["laws"]:
             fitted = group_law(group, form)
             entry = group["laws"][form]
@@ -42,7 +42,7 @@ def law_table(law: dict) -> None:
             held = (group.get("holdout") or {}).get(form) or {}
             held_text = f"{held.get('n_heldout')}, {held['mape']:.2f}" if held.get("mape") is not None else "—"
             star = " *" if group.get("preferred") == form else ""
-            print(f"| {method} | {form}{star} | {entry['n']} | {ci_text(entry['C'], entry['ci'].get('C'), '.4g')} | "
+            print(f"| {setting} | {form}{star} | {entry['n']} | {ci_text(entry['C'], entry['ci'].get('C'), '.4g')} | "
                   f"{ci_text(entry['alpha'], entry['ci'].get('alpha'), '.3f')} | {ci_text(entry['beta'], entry['ci'].get('beta'), '.3f')} | "
                   f"{ci_text(entry[last], entry['ci'].get(last), '.3f')} | {fitted.r2_:.4f} | {fitted.mape_:.2f} | {held_text} |")
 
@@ -146,10 +146,10 @@ def rho(sweep: Path) -> None:
     if phase.is_file():
         summary = json.loads(phase.read_text(encoding="utf-8"))
         print("\n### ρ (earliest stubborn position vs first free-run failure)\n")
-        print(f"- pooled: ρ = {summary['spearman']['rho']}, n = {summary['spearman']['n']}")
+        print(f"- pooled: ρ = {summary['spearman']['rho']:.3f}, n = {summary['spearman']['n']}")
         for e in summary.get("spearman_by", []):
             setting = " · ".join(str(e[k]) for k in ("benchmark", "ratio", "method") if e.get(k))
-            print(f"- {setting}: ρ = {e['rho']}, n = {e['n']}")
+            print(f"- {setting}: ρ = {e['rho']:.3f}, n = {e['n']}")
 
 
 # ---------------------------------------------------------------------- the law in its regime (issue 25)

@@ -20,7 +20,8 @@ from memlaw.data.information import PHONEBOOK_BITS
 from memlaw.sweep.results import read_results
 
 STUDY = Path(__file__).resolve().parents[1] / "results" / "smollm2-135m"
-SWEEPS = {"phonebook": 48, "linear-rule": 6}  # the presets smollm2-paper and smollm2-paper-linear-rule
+SWEEPS = {"phonebook": 48, "linear-rule": 6,  # the presets smollm2-paper and smollm2-paper-linear-rule
+          "phonebook-regime": 42, "long-context": 27}  # issue 25's finished grids: preset smollm2-regime, long-context.yaml
 # The study runs across sessions and its finished cells are committed as they come; its law.json is
 # written when every cell is done, and from then on these tests hold (issue 14).
 pytestmark = pytest.mark.skipif(not (STUDY / "phonebook" / "law" / "law.json").is_file(),
@@ -150,7 +151,7 @@ def test_the_shipped_capacity_law_is_rebuilt_from_the_committed_searches(tmp_pat
     assert shipped["law"]["a"] > 0 and shipped["law"]["k"] > 0
 
 
-@pytest.mark.parametrize("sweep", ["phonebook-regime-pilot", "phonebook-regime", "long-context"])
+@pytest.mark.parametrize("sweep", ["phonebook-regime-pilot", "phonebook-regime", "long-context", "long-context-2000"])
 def test_studies_in_progress_hold_finished_cells_of_their_grid(sweep):
     """Issue 25's sweeps are committed cell by cell while they run: every committed cell is one of its grid's,
     finished, and the committed table has exactly those cells with their metrics."""
