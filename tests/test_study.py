@@ -21,7 +21,7 @@ from memlaw.sweep.results import read_results
 
 STUDY = Path(__file__).resolve().parents[1] / "results" / "smollm2-135m"
 SWEEPS = {"phonebook": 48, "linear-rule": 6,  # the presets smollm2-paper and smollm2-paper-linear-rule
-          "phonebook-regime": 42, "long-context": 27}  # issue 25's finished grids: preset smollm2-regime, long-context.yaml
+          "phonebook-regime": 42, "long-context": 27, "long-context-2000": 2}  # issue 25's grids: preset smollm2-regime, results/*.yaml
 # The study runs across sessions and its finished cells are committed as they come; its law.json is
 # written when every cell is done, and from then on these tests hold (issue 14).
 pytestmark = pytest.mark.skipif(not (STUDY / "phonebook" / "law" / "law.json").is_file(),
